@@ -1,0 +1,50 @@
+// BlockDevice: the one interface through which multisnap touches storage.
+//
+// Implementations: FileDevice (a regular file or a block device), MemoryDevice
+// (RAM, can simulate a power cut) and FaultDevice (wraps another and injects
+// errors). The engine's asynchronous I/O goes through IoContext (io_context.h),
+// which uses io_uring for devices with a file descriptor and falls back to
+// these synchronous calls otherwise.
+//
+// Semantics, for every implementation:
+//  * read/write of [offset, offset+len) fail with kOutOfRange past size().
+//  * A write is durable only after a later flush() returns ok. Until then a
+//    crash may keep it, drop it, or keep part of it (512-byte granularity).
+//  * discard() is a hint that the range is no longer needed: afterwards reads
+//    return zeros or the old contents. write_zeroes() makes the range read zero.
+//  * Not thread-safe unless a subclass says so; the engine serialises access.
+//    FileDevice is safe for concurrent reads and writes (pread/pwrite).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "util/status.h"
+
+namespace multisnap {
+
+class BlockDevice {
+ public:
+  virtual ~BlockDevice() = default;
+
+  virtual uint64_t size() const = 0;
+  virtual Status read(uint64_t offset, void* buf, size_t len) = 0;
+  virtual Status write(uint64_t offset, const void* buf, size_t len) = 0;
+  virtual Status flush() = 0;
+  virtual Status discard(uint64_t offset, uint64_t len) = 0;
+  virtual Status write_zeroes(uint64_t offset, uint64_t len);
+
+  // A write that is durable when it returns (NBD's FUA).
+  virtual Status write_fua(uint64_t offset, const void* buf, size_t len);
+
+  // The file descriptor for io_uring, or -1 when the device has none.
+  virtual int fd() const { return -1; }
+  virtual std::string describe() const = 0;
+
+ protected:
+  Status check_range(uint64_t offset, uint64_t len) const;
+};
+
+}  // namespace multisnap

@@ -1,0 +1,147 @@
+#include "io/file_device.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace multisnap {
+
+Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
+                                                     const FileDeviceOptions& options) {
+  int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
+  if (options.create) flags |= O_CREAT;
+  int fd = ::open(path.c_str(), flags, 0644);
+  if (fd < 0) return errno_status(errno, fmt::format("cannot open {}", path));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return errno_status(err, fmt::format("cannot stat {}", path));
+  }
+  uint64_t size = 0;
+  bool block_device = S_ISBLK(st.st_mode);
+  if (block_device) {
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      int err = errno;
+      ::close(fd);
+      return errno_status(err, fmt::format("cannot get the size of {}", path));
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+    if (options.create && size == 0 && options.create_size > 0) {
+      if (ftruncate(fd, static_cast<off_t>(options.create_size)) != 0) {
+        int err = errno;
+        ::close(fd);
+        return errno_status(err, fmt::format("cannot size {}", path));
+      }
+      size = options.create_size;
+    }
+  } else {
+    ::close(fd);
+    return make_error(Code::kInvalidArgument, "{} is neither a regular file nor a block device",
+                      path);
+  }
+  return std::unique_ptr<FileDevice>(
+      new FileDevice(fd, path, size, block_device, options.read_only));
+}
+
+FileDevice::FileDevice(int fd, std::string path, uint64_t size, bool block_device, bool read_only)
+    : fd_(fd), path_(std::move(path)), size_(size), block_device_(block_device),
+      read_only_(read_only) {}
+
+FileDevice::~FileDevice() { ::close(fd_); }
+
+Status FileDevice::rw_check(uint64_t offset, size_t len, bool writing) const {
+  if (writing && read_only_) return make_error(Code::kReadOnly, "{} is open read-only", path_);
+  return check_range(offset, len);
+}
+
+Status FileDevice::read(uint64_t offset, void* buf, size_t len) {
+  MS_TRY(rw_check(offset, len, false));
+  auto* p = static_cast<char*>(buf);
+  while (len > 0) {
+    ssize_t n = ::pread(fd_, p, len, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(errno, fmt::format("read {} at {}", path_, offset));
+    }
+    if (n == 0) return make_error(Code::kIoError, "read {} at {}: unexpected end of file", path_, offset);
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    len -= static_cast<size_t>(n);
+  }
+  return Status::ok();
+}
+
+static Status pwrite_all(int fd, const std::string& path, uint64_t offset, const void* buf,
+                         size_t len, int rwf) {
+  auto* p = static_cast<const char*>(buf);
+  while (len > 0) {
+    iovec iov{const_cast<char*>(p), len};
+    ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset), rwf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(errno, fmt::format("write {} at {}", path, offset));
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    len -= static_cast<size_t>(n);
+  }
+  return Status::ok();
+}
+
+Status FileDevice::write(uint64_t offset, const void* buf, size_t len) {
+  MS_TRY(rw_check(offset, len, true));
+  return pwrite_all(fd_, path_, offset, buf, len, 0);
+}
+
+Status FileDevice::write_fua(uint64_t offset, const void* buf, size_t len) {
+  MS_TRY(rw_check(offset, len, true));
+  return pwrite_all(fd_, path_, offset, buf, len, RWF_DSYNC);
+}
+
+Status FileDevice::flush() {
+  if (read_only_) return Status::ok();
+  if (fdatasync(fd_) != 0) return errno_status(errno, fmt::format("flush {}", path_));
+  return Status::ok();
+}
+
+Status FileDevice::discard(uint64_t offset, uint64_t len) {
+  MS_TRY(rw_check(offset, len, true));
+  if (len == 0) return Status::ok();
+  if (block_device_) {
+    uint64_t range[2] = {offset, len};
+    if (ioctl(fd_, BLKDISCARD, range) != 0 && errno != EOPNOTSUPP)
+      return errno_status(errno, fmt::format("discard {} at {}", path_, offset));
+    return Status::ok();
+  }
+  if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(len)) != 0) {
+    if (errno == EOPNOTSUPP) return Status::ok();  // a hint only
+    return errno_status(errno, fmt::format("discard {} at {}", path_, offset));
+  }
+  return Status::ok();
+}
+
+Status FileDevice::write_zeroes(uint64_t offset, uint64_t len) {
+  MS_TRY(rw_check(offset, len, true));
+  if (len == 0) return Status::ok();
+  if (block_device_) {
+    uint64_t range[2] = {offset, len};
+    if (ioctl(fd_, BLKZEROOUT, range) == 0) return Status::ok();
+  } else if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                       static_cast<off_t>(len)) == 0) {
+    return Status::ok();
+  }
+  if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOTTY)
+    return errno_status(errno, fmt::format("write zeroes to {} at {}", path_, offset));
+  return BlockDevice::write_zeroes(offset, len);
+}
+
+}  // namespace multisnap

@@ -1,0 +1,47 @@
+// FileDevice: a regular file or a block device, through pread/pwrite.
+// Thread-safe for concurrent I/O (the kernel orders nothing between them).
+#pragma once
+
+#include <string>
+
+#include "io/block_device.h"
+
+namespace multisnap {
+
+struct FileDeviceOptions {
+  bool read_only = false;
+  bool create = false;        // create the file if missing (regular files only)
+  uint64_t create_size = 0;   // with create: truncate a new or empty file to this size
+};
+
+class FileDevice final : public BlockDevice {
+ public:
+  static Result<std::unique_ptr<FileDevice>> open(const std::string& path,
+                                                  const FileDeviceOptions& options = {});
+  ~FileDevice() override;
+
+  uint64_t size() const override { return size_; }
+  Status read(uint64_t offset, void* buf, size_t len) override;
+  Status write(uint64_t offset, const void* buf, size_t len) override;
+  Status write_fua(uint64_t offset, const void* buf, size_t len) override;
+  Status flush() override;
+  Status discard(uint64_t offset, uint64_t len) override;
+  Status write_zeroes(uint64_t offset, uint64_t len) override;
+  int fd() const override { return fd_; }
+  std::string describe() const override { return path_; }
+
+  bool is_block_device() const { return block_device_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  FileDevice(int fd, std::string path, uint64_t size, bool block_device, bool read_only);
+  Status rw_check(uint64_t offset, size_t len, bool writing) const;
+
+  int fd_;
+  std::string path_;
+  uint64_t size_;
+  bool block_device_;
+  bool read_only_;
+};
+
+}  // namespace multisnap

@@ -1,0 +1,196 @@
+#include "meta/space_map.h"
+
+#include <cstring>
+
+#include "util/endian.h"
+
+namespace multisnap {
+
+namespace {
+inline uint8_t* bits(uint8_t* block) { return block + sizeof(BlockHeaderDisk); }
+inline const uint8_t* bits(const uint8_t* block) { return block + sizeof(BlockHeaderDisk); }
+inline bool test_bit(const uint8_t* b, uint64_t i) { return (b[i / 8] >> (i % 8)) & 1; }
+}  // namespace
+
+SpaceMap::SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t first_bitmap_block,
+                   uint32_t bitmaps, const uint64_t* generation)
+    : cache_(cache), name_(std::move(name)), units_(units), first_(first_bitmap_block),
+      bitmaps_(bitmaps), generation_(generation), states_((bitmaps + 3) / 4, 0),
+      dirty_(bitmaps, false), full_hint_(bitmaps, false) {}
+
+void SpaceMap::load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor) {
+  states_ = states;
+  states_.resize((bitmaps_ + 3) / 4, 0);
+  used_ = used;
+  cursor_ = cursor < units_ ? cursor : 0;
+  dirty_.assign(bitmaps_, false);
+  full_hint_.assign(bitmaps_, false);
+  freed_ = 0;
+}
+
+void SpaceMap::set_state(std::vector<uint8_t>& v, uint32_t i, uint8_t s) const {
+  uint8_t& byte = v[i / 4];
+  int shift = (i % 4) * 2;
+  byte = static_cast<uint8_t>((byte & ~(3 << shift)) | (s << shift));
+}
+
+std::vector<uint8_t> SpaceMap::next_states() const {
+  std::vector<uint8_t> next = states_;
+  for (uint32_t i = 0; i < bitmaps_; ++i)
+    if (dirty_[i]) set_state(next, i, static_cast<uint8_t>(2 | (bitmap_written(i) ? !committed_slot(i) : 0)));
+  return next;
+}
+
+void SpaceMap::commit_done() {
+  states_ = next_states();
+  dirty_.assign(bitmaps_, false);
+  if (freed_ > 0) full_hint_.assign(bitmaps_, false);  // deferred frees are usable now
+  freed_ = 0;
+}
+
+Status SpaceMap::validate_unit(uint64_t unit) const {
+  if (unit >= units_)
+    return make_error(Code::kCorruption, "{} space map: unit {} is outside 0..{}", name_, unit,
+                      units_ - 1);
+  return Status::ok();
+}
+
+Result<BlockRef> SpaceMap::committed_block(uint32_t i) {
+  return cache_.read(bitmap_block(i, committed_slot(i)), BlockType::kBitmap, *generation_);
+}
+
+Result<BlockRef> SpaceMap::working_block(uint32_t i, bool for_write) {
+  if (dirty_[i]) {
+    int slot = bitmap_written(i) ? !committed_slot(i) : 0;
+    return cache_.read(bitmap_block(i, slot), BlockType::kBitmap, *generation_);
+  }
+  if (!for_write) {
+    if (!bitmap_written(i)) return BlockRef();  // all free, nothing to read
+    return committed_block(i);
+  }
+  int slot = bitmap_written(i) ? !committed_slot(i) : 0;
+  std::vector<uint8_t> payload(kBlockPayload, 0);
+  if (bitmap_written(i)) {
+    MS_ASSIGN_OR_RETURN(BlockRef old, committed_block(i));
+    std::memcpy(payload.data(), bits(old.data()), kBlockPayload);
+  }
+  MS_ASSIGN_OR_RETURN(BlockRef b, cache_.create(bitmap_block(i, slot)));
+  uint8_t* d = b.mutable_data();
+  BlockHeaderDisk* h = block_header(d);
+  h->type = static_cast<uint32_t>(BlockType::kBitmap);
+  h->blocknr = bitmap_block(i, slot);
+  h->generation = *generation_;
+  std::memcpy(bits(d), payload.data(), kBlockPayload);
+  dirty_[i] = true;
+  return b;
+}
+
+Result<uint64_t> SpaceMap::find_free_in(uint32_t i, uint64_t from_bit) {
+  uint64_t base = uint64_t{i} * kBitsPerBitmap;
+  uint64_t limit = std::min<uint64_t>(kBitsPerBitmap, units_ - base);
+  if (from_bit >= limit) return UINT64_MAX;
+  const uint8_t* work = nullptr;
+  const uint8_t* committed = nullptr;
+  BlockRef wref, cref;
+  if (dirty_[i]) {
+    MS_ASSIGN_OR_RETURN(wref, working_block(i, false));
+    work = bits(wref.data());
+    if (bitmap_written(i)) {
+      MS_ASSIGN_OR_RETURN(cref, committed_block(i));
+      committed = bits(cref.data());
+    }
+  } else if (bitmap_written(i)) {
+    MS_ASSIGN_OR_RETURN(cref, committed_block(i));
+    committed = bits(cref.data());
+  }
+  // Word at a time: a unit is free when clear in both versions.
+  uint64_t bit = from_bit;
+  while (bit < limit) {
+    if (bit % 64 == 0 && bit + 64 <= limit) {
+      uint64_t w = work ? load_le<uint64_t>(work + bit / 8) : 0;
+      uint64_t c = committed ? load_le<uint64_t>(committed + bit / 8) : 0;
+      uint64_t taken = w | c;
+      if (taken == ~0ull) {
+        bit += 64;
+        continue;
+      }
+      return base + bit + static_cast<uint64_t>(__builtin_ctzll(~taken));
+    }
+    bool taken = (work && test_bit(work, bit)) || (committed && test_bit(committed, bit));
+    if (!taken) return base + bit;
+    ++bit;
+  }
+  return UINT64_MAX;
+}
+
+Result<uint64_t> SpaceMap::allocate() {
+  if (used_ >= units_)
+    return make_error(Code::kNoSpace, "the store's {} space is full ({} of {} in use)", name_, used_, units_);
+  uint32_t start = static_cast<uint32_t>(cursor_ / kBitsPerBitmap);
+  for (uint32_t k = 0; k <= bitmaps_; ++k) {
+    uint32_t i = (start + k) % bitmaps_;
+    if (full_hint_[i] && k != 0) continue;
+    uint64_t from = (k == 0) ? cursor_ % kBitsPerBitmap : 0;
+    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, from));
+    if (unit == UINT64_MAX) {
+      if (from == 0) full_hint_[i] = true;
+      continue;
+    }
+    MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, true));
+    uint8_t* b = bits(w.mutable_data());
+    uint64_t bit = unit - uint64_t{i} * kBitsPerBitmap;
+    b[bit / 8] = static_cast<uint8_t>(b[bit / 8] | (1u << (bit % 8)));
+    ++used_;
+    cursor_ = unit + 1 < units_ ? unit + 1 : 0;
+    return unit;
+  }
+  return make_error(Code::kNoSpace,
+                    "the store's {} space is full ({} in use, {} freed but not reusable before the next commit)",
+                    name_, used_, freed_);
+}
+
+Status SpaceMap::free(uint64_t unit) {
+  MS_TRY(validate_unit(unit));
+  uint32_t i = static_cast<uint32_t>(unit / kBitsPerBitmap);
+  uint64_t bit = unit % kBitsPerBitmap;
+  MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, true));
+  uint8_t* b = bits(w.mutable_data());
+  if (!test_bit(b, bit))
+    return make_error(Code::kCorruption, "{} space map: freeing unit {} which is not in use", name_, unit);
+  b[bit / 8] = static_cast<uint8_t>(b[bit / 8] & ~(1u << (bit % 8)));
+  --used_;
+  ++freed_;
+  full_hint_[i] = false;
+  return Status::ok();
+}
+
+Result<bool> SpaceMap::is_allocated(uint64_t unit) {
+  MS_TRY(validate_unit(unit));
+  uint32_t i = static_cast<uint32_t>(unit / kBitsPerBitmap);
+  MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, false));
+  if (!w) return false;
+  return test_bit(bits(w.data()), unit % kBitsPerBitmap);
+}
+
+Result<bool> SpaceMap::is_allocated_committed(uint64_t unit) {
+  MS_TRY(validate_unit(unit));
+  uint32_t i = static_cast<uint32_t>(unit / kBitsPerBitmap);
+  if (!bitmap_written(i)) return false;
+  MS_ASSIGN_OR_RETURN(BlockRef c, committed_block(i));
+  return test_bit(bits(c.data()), unit % kBitsPerBitmap);
+}
+
+Result<std::vector<bool>> SpaceMap::committed_bits() {
+  std::vector<bool> out(units_, false);
+  for (uint32_t i = 0; i < bitmaps_; ++i) {
+    if (!bitmap_written(i)) continue;
+    MS_ASSIGN_OR_RETURN(BlockRef c, committed_block(i));
+    uint64_t base = uint64_t{i} * kBitsPerBitmap;
+    uint64_t limit = std::min<uint64_t>(kBitsPerBitmap, units_ - base);
+    for (uint64_t b = 0; b < limit; ++b)
+      if (test_bit(bits(c.data()), b)) out[base + b] = true;
+  }
+  return out;
+}
+
+}  // namespace multisnap

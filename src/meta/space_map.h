@@ -1,0 +1,86 @@
+// SpaceMap: which metadata blocks, or which data chunks, are in use.
+//
+// One bit per unit in bitmap blocks at fixed places in the store. Each bitmap
+// block has two slots on disk ("ping-pong"); the commit record says, for
+// each bitmap, which slot holds its committed version (or that it was never
+// written: all free). A transaction that changes a bitmap writes the other
+// slot, so the committed version is never overwritten, and the space map
+// needs no allocation of its own (no recursion through the B-trees).
+//
+// Deferred frees come free with this: a unit may be allocated only if it is
+// clear in the working bitmap AND in the committed one, so a unit freed in
+// this transaction is not reused until the transaction commits (invariant 3
+// in transaction.h).
+//
+// Memory: 2 bits of state per bitmap block (each covers 32,512 units), plus
+// the cache. Single-threaded.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "meta/cache.h"
+#include "meta/superblock.h"
+
+namespace multisnap {
+
+class SpaceMap {
+ public:
+  // `first_bitmap_block`: block of bitmap 0's slot 0; bitmap i slot s is at
+  // first_bitmap_block + 2*i + s.
+  SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t first_bitmap_block,
+           uint32_t bitmaps, const uint64_t* generation);
+
+  // State from the commit record: 2 bits per bitmap (bit 0 slot, bit 1 written).
+  void load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor);
+  // The states as the commit being written will have them.
+  std::vector<uint8_t> next_states() const;
+  // After the commit record is durable.
+  void commit_done();
+
+  Result<uint64_t> allocate();
+  Status free(uint64_t unit);
+  Result<bool> is_allocated(uint64_t unit);            // in this transaction
+  Result<bool> is_allocated_committed(uint64_t unit);  // at the last commit
+  // Every unit's committed bit, for check (memory: one bit per unit).
+  Result<std::vector<bool>> committed_bits();
+
+  uint64_t used() const { return used_; }
+  uint64_t total() const { return units_; }
+  uint64_t cursor() const { return cursor_; }
+  uint64_t freed_this_transaction() const { return freed_; }
+  // True when a bitmap was changed in this transaction.
+  bool dirty() const { return std::find(dirty_.begin(), dirty_.end(), true) != dirty_.end(); }
+  uint32_t bitmaps() const { return bitmaps_; }
+  uint64_t bitmap_block(uint32_t i, int slot) const { return first_ + 2ull * i + slot; }
+  bool bitmap_written(uint32_t i) const { return state(i) & 2; }
+  int committed_slot(uint32_t i) const { return state(i) & 1; }
+
+ private:
+  uint8_t state(uint32_t i) const { return (states_[i / 4] >> ((i % 4) * 2)) & 3; }
+  void set_state(std::vector<uint8_t>& v, uint32_t i, uint8_t s) const;
+  // The committed version of bitmap i (only when bitmap_written(i)).
+  Result<BlockRef> committed_block(uint32_t i);
+  // The working (writable) version of bitmap i, copied from the committed one
+  // into the other slot the first time this transaction touches it.
+  Result<BlockRef> working_block(uint32_t i, bool for_write);
+  Result<uint64_t> find_free_in(uint32_t i, uint64_t from_bit);
+  Status validate_unit(uint64_t unit) const;
+
+  BlockCache& cache_;
+  std::string name_;
+  uint64_t units_;
+  uint64_t first_;
+  uint32_t bitmaps_;
+  const uint64_t* generation_;
+  std::vector<uint8_t> states_;
+  std::vector<bool> dirty_;      // bitmap written in this transaction
+  std::vector<bool> full_hint_;  // no free unit seen at last scan
+  uint64_t used_ = 0;
+  uint64_t cursor_ = 0;
+  uint64_t freed_ = 0;
+};
+
+}  // namespace multisnap

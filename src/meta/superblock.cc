@@ -1,0 +1,212 @@
+#include "meta/superblock.h"
+
+#include <cstring>
+#include <vector>
+
+#include "util/checksum.h"
+#include "util/units.h"
+
+namespace multisnap {
+
+namespace {
+constexpr char kMagic[8] = {'M', 'S', 'N', 'A', 'P', 'S', 'B', 0};
+// Range store worst case is about 70 bytes of metadata per exception (leaves
+// half full, inner nodes, a transaction's shadow copies); budget 128.
+constexpr uint64_t kMetaBytesPerChunk = 128;
+constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB
+
+}  // namespace
+
+uint32_t commit_blocks_for(uint64_t meta_bitmaps, uint64_t data_bitmaps) {
+  uint64_t bytes = div_round_up(meta_bitmaps, 4) + div_round_up(data_bitmaps, 4);
+  uint64_t first = kBlockSize - kCommitFirstSelectorOffset;
+  if (bytes <= first) return 1;
+  return static_cast<uint32_t>(1 + div_round_up(bytes - first, kBlockPayload));
+}
+
+namespace {
+}  // namespace
+
+const char* store_format_name(StoreFormat f) {
+  switch (f) {
+    case StoreFormat::kRange: return "range";
+    case StoreFormat::kBitmask: return "bitmask";
+  }
+  return "unknown";
+}
+
+std::optional<StoreFormat> parse_store_format(std::string_view name) {
+  if (name == "range") return StoreFormat::kRange;
+  if (name == "bitmask") return StoreFormat::kBitmask;
+  return std::nullopt;
+}
+
+Result<Layout> compute_layout(const LayoutRequest& r) {
+  if (!is_power_of_two(r.chunk_size) || r.chunk_size < kMinChunkSize || r.chunk_size > kMaxChunkSize)
+    return make_error(Code::kInvalidArgument,
+                      "chunk size {} must be a power of two from 4 KiB to 1 MiB", r.chunk_size);
+  if (r.origin_size == 0) return make_error(Code::kInvalidArgument, "the origin is empty");
+  Layout l;
+  l.chunk_size = r.chunk_size;
+  l.origin_size = r.origin_size;
+  l.store_size = r.store_size / kBlockSize * kBlockSize;
+  const uint64_t chunk_blocks = r.chunk_size / kBlockSize;
+  const uint64_t total_blocks = l.store_size / kBlockSize;
+  uint64_t data_chunks = total_blocks / chunk_blocks;
+  uint64_t meta_blocks = 0;
+  if (r.metadata_size) {
+    meta_blocks = *r.metadata_size / kBlockSize;
+    if (meta_blocks < 64)
+      return make_error(Code::kInvalidArgument, "metadata size {} is below the minimum of 256 KiB",
+                        *r.metadata_size);
+  }
+  // Fixed point: the data area shrinks as the metadata it needs is carved out.
+  for (int iter = 0; iter < 8; ++iter) {
+    if (!r.metadata_size)
+      meta_blocks = std::max(kMinMetaBlocks, div_round_up(data_chunks * kMetaBytesPerChunk, kBlockSize));
+    uint64_t meta_bitmaps = div_round_up(meta_blocks, kBitsPerBitmap);
+    uint64_t data_bitmaps = std::max<uint64_t>(1, div_round_up(data_chunks, kBitsPerBitmap));
+    uint32_t cblocks = commit_blocks_for(meta_bitmaps, data_bitmaps);
+    uint64_t fixed = 1 + 2ull * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
+    uint64_t data_start_block = round_up(fixed + meta_blocks, chunk_blocks);
+    if (data_start_block >= total_blocks)
+      return make_error(Code::kNoSpace, "the store ({}) is too small to hold metadata and data",
+                        format_size(l.store_size));
+    uint64_t chunks = (total_blocks - data_start_block) / chunk_blocks;
+    l.commit_start = 1;
+    l.commit_blocks = cblocks;
+    l.meta_bitmap_start = 1 + 2ull * cblocks;
+    l.meta_bitmaps = static_cast<uint32_t>(meta_bitmaps);
+    l.data_bitmap_start = l.meta_bitmap_start + 2 * meta_bitmaps;
+    l.data_bitmaps = static_cast<uint32_t>(data_bitmaps);
+    l.meta_start = l.data_bitmap_start + 2 * data_bitmaps;
+    l.meta_blocks = meta_blocks;  // blocks up to the chunk-aligned data area stay unused
+    l.data_start = data_start_block * kBlockSize;
+    l.data_chunks = chunks;
+    if (chunks == data_chunks) break;
+    data_chunks = chunks;
+  }
+  if (l.data_chunks == 0)
+    return make_error(Code::kNoSpace, "the store ({}) has no room for data chunks",
+                      format_size(l.store_size));
+  return l;
+}
+
+uint64_t Superblock::checksum_seed() const {
+  return checksum64(uuid.data(), uuid.size(), kSuperblockSeed);
+}
+
+std::string Superblock::uuid_string() const {
+  std::string s;
+  for (size_t i = 0; i < uuid.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    s += fmt::format("{:02x}", uuid[i]);
+  }
+  return s;
+}
+
+Status write_superblock(BlockDevice& dev, const Superblock& sb) {
+  std::vector<uint8_t> buf(kBlockSize, 0);
+  auto* d = reinterpret_cast<SuperblockDisk*>(buf.data());
+  if (sb.origin_path.size() >= sizeof(d->origin_path))
+    return make_error(Code::kInvalidArgument, "origin path is longer than {} bytes",
+                      sizeof(d->origin_path) - 1);
+  d->header.type = static_cast<uint32_t>(BlockType::kSuperblock);
+  d->header.blocknr = 0;
+  d->header.generation = 0;
+  std::memcpy(d->magic, kMagic, sizeof kMagic);
+  d->version = kFormatVersion;
+  d->format = static_cast<uint32_t>(sb.format);
+  std::memcpy(d->uuid, sb.uuid.data(), 16);
+  d->created_ns = sb.created_ns;
+  d->block_size = kBlockSize;
+  const Layout& l = sb.layout;
+  d->chunk_size = l.chunk_size;
+  d->origin_size = l.origin_size;
+  d->store_size = l.store_size;
+  d->commit_start = l.commit_start;
+  d->commit_blocks = l.commit_blocks;
+  d->meta_bitmap_start = l.meta_bitmap_start;
+  d->meta_bitmaps = l.meta_bitmaps;
+  d->data_bitmaps = l.data_bitmaps;
+  d->data_bitmap_start = l.data_bitmap_start;
+  d->meta_start = l.meta_start;
+  d->meta_blocks = l.meta_blocks;
+  d->data_start = l.data_start;
+  d->data_chunks = l.data_chunks;
+  d->origin_path_len = static_cast<uint32_t>(sb.origin_path.size());
+  std::memcpy(d->origin_path, sb.origin_path.data(), sb.origin_path.size());
+  seal_block(buf.data(), kSuperblockSeed);
+  MS_TRY(dev.write(0, buf.data(), buf.size()));
+  return dev.flush();
+}
+
+bool looks_like_store(BlockDevice& dev) {
+  if (dev.size() < kBlockSize) return false;
+  std::vector<uint8_t> buf(kBlockSize);
+  if (!dev.read(0, buf.data(), buf.size()).is_ok()) return false;
+  return std::memcmp(reinterpret_cast<SuperblockDisk*>(buf.data())->magic, kMagic, 8) == 0;
+}
+
+Result<Superblock> read_superblock(BlockDevice& dev) {
+  if (dev.size() < kBlockSize)
+    return make_error(Code::kCorruption, "{} is too small to be a multisnap store", dev.describe());
+  std::vector<uint8_t> buf(kBlockSize);
+  MS_TRY(dev.read(0, buf.data(), buf.size()));
+  const auto* d = reinterpret_cast<const SuperblockDisk*>(buf.data());
+  if (std::memcmp(d->magic, kMagic, 8) != 0)
+    return make_error(Code::kCorruption, "{} is not a multisnap store (no superblock magic)",
+                      dev.describe());
+  MS_TRY(validate_block(buf.data(), 0, BlockType::kSuperblock, kSuperblockSeed, 0)
+             .annotate(dev.describe()));
+  if (d->version != kFormatVersion)
+    return make_error(Code::kNotSupported, "{}: store format version {} is not supported (this is {})",
+                      dev.describe(), d->version, kFormatVersion);
+  if (d->block_size != kBlockSize)
+    return make_error(Code::kCorruption, "{}: block size {} is not {}", dev.describe(), d->block_size,
+                      kBlockSize);
+  Superblock sb;
+  if (d->format != static_cast<uint32_t>(StoreFormat::kRange) &&
+      d->format != static_cast<uint32_t>(StoreFormat::kBitmask))
+    return make_error(Code::kCorruption, "{}: unknown store format {}", dev.describe(), d->format);
+  sb.format = static_cast<StoreFormat>(d->format);
+  std::memcpy(sb.uuid.data(), d->uuid, 16);
+  sb.created_ns = d->created_ns;
+  Layout& l = sb.layout;
+  l.chunk_size = d->chunk_size;
+  l.origin_size = d->origin_size;
+  l.store_size = d->store_size;
+  l.commit_start = d->commit_start;
+  l.commit_blocks = d->commit_blocks;
+  l.meta_bitmap_start = d->meta_bitmap_start;
+  l.meta_bitmaps = d->meta_bitmaps;
+  l.data_bitmaps = d->data_bitmaps;
+  l.data_bitmap_start = d->data_bitmap_start;
+  l.meta_start = d->meta_start;
+  l.meta_blocks = d->meta_blocks;
+  l.data_start = d->data_start;
+  l.data_chunks = d->data_chunks;
+  if (d->origin_path_len >= sizeof(d->origin_path))
+    return make_error(Code::kCorruption, "{}: origin path length {} is impossible", dev.describe(),
+                      d->origin_path_len);
+  sb.origin_path.assign(d->origin_path, d->origin_path_len);
+  // The layout must be self-consistent and inside the device.
+  bool sane = is_power_of_two(l.chunk_size) && l.chunk_size >= kMinChunkSize &&
+              l.chunk_size <= kMaxChunkSize && l.commit_start == 1 && l.commit_blocks >= 1 &&
+              l.meta_bitmap_start == 1 + 2ull * l.commit_blocks &&
+              l.data_bitmap_start == l.meta_bitmap_start + 2ull * l.meta_bitmaps &&
+              l.meta_start == l.data_bitmap_start + 2ull * l.data_bitmaps &&
+              l.commit_blocks == commit_blocks_for(l.meta_bitmaps, l.data_bitmaps) &&
+              l.meta_bitmaps == div_round_up(l.meta_blocks, kBitsPerBitmap) &&
+              l.data_bitmaps == std::max<uint64_t>(1, div_round_up(l.data_chunks, kBitsPerBitmap)) &&
+              l.data_start % l.chunk_size == 0 &&
+              l.data_start >= (l.meta_start + l.meta_blocks) * kBlockSize &&
+              l.data_start + l.data_chunks * l.chunk_size <= l.store_size && l.origin_size > 0;
+  if (!sane) return make_error(Code::kCorruption, "{}: the superblock's layout is inconsistent", dev.describe());
+  if (l.store_size > dev.size())
+    return make_error(Code::kCorruption, "{}: the store was created with {} bytes but the device has {}",
+                      dev.describe(), l.store_size, dev.size());
+  return sb;
+}
+
+}  // namespace multisnap

@@ -1,0 +1,107 @@
+// The store's superblock (block 0, written once by `create`) and the layout
+// it describes: where the commit slots, space bitmaps, metadata blocks and
+// data chunks of the store device are. docs/format.md has the byte table.
+#pragma once
+
+#include <array>
+#include <optional>
+#include <string>
+
+#include "io/block_device.h"
+#include "meta/block.h"
+
+namespace multisnap {
+
+// Persisted: never renumber.
+enum class StoreFormat : uint32_t { kRange = 1, kBitmask = 2 };
+const char* store_format_name(StoreFormat f);
+std::optional<StoreFormat> parse_store_format(std::string_view name);
+
+constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kMinChunkSize = 4096;
+constexpr uint32_t kMaxChunkSize = 1u << 20;
+// Units (metadata blocks or data chunks) tracked by one bitmap block.
+constexpr uint64_t kBitsPerBitmap = kBlockPayload * 8;
+// Bytes of commit record per block for bitmap selectors (2 bits each).
+constexpr size_t kCommitFirstSelectorOffset = 640;
+constexpr size_t kStoreAreaOffset = 128;
+constexpr size_t kStoreAreaSize = 512;
+
+struct Layout {
+  uint32_t chunk_size = 0;
+  uint64_t origin_size = 0;  // bytes
+  uint64_t store_size = 0;   // bytes of the store device used
+  uint64_t commit_start = 0;       // block of commit slot 0; slot 1 follows
+  uint32_t commit_blocks = 0;      // blocks per commit slot
+  uint64_t meta_bitmap_start = 0;  // block; bitmap i slot s at start + 2*i + s
+  uint32_t meta_bitmaps = 0;
+  uint64_t data_bitmap_start = 0;
+  uint32_t data_bitmaps = 0;
+  uint64_t meta_start = 0;   // first metadata pool block
+  uint64_t meta_blocks = 0;  // metadata pool size in blocks
+  uint64_t data_start = 0;   // byte offset of data chunk 0 (chunk aligned)
+  uint64_t data_chunks = 0;
+
+  uint64_t origin_chunks() const { return (origin_size + chunk_size - 1) / chunk_size; }
+  uint64_t data_offset(uint64_t chunk) const { return data_start + chunk * chunk_size; }
+};
+
+struct LayoutRequest {
+  uint64_t store_size = 0;
+  uint32_t chunk_size = 64 * 1024;
+  uint64_t origin_size = 0;
+  std::optional<uint64_t> metadata_size;  // bytes; default: sized from the data area
+};
+Result<Layout> compute_layout(const LayoutRequest& request);
+// Blocks per commit slot for this many bitmaps (their selectors must fit).
+uint32_t commit_blocks_for(uint64_t meta_bitmaps, uint64_t data_bitmaps);
+
+struct Superblock {
+  StoreFormat format = StoreFormat::kRange;
+  std::array<uint8_t, 16> uuid{};
+  uint64_t created_ns = 0;
+  Layout layout;
+  std::string origin_path;
+  uint64_t checksum_seed() const;  // seed for every other metadata block
+  std::string uuid_string() const;
+};
+
+struct SuperblockDisk {
+  BlockHeaderDisk header;
+  char magic[8];  // "MSNAPSB\0"
+  uint32_t version;
+  uint32_t format;
+  uint8_t uuid[16];
+  uint64_t created_ns;
+  uint32_t block_size;
+  uint32_t chunk_size;
+  uint64_t origin_size;
+  uint64_t store_size;
+  uint64_t commit_start;
+  uint32_t commit_blocks;
+  uint32_t reserved0;
+  uint64_t meta_bitmap_start;
+  uint32_t meta_bitmaps;
+  uint32_t data_bitmaps;
+  uint64_t data_bitmap_start;
+  uint64_t meta_start;
+  uint64_t meta_blocks;
+  uint64_t data_start;
+  uint64_t data_chunks;
+  uint32_t origin_path_len;
+  uint32_t reserved1;
+  char origin_path[kBlockSize - 176];
+};
+static_assert(sizeof(SuperblockDisk) == kBlockSize);
+static_assert(offsetof(SuperblockDisk, magic) == 32);
+static_assert(offsetof(SuperblockDisk, created_ns) == 64);
+static_assert(offsetof(SuperblockDisk, commit_start) == 96);
+static_assert(offsetof(SuperblockDisk, data_chunks) == 160);
+static_assert(offsetof(SuperblockDisk, origin_path) == 176);
+
+Status write_superblock(BlockDevice& dev, const Superblock& sb);
+Result<Superblock> read_superblock(BlockDevice& dev);
+// True when block 0 carries the multisnap magic (valid or not).
+bool looks_like_store(BlockDevice& dev);
+
+}  // namespace multisnap

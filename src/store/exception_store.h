@@ -1,0 +1,186 @@
+// ExceptionStore: the generic engine's view of an exception store, the C++
+// form of the seed's method table (dm_multisnap_exception_store). Two
+// implementations: the range store (store/range) and the bitmask store
+// (store/bitmask).
+//
+// Vocabulary: an origin chunk C of snapshot S is either still on the origin
+// (kOrigin), or remapped to a store chunk (kStore), or known to be zeros
+// (kZero). A mapping is *exclusive* when no other live snapshot shares it:
+// only then may S's writes go to it in place.
+//
+// The engine drives the store like this (docs/design.md, "Request flow"):
+//  * origin write to C: reset_query(C); while query_next_remap(): allocate a
+//    copy slot and add_next_remap(). One copy job then reads C from the
+//    origin and writes it to every chunk returned. The write is retried from
+//    the start once the copies are committed.
+//  * snapshot write to C: lookup(C, S, exclusive); if not exclusive,
+//    make_chunk_writeable(C, S) gives a CopyPlan; after it is committed the
+//    write is retried and finds an exclusive chunk.
+//  * conflicts: every copy job carries the store's CopyDescriptor; the engine
+//    asks conflicts(desc, S) and never looks inside.
+//  * commit() makes everything so far durable (transaction.h).
+//
+// Metadata changes become visible to lookups at once and durable at the next
+// commit. The engine must not let a client see a remap whose copy has not
+// completed, nor overwrite the origin before the remap that preserves it is
+// committed.
+//
+// Single-threaded: the engine thread (or an offline tool) owns the store.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "meta/transaction.h"
+
+namespace multisnap {
+
+using SnapshotId = uint32_t;  // user-visible, never reused; 0 stands for the origin
+constexpr SnapshotId kOriginId = 0;
+constexpr size_t kMaxSnapshotName = 64;
+
+struct SnapshotInfo {
+  SnapshotId id = 0;
+  SnapshotId parent = kOriginId;  // what it is a snapshot of
+  std::string name;               // empty: no name
+  uint64_t created_ns = 0;        // wall clock, ns since the epoch
+  uint64_t store_key = 0;         // the store's own handle (range key ID, or bit)
+  uint32_t children = 0;          // snapshots ever made of this one
+};
+
+struct ChunkMapping {
+  enum class Kind { kOrigin, kStore, kZero };
+  Kind kind = Kind::kOrigin;
+  uint64_t store_chunk = 0;  // kStore
+  bool exclusive = false;    // only computed when asked for
+};
+
+// Opaque to the engine: the range store puts a key range in it, the bitmask
+// store a mask.
+struct CopyDescriptor {
+  uint64_t a = 0;
+  uint64_t b = 0;
+};
+
+// A copy the engine must perform before the metadata that produced it may
+// be committed: read `source` once, write it to every chunk in `dests`.
+struct CopyPlan {
+  enum class Source { kOrigin, kStore, kZero };
+  Source source = Source::kOrigin;
+  uint64_t source_chunk = 0;  // kStore
+  std::vector<uint64_t> dests;
+  CopyDescriptor descriptor;
+};
+
+struct StoreStats {
+  const char* format = "";
+  uint32_t chunk_size = 0;
+  uint64_t origin_size = 0;
+  uint64_t data_chunks_total = 0;
+  uint64_t data_chunks_used = 0;
+  uint64_t meta_blocks_total = 0;
+  uint64_t meta_blocks_used = 0;
+  uint64_t snapshots = 0;
+  uint64_t snapshot_slots_free = UINT64_MAX;  // bitmask store: free bits
+  uint64_t exceptions = 0;
+  uint64_t generation = 0;
+  bool reclaim_active = false;
+  double reclaim_progress = 1.0;  // fraction of the current pass done
+};
+
+// One mapping, as `multisnap dump` prints it.
+struct DumpEntry {
+  uint64_t chunk = 0;
+  std::string snapshots;  // "3..7" (range store) or "0x..." mask (bitmask store)
+  std::vector<SnapshotId> live;  // the live snapshots it serves
+  bool zero = false;
+  uint64_t store_chunk = 0;
+};
+
+// Problems found by check(); it keeps going after each one.
+class CheckReport {
+ public:
+  void problem(std::string text) { problems_.push_back(std::move(text)); }
+  void note(std::string text) { notes_.push_back(std::move(text)); }
+  bool clean() const { return problems_.empty(); }
+  const std::vector<std::string>& problems() const { return problems_; }
+  const std::vector<std::string>& notes() const { return notes_; }
+
+ private:
+  std::vector<std::string> problems_;
+  std::vector<std::string> notes_;
+};
+
+class ExceptionStore {
+ public:
+  virtual ~ExceptionStore() = default;
+
+  virtual TransactionManager& tm() = 0;
+  const Layout& layout() { return tm().layout(); }
+
+  // ---- snapshots
+  // O(1) in the number of chunks and snapshots (a few B-tree operations).
+  virtual Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name,
+                                               uint64_t now_ns) = 0;
+  // The ID disappears at once; its space is reclaimed by reclaim_step().
+  virtual Status delete_snapshot(SnapshotId id) = 0;
+  virtual Result<std::optional<SnapshotInfo>> find_snapshot(SnapshotId id) = 0;
+  virtual Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view name) = 0;
+  // Calls fn for each live snapshot with id >= from, in ID order, until it returns false.
+  virtual Status list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) = 0;
+  virtual uint64_t snapshot_count() const = 0;
+
+  // ---- reads
+  virtual Result<ChunkMapping> lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) = 0;
+
+  // ---- origin writes (the seed's query/add loop)
+  virtual void reset_query(uint64_t chunk) = 0;
+  virtual Result<bool> query_next_remap() = 0;
+  // Allocates a store chunk for the set found by query_next_remap() and
+  // records the remap; returns the chunk and fills the descriptor.
+  virtual Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) = 0;
+
+  // ---- snapshot writes
+  // For a mapping that is not exclusive (or a zero mapping about to be
+  // partly written): records S's own chunk and says how to fill it.
+  virtual Result<CopyPlan> make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) = 0;
+  // Makes the whole chunk read as zeros for S, freeing S's own copy. May
+  // need a copy to keep sharers intact (returned), or none.
+  virtual Result<std::optional<CopyPlan>> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) = 0;
+
+  // ---- conflicts
+  virtual bool conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const = 0;
+
+  // ---- background reclaim of deleted snapshots
+  virtual bool reclaim_pending() const = 0;
+  // Does a bounded amount of work (about `budget` entries); the caller commits.
+  virtual Status reclaim_step(uint32_t budget) = 0;
+
+  // ---- commit and introspection
+  virtual Status commit() = 0;
+  virtual StoreStats stats() = 0;
+  virtual Status dump(const std::function<bool(const DumpEntry&)>& fn) = 0;
+  // Walks all committed metadata (open the store read-only for this).
+  virtual void check(CheckReport& report) = 0;
+};
+
+struct CreateOptions {
+  StoreFormat format = StoreFormat::kRange;
+  uint32_t chunk_size = 64 * 1024;
+  uint64_t origin_size = 0;
+  std::string origin_path;
+  std::optional<uint64_t> metadata_size;
+};
+
+// Writes a new, empty store on `dev` (its whole size).
+Status format_store(BlockDevice& dev, const CreateOptions& options);
+// Opens the store of whichever format the superblock names.
+Result<std::unique_ptr<ExceptionStore>> open_store(BlockDevice& dev, const TmOptions& options);
+
+// Validates a snapshot name: 1..64 bytes of [A-Za-z0-9._:@+-], not all digits.
+Status validate_snapshot_name(std::string_view name);
+
+}  // namespace multisnap

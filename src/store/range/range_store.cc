@@ -1,0 +1,519 @@
+#include "store/range/range_store.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+namespace multisnap {
+
+namespace {
+constexpr uint64_t kMinorMask = 0xffffffffull;
+uint64_t family_base(uint64_t key) { return key & ~kMinorMask; }
+uint64_t family_end(uint64_t key) { return key | kMinorMask; }
+}  // namespace
+
+std::string RangeStore::range_string(uint64_t lo, uint64_t hi) {
+  if ((lo & kMinorMask) == 0 && (hi & kMinorMask) == kMinorMask)
+    return fmt::format("{}..{}", lo >> 32, hi >> 32);  // whole families
+  return key_string(lo) + ".." + key_string(hi);
+}
+
+std::string RangeStore::key_string(uint64_t key) {
+  uint64_t major = key >> 32, minor = key & kMinorMask;
+  if (minor == 0) return std::to_string(major);
+  return fmt::format("{}.{}", major, (kMinorMask - minor) + 1);
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+Result<std::unique_ptr<RangeStore>> RangeStore::create(std::unique_ptr<TransactionManager> tm) {
+  std::unique_ptr<RangeStore> s(new RangeStore(std::move(tm)));
+  MS_TRY(s->init_common());
+  MS_ASSIGN_OR_RETURN(s->exceptions_root_, ExceptionTree::create(*s->tm_));
+  MS_ASSIGN_OR_RETURN(s->live_root_, LiveTree::create(*s->tm_));
+  MS_TRY(s->commit());
+  return s;
+}
+
+Result<std::unique_ptr<RangeStore>> RangeStore::open(std::unique_ptr<TransactionManager> tm) {
+  std::unique_ptr<RangeStore> s(new RangeStore(std::move(tm)));
+  s->load_common();
+  s->load_specific();
+  return s;
+}
+
+void RangeStore::load_specific() {
+  const uint8_t* a = tm_->store_area().data() + 64;
+  exceptions_root_ = load_le<uint64_t>(a);
+  live_root_ = load_le<uint64_t>(a + 8);
+  exception_count_ = load_le<uint64_t>(a + 16);
+  reclaim_cursor_ = {load_le<uint64_t>(a + 24), load_le<uint64_t>(a + 32)};
+  reclaim_flags_ = load_le<uint32_t>(a + 40);
+}
+
+void RangeStore::save_specific(uint8_t* area) {
+  uint8_t* a = area + 64;
+  store_le(a, exceptions_root_);
+  store_le(a + 8, live_root_);
+  store_le(a + 16, exception_count_);
+  store_le(a + 24, reclaim_cursor_.hi);
+  store_le(a + 32, reclaim_cursor_.lo);
+  store_le(a + 40, reclaim_flags_);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+Result<uint64_t> RangeStore::allocate_key(SnapshotRecord* parent) {
+  if (!parent) return uint64_t{next_id_} << 32;
+  if (parent->store_key & kMinorMask)
+    return make_error(Code::kNotSupported,
+                      "the range store makes snapshots of snapshots one level deep, and the parent is "
+                      "itself a snapshot of a snapshot");
+  if (parent->children >= kMinorMask - 1)
+    return make_error(Code::kNoSpace, "the parent snapshot has had the maximum number of snapshots taken");
+  uint64_t key = parent->store_key | (kMinorMask - parent->children);
+  ++parent->children;
+  return key;
+}
+
+Status RangeStore::on_created(const SnapshotInfo& info) {
+  LiveTree live(*tm_, live_root_);
+  MS_TRY(live.insert(info.store_key, info.id));
+  live_root_ = live.root();
+  return Status::ok();
+}
+
+Status RangeStore::on_deleted(const SnapshotInfo& info) {
+  LiveTree live(*tm_, live_root_);
+  MS_TRY(live.remove(info.store_key).status());
+  live_root_ = live.root();
+  if (reclaim_flags_ & kReclaimActive) {
+    reclaim_flags_ |= kReclaimAgain;  // entries behind the cursor may now be dead too
+  } else {
+    reclaim_flags_ = kReclaimActive;
+    reclaim_cursor_ = {};
+  }
+  return Status::ok();
+}
+
+Result<RangeStore::Range> RangeStore::atom_of(const SnapshotInfo& snap) {
+  uint64_t key = snap.store_key;
+  if (key & kMinorMask) return Range{key, key};
+  // A snapshot of the origin: itself and its future children. Read the
+  // record: the caller's copy of `children` may be older.
+  MS_ASSIGN_OR_RETURN(auto now, find_snapshot(snap.id));
+  if (!now) return make_error(Code::kNotFound, "there is no snapshot {}", snap.id);
+  return Range{key, key | (kMinorMask - now->children)};
+}
+
+// ---------------------------------------------------------------- tree helpers
+
+Result<std::optional<RangeStore::Entry>> RangeStore::covering(uint64_t chunk, uint64_t key) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  MS_ASSIGN_OR_RETURN(auto e, ex.floor({chunk, key}));
+  if (e && e->key.hi == chunk && e->value.to >= key) return e;
+  return std::optional<Entry>();
+}
+
+Result<std::optional<uint64_t>> RangeStore::first_live(uint64_t lo, uint64_t hi) {
+  LiveTree live(*tm_, live_root_);
+  MS_ASSIGN_OR_RETURN(auto e, live.lower_bound(lo));
+  if (e && e->key <= hi) return std::optional<uint64_t>(e->key);
+  return std::optional<uint64_t>();
+}
+
+Result<std::optional<uint64_t>> RangeStore::last_live(uint64_t lo, uint64_t hi) {
+  LiveTree live(*tm_, live_root_);
+  MS_ASSIGN_OR_RETURN(auto e, live.floor(hi));
+  if (e && e->key >= lo) return std::optional<uint64_t>(e->key);
+  return std::optional<uint64_t>();
+}
+
+Result<bool> RangeStore::only_live(uint64_t lo, uint64_t hi, uint64_t key) {
+  MS_ASSIGN_OR_RETURN(auto first, first_live(lo, hi));
+  if (!first || *first != key) return false;
+  if (key == hi) return true;
+  MS_ASSIGN_OR_RETURN(auto second, first_live(key + 1, hi));
+  return !second.has_value();
+}
+
+Status RangeStore::put(uint64_t chunk, uint64_t from, uint64_t to, uint64_t store_chunk) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  Status s = ex.insert({chunk, from}, {to, store_chunk});
+  exceptions_root_ = ex.root();
+  return s;
+}
+
+Status RangeStore::erase(uint64_t chunk, uint64_t from) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  auto r = ex.remove({chunk, from});
+  exceptions_root_ = ex.root();
+  return r.status();
+}
+
+// ---------------------------------------------------------------- reads
+
+Result<ChunkMapping> RangeStore::lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) {
+  MS_ASSIGN_OR_RETURN(auto e, covering(chunk, snap.store_key));
+  ChunkMapping m;
+  if (!e) return m;
+  m.kind = e->value.store_chunk == kZeroChunk ? ChunkMapping::Kind::kZero : ChunkMapping::Kind::kStore;
+  m.store_chunk = e->value.store_chunk;
+  if (want_exclusive) {
+    MS_ASSIGN_OR_RETURN(m.exclusive, only_live(e->key.lo, e->value.to, snap.store_key));
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- origin writes
+
+void RangeStore::reset_query(uint64_t chunk) {
+  q_chunk_ = chunk;
+  q_next_ = 0;
+  q_done_ = false;
+}
+
+Result<bool> RangeStore::query_next_remap() {
+  const uint64_t cap = key_cap();
+  auto advance_past = [&](uint64_t hi) {
+    if (hi >= cap) q_done_ = true;
+    else q_next_ = hi + 1;
+  };
+  while (!q_done_ && q_next_ <= cap) {
+    MS_ASSIGN_OR_RETURN(auto e, covering(q_chunk_, q_next_));
+    if (e) {
+      advance_past(e->value.to);
+      continue;
+    }
+    // A gap starts at q_next_ and runs to the next entry of this chunk.
+    ExceptionTree ex(*tm_, exceptions_root_);
+    MS_ASSIGN_OR_RETURN(auto next, ex.lower_bound({q_chunk_, q_next_}));
+    uint64_t gap_end = (next && next->key.hi == q_chunk_) ? next->key.lo - 1 : cap;
+    gap_end = std::min(gap_end, cap);
+    MS_ASSIGN_OR_RETURN(auto first, first_live(q_next_, gap_end));
+    if (!first) {
+      advance_past(gap_end);
+      continue;
+    }
+    MS_ASSIGN_OR_RETURN(auto last, last_live(q_next_, gap_end));
+    // Widen to whole families so the entry also serves future children.
+    q_found_ = {std::max(q_next_, family_base(*first)), std::min(gap_end, family_end(*last))};
+    return true;
+  }
+  q_done_ = true;
+  return false;
+}
+
+Result<uint64_t> RangeStore::add_next_remap(CopyDescriptor* descriptor) {
+  MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+  MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
+  MS_TRY(put(q_chunk_, q_found_.lo, q_found_.hi, chunk));
+  ++exception_count_;
+  *descriptor = {q_found_.lo, q_found_.hi};
+  if (q_found_.hi >= key_cap()) q_done_ = true;
+  else q_next_ = q_found_.hi + 1;
+  return chunk;
+}
+
+// ---------------------------------------------------------------- snapshot writes
+
+// Cutting snapshot S's atom out of a shared entry e (chunk C, data D):
+//
+//   before:  [e.lo ........ atom ........ e.to] -> D
+//   after:   [e.lo .. a-1] -> D      (if it serves a live snapshot)
+//                         [atom]     (left to the caller)
+//                                [b+1 .. e.to] -> D, or a new chunk when
+//                                                 the left part kept D
+Status RangeStore::carve(uint64_t chunk, const Entry& e, Range atom, std::optional<uint64_t>* extra_dest) {
+  std::optional<Range> left, right;
+  if (e.key.lo < atom.lo) left = Range{e.key.lo, atom.lo - 1};
+  if (atom.hi < e.value.to) right = Range{atom.hi + 1, e.value.to};
+  bool left_live = false, right_live = false;
+  if (left) {
+    MS_ASSIGN_OR_RETURN(auto f, first_live(left->lo, left->hi));
+    left_live = f.has_value();
+  }
+  if (right) {
+    MS_ASSIGN_OR_RETURN(auto f, first_live(right->lo, right->hi));
+    right_live = f.has_value();
+  }
+  uint64_t data = e.value.store_chunk;
+  bool copy_right = left_live && right_live && data != kZeroChunk;
+  uint64_t right_chunk = data;
+  if (copy_right) {
+    MS_ASSIGN_OR_RETURN(right_chunk, tm_->allocate_chunk());
+    *extra_dest = right_chunk;
+  }
+  // From here on only tree updates, for which space was reserved.
+  MS_TRY(erase(chunk, e.key.lo));
+  --exception_count_;
+  if (left_live) {
+    MS_TRY(put(chunk, left->lo, left->hi, data));
+    ++exception_count_;
+  }
+  if (right_live) {
+    MS_TRY(put(chunk, right->lo, right->hi, right_chunk));
+    ++exception_count_;
+  }
+  if (!left_live && !right_live && data != kZeroChunk) MS_TRY(tm_->free_chunk(data));
+  return Status::ok();
+}
+
+Result<CopyPlan> RangeStore::make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(tm_->reserve_meta(4 * ExceptionTree::kOpReserve));
+  MS_ASSIGN_OR_RETURN(Range atom, atom_of(snap));
+  MS_ASSIGN_OR_RETURN(auto e, covering(chunk, snap.store_key));
+  CopyPlan plan;
+  if (!e) {
+    MS_ASSIGN_OR_RETURN(uint64_t n, tm_->allocate_chunk());
+    MS_TRY(put(chunk, atom.lo, atom.hi, n));
+    ++exception_count_;
+    plan.source = CopyPlan::Source::kOrigin;
+    plan.dests = {n};
+    plan.descriptor = {atom.lo, atom.hi};
+    return plan;
+  }
+  plan.descriptor = {e->key.lo, e->value.to};
+  MS_ASSIGN_OR_RETURN(bool exclusive, only_live(e->key.lo, e->value.to, snap.store_key));
+  if (exclusive) {
+    if (e->value.store_chunk != kZeroChunk) return plan;  // already writable: nothing to do
+    MS_ASSIGN_OR_RETURN(uint64_t n, tm_->allocate_chunk());
+    MS_TRY(put(chunk, e->key.lo, e->value.to, n));
+    plan.source = CopyPlan::Source::kZero;
+    plan.dests = {n};
+    return plan;
+  }
+  MS_ASSIGN_OR_RETURN(uint64_t own, tm_->allocate_chunk());
+  std::optional<uint64_t> extra;
+  Status s = carve(chunk, *e, atom, &extra);
+  if (!s.is_ok()) {
+    tm_->free_chunk(own).ignore();
+    return s;
+  }
+  MS_TRY(put(chunk, atom.lo, atom.hi, own));
+  ++exception_count_;
+  plan.source = e->value.store_chunk == kZeroChunk ? CopyPlan::Source::kZero : CopyPlan::Source::kStore;
+  plan.source_chunk = e->value.store_chunk;
+  plan.dests = {own};
+  if (extra) plan.dests.push_back(*extra);
+  return plan;
+}
+
+Result<std::optional<CopyPlan>> RangeStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(tm_->reserve_meta(4 * ExceptionTree::kOpReserve));
+  MS_ASSIGN_OR_RETURN(Range atom, atom_of(snap));
+  MS_ASSIGN_OR_RETURN(auto e, covering(chunk, snap.store_key));
+  if (!e) {
+    MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
+    ++exception_count_;
+    return std::optional<CopyPlan>();
+  }
+  MS_ASSIGN_OR_RETURN(bool exclusive, only_live(e->key.lo, e->value.to, snap.store_key));
+  if (exclusive) {
+    if (e->value.store_chunk != kZeroChunk) {
+      MS_TRY(tm_->free_chunk(e->value.store_chunk));
+      MS_TRY(put(chunk, e->key.lo, e->value.to, kZeroChunk));
+    }
+    return std::optional<CopyPlan>();
+  }
+  std::optional<uint64_t> extra;
+  MS_TRY(carve(chunk, *e, atom, &extra));
+  MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
+  ++exception_count_;
+  if (!extra) return std::optional<CopyPlan>();
+  CopyPlan plan;
+  plan.source = CopyPlan::Source::kStore;
+  plan.source_chunk = e->value.store_chunk;
+  plan.dests = {*extra};
+  plan.descriptor = {e->key.lo, e->value.to};
+  return std::optional<CopyPlan>(plan);
+}
+
+bool RangeStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const {
+  return snap.store_key >= d.a && snap.store_key <= d.b;
+}
+
+// ---------------------------------------------------------------- reclaim
+
+Status RangeStore::reclaim_step(uint32_t budget) {
+  if (!(reclaim_flags_ & kReclaimActive)) return Status::ok();
+  std::vector<Entry> batch;
+  {
+    ExceptionTree ex(*tm_, exceptions_root_);
+    MS_TRY(ex.scan(reclaim_cursor_, [&](const PairKey& k, const RangeValue& v) {
+      batch.push_back({k, v});
+      return batch.size() < budget;
+    }));
+  }
+  for (const Entry& e : batch) {
+    MS_ASSIGN_OR_RETURN(auto live, first_live(e.key.lo, e.value.to));
+    if (live) continue;
+    MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+    MS_TRY(erase(e.key.hi, e.key.lo));
+    --exception_count_;
+    if (e.value.store_chunk != kZeroChunk) MS_TRY(tm_->free_chunk(e.value.store_chunk));
+  }
+  if (batch.size() < budget) {
+    reclaim_cursor_ = {};
+    if (reclaim_flags_ & kReclaimAgain) reclaim_flags_ = kReclaimActive;
+    else reclaim_flags_ = 0;
+  } else {
+    const PairKey& last = batch.back().key;
+    reclaim_cursor_ = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+  }
+  tm_->mutable_store_area();  // the cursor moved: worth a commit even if nothing was freed
+  return Status::ok();
+}
+
+// ---------------------------------------------------------------- introspection
+
+StoreStats RangeStore::stats() {
+  StoreStats s;
+  fill_common_stats(s);
+  s.format = "range";
+  s.exceptions = exception_count_;
+  s.reclaim_active = reclaim_pending();
+  uint64_t chunks = std::max<uint64_t>(1, tm_->layout().origin_chunks());
+  s.reclaim_progress = s.reclaim_active ? std::min(1.0, double(reclaim_cursor_.hi) / double(chunks)) : 1.0;
+  return s;
+}
+
+Status RangeStore::dump(const std::function<bool(const DumpEntry&)>& fn) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  std::vector<Entry> batch;
+  PairKey from{};
+  // In batches, so the callback never runs with tree blocks pinned.
+  for (;;) {
+    batch.clear();
+    MS_TRY(ex.scan(from, [&](const PairKey& k, const RangeValue& v) {
+      batch.push_back({k, v});
+      return batch.size() < 256;
+    }));
+    for (const Entry& e : batch) {
+      DumpEntry d;
+      d.chunk = e.key.hi;
+      d.snapshots = range_string(e.key.lo, e.value.to);
+      d.zero = e.value.store_chunk == kZeroChunk;
+      d.store_chunk = d.zero ? 0 : e.value.store_chunk;
+      LiveTree live(*tm_, live_root_);
+      MS_TRY(live.scan(e.key.lo, [&](const uint64_t& k, const uint64_t& id) {
+        if (k > e.value.to) return false;
+        d.live.push_back(static_cast<SnapshotId>(id));
+        return true;
+      }));
+      if (!fn(d)) return Status::ok();
+    }
+    if (batch.size() < 256) return Status::ok();
+    const PairKey& last = batch.back().key;
+    from = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+  }
+}
+
+void RangeStore::check(CheckReport& report) {
+  const Layout& l = tm_->layout();
+  std::vector<uint32_t> meta_refs(l.meta_blocks, 0);
+  auto meta_ref = [&](uint64_t b) {
+    if (b < l.meta_start || b >= l.meta_start + l.meta_blocks) {
+      report.problem(fmt::format("tree node at block {} lies outside the metadata area", b));
+      return;
+    }
+    if (++meta_refs[b - l.meta_start] == 2)
+      report.problem(fmt::format("metadata block {} is referenced more than once", b));
+  };
+  auto problem = [&](const std::string& p) { report.problem(p); };
+  auto on_node = [&](const NodeVisit& v) { meta_ref(v.blocknr); };
+
+  // Snapshot table, then the live keys it implies (R4).
+  std::vector<std::pair<uint64_t, uint64_t>> table_keys;  // key, id
+  std::unordered_map<uint64_t, uint32_t> children;        // top-level major -> children
+  check_common(report, meta_ref, [&](const SnapshotInfo& s) {
+    table_keys.emplace_back(s.store_key, s.id);
+    uint64_t major = s.store_key >> 32, minor = s.store_key & kMinorMask;
+    if (minor == 0) {
+      children[major] = s.children;
+      if (major != s.id)
+        report.problem(fmt::format("snapshot {}: key {} does not match its ID", s.id, key_string(s.store_key)));
+    }
+    if (major == 0 || major >= next_id_)
+      report.problem(fmt::format("snapshot {}: key {} is outside the key space", s.id, key_string(s.store_key)));
+  });
+  std::sort(table_keys.begin(), table_keys.end());
+  std::vector<std::pair<uint64_t, uint64_t>> live_keys;
+  LiveTree live(*tm_, live_root_);
+  live.walk(on_node, [&](const uint64_t& k, const uint64_t& id) { live_keys.emplace_back(k, id); }, problem);
+  if (live_keys != table_keys)
+    report.problem(fmt::format("live-key index ({} keys) does not match the snapshot table ({} snapshots)",
+                               live_keys.size(), table_keys.size()));
+  std::vector<uint64_t> live_sorted;
+  for (auto& [k, id] : table_keys) live_sorted.push_back(k);
+
+  // Exceptions (R1, R2, R3, R5).
+  std::vector<bool> data_refs(l.data_chunks, false);
+  uint64_t entries = 0;
+  std::optional<Entry> prev;
+  const uint64_t cap = key_cap();
+  auto is_atom_start = [&](uint64_t k) {
+    uint64_t minor = k & kMinorMask;
+    auto it = children.find(k >> 32);
+    return minor == 0 || it == children.end() || minor > kMinorMask - it->second;
+  };
+  auto is_atom_end = [&](uint64_t k) {
+    uint64_t minor = k & kMinorMask;
+    auto it = children.find(k >> 32);
+    return minor == kMinorMask || it == children.end() || minor >= kMinorMask - it->second;
+  };
+  ExceptionTree ex(*tm_, exceptions_root_);
+  ex.walk(on_node, [&](const PairKey& k, const RangeValue& v) {
+    ++entries;
+    std::string where = fmt::format("exception (chunk {}, {})", k.hi, range_string(k.lo, v.to));
+    if (k.hi >= l.origin_chunks()) report.problem(where + ": chunk is past the end of the origin");
+    if (v.to < k.lo) report.problem(where + ": range ends before it starts");
+    if (v.to > cap) report.problem(where + ": range reaches past the last snapshot ID");
+    if (prev && prev->key.hi == k.hi && prev->value.to >= k.lo)
+      report.problem(where + fmt::format(": overlaps the entry starting at {}", key_string(prev->key.lo)));
+    if (!is_atom_start(k.lo) || !is_atom_end(v.to))
+      report.problem(where + ": range does not start and end on snapshot boundaries");
+    if (v.store_chunk != kZeroChunk) {
+      if (v.store_chunk >= l.data_chunks) report.problem(where + fmt::format(": store chunk {} is past the data area", v.store_chunk));
+      else if (data_refs[v.store_chunk]) report.problem(where + fmt::format(": store chunk {} is referenced twice", v.store_chunk));
+      else data_refs[v.store_chunk] = true;
+    }
+    if (!reclaim_pending()) {
+      auto it = std::lower_bound(live_sorted.begin(), live_sorted.end(), k.lo);
+      if (it == live_sorted.end() || *it > v.to) report.problem(where + ": serves no live snapshot (leaked)");
+    }
+    prev = Entry{k, v};
+  }, problem);
+  if (entries != exception_count_)
+    report.problem(fmt::format("the tree holds {} exceptions but the commit record says {}", entries, exception_count_));
+
+  // Space maps against what the trees reference.
+  auto data_bits = tm_->data_space().committed_bits();
+  auto meta_bits = tm_->meta_space().committed_bits();
+  if (!data_bits.is_ok() || !meta_bits.is_ok()) {
+    report.problem("cannot read the space bitmaps: " +
+                   (data_bits.is_ok() ? meta_bits.status() : data_bits.status()).to_string());
+    return;
+  }
+  uint64_t data_used = 0, meta_used = 0, leaks = 0;
+  for (uint64_t c = 0; c < l.data_chunks; ++c) {
+    bool alloc = (*data_bits)[c];
+    data_used += alloc;
+    if (data_refs[c] && !alloc) report.problem(fmt::format("store chunk {} is in use but marked free", c));
+    if (!data_refs[c] && alloc && ++leaks <= 20) report.problem(fmt::format("store chunk {} is allocated but unused (leaked)", c));
+  }
+  for (uint64_t b = 0; b < l.meta_blocks; ++b) {
+    bool alloc = (*meta_bits)[b];
+    meta_used += alloc;
+    if (meta_refs[b] && !alloc) report.problem(fmt::format("metadata block {} is in use but marked free", l.meta_start + b));
+    if (!meta_refs[b] && alloc && ++leaks <= 20) report.problem(fmt::format("metadata block {} is allocated but unused (leaked)", l.meta_start + b));
+  }
+  if (leaks > 20) report.problem(fmt::format("... {} leaked chunks and blocks in all", leaks));
+  if (data_used != tm_->data_space().used())
+    report.problem(fmt::format("data bitmap has {} chunks in use, the commit record says {}", data_used, tm_->data_space().used()));
+  if (meta_used != tm_->meta_space().used())
+    report.problem(fmt::format("metadata bitmap has {} blocks in use, the commit record says {}", meta_used, tm_->meta_space().used()));
+  report.note(fmt::format("range store: {} snapshots, {} exceptions, {} of {} data chunks, {} of {} metadata blocks",
+                          snapshot_count_, entries, data_used, l.data_chunks, meta_used, l.meta_blocks));
+}
+
+}  // namespace multisnap

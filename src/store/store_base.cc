@@ -1,0 +1,231 @@
+#include "store/store_base.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "util/checksum.h"
+
+namespace multisnap {
+
+namespace {
+constexpr uint64_t kNameSeed = 0x656d616e70616e73ull;
+using SnapshotTree = BTree<SnapshotTableTraits>;
+using NameTree = BTree<NameTraits>;
+}  // namespace
+
+void SnapshotRecord::encode(uint8_t* p) const {
+  std::memset(p, 0, 96);
+  store_le(p, store_key);
+  store_le(p + 8, created_ns);
+  store_le(p + 16, parent);
+  store_le(p + 20, children);
+  size_t n = std::min(name.size(), kMaxSnapshotName);
+  p[24] = static_cast<uint8_t>(n);
+  std::memcpy(p + 32, name.data(), n);
+}
+
+SnapshotRecord SnapshotRecord::decode(const uint8_t* p) {
+  SnapshotRecord r;
+  r.store_key = load_le<uint64_t>(p);
+  r.created_ns = load_le<uint64_t>(p + 8);
+  r.parent = load_le<uint32_t>(p + 16);
+  r.children = load_le<uint32_t>(p + 20);
+  size_t n = std::min<size_t>(p[24], kMaxSnapshotName);
+  r.name.assign(reinterpret_cast<const char*>(p + 32), n);
+  return r;
+}
+
+Status validate_snapshot_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxSnapshotName)
+    return make_error(Code::kInvalidArgument, "snapshot name '{}' must be 1 to {} characters", name,
+                      kMaxSnapshotName);
+  bool all_digits = true;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || c == ':' || c == '@' || c == '+';
+    if (!ok)
+      return make_error(Code::kInvalidArgument,
+                        "snapshot name '{}' may only hold letters, digits and . _ - : @ +", name);
+    if (c < '0' || c > '9') all_digits = false;
+  }
+  if (all_digits)
+    return make_error(Code::kInvalidArgument, "snapshot name '{}' is all digits, which reads as an ID", name);
+  return Status::ok();
+}
+
+StoreBase::StoreBase(std::unique_ptr<TransactionManager> tm) : tm_(std::move(tm)) {}
+
+uint64_t StoreBase::name_hash(std::string_view name) {
+  return checksum64(name.data(), name.size(), kNameSeed);
+}
+
+SnapshotInfo StoreBase::to_info(uint64_t id, const SnapshotRecord& r) {
+  return {static_cast<SnapshotId>(id), r.parent, r.name, r.created_ns, r.store_key, r.children};
+}
+
+Status StoreBase::init_common() {
+  MS_ASSIGN_OR_RETURN(snapshots_root_, SnapshotTree::create(*tm_));
+  MS_ASSIGN_OR_RETURN(names_root_, NameTree::create(*tm_));
+  next_id_ = 1;
+  snapshot_count_ = 0;
+  return Status::ok();
+}
+
+void StoreBase::load_common() {
+  const uint8_t* a = tm_->store_area().data();
+  snapshots_root_ = load_le<uint64_t>(a);
+  names_root_ = load_le<uint64_t>(a + 8);
+  next_id_ = load_le<uint32_t>(a + 16);
+  snapshot_count_ = load_le<uint32_t>(a + 20);
+}
+
+Status StoreBase::commit() {
+  StoreArea next{};
+  uint8_t* a = next.data();
+  store_le(a, snapshots_root_);
+  store_le(a + 8, names_root_);
+  store_le(a + 16, next_id_);
+  store_le(a + 20, snapshot_count_);
+  save_specific(a);
+  if (next != tm_->store_area()) tm_->mutable_store_area() = next;
+  return tm_->commit();
+}
+
+Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent, std::string name,
+                                                uint64_t now_ns) {
+  if (!name.empty()) {
+    MS_TRY(validate_snapshot_name(name));
+    MS_ASSIGN_OR_RETURN(auto existing, find_snapshot(std::string_view(name)));
+    if (existing)
+      return make_error(Code::kExists, "a snapshot named '{}' already exists (ID {})", name, existing->id);
+  }
+  if (next_id_ == UINT32_MAX)
+    return make_error(Code::kNoSpace, "all 2^32-1 snapshot IDs have been used");
+  MS_TRY(tm_->reserve_meta(4 * BTree<SnapshotTableTraits>::kOpReserve));
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  std::optional<SnapshotRecord> parent_record;
+  if (parent && *parent != kOriginId) {
+    MS_ASSIGN_OR_RETURN(auto pr, snaps.lookup(*parent));
+    if (!pr) return make_error(Code::kNotFound, "there is no snapshot {}", *parent);
+    parent_record = std::move(*pr);
+  }
+  MS_ASSIGN_OR_RETURN(uint64_t key, allocate_key(parent_record ? &*parent_record : nullptr));
+  SnapshotRecord rec;
+  rec.store_key = key;
+  rec.created_ns = now_ns;
+  rec.parent = parent.value_or(kOriginId);
+  rec.name = name;
+  SnapshotId id = next_id_;
+  if (parent_record) MS_TRY(snaps.insert(*parent, *parent_record));
+  MS_TRY(snaps.insert(id, rec));
+  snapshots_root_ = snaps.root();
+  if (!name.empty()) {
+    NameTree names(*tm_, names_root_);
+    MS_TRY(names.insert({name_hash(name), id}, {id}));
+    names_root_ = names.root();
+  }
+  ++next_id_;
+  ++snapshot_count_;
+  SnapshotInfo info = to_info(id, rec);
+  MS_TRY(on_created(info));
+  return info;
+}
+
+Status StoreBase::delete_snapshot(SnapshotId id) {
+  MS_ASSIGN_OR_RETURN(auto found, find_snapshot(id));
+  if (!found) return make_error(Code::kNotFound, "there is no snapshot {}", id);
+  MS_TRY(tm_->reserve_meta(4 * BTree<SnapshotTableTraits>::kOpReserve));
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  MS_TRY(snaps.remove(id).status());
+  snapshots_root_ = snaps.root();
+  if (!found->name.empty()) {
+    NameTree names(*tm_, names_root_);
+    MS_TRY(names.remove({name_hash(found->name), id}).status());
+    names_root_ = names.root();
+  }
+  --snapshot_count_;
+  return on_deleted(*found);
+}
+
+Result<std::optional<SnapshotInfo>> StoreBase::find_snapshot(SnapshotId id) {
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  MS_ASSIGN_OR_RETURN(auto r, snaps.lookup(id));
+  if (!r) return std::optional<SnapshotInfo>();
+  return std::optional<SnapshotInfo>(to_info(id, *r));
+}
+
+Result<std::optional<SnapshotInfo>> StoreBase::find_snapshot(std::string_view name) {
+  NameTree names(*tm_, names_root_);
+  uint64_t h = name_hash(name);
+  std::vector<uint64_t> candidates;
+  MS_TRY(names.scan({h, 0}, [&](const PairKey& k, const U64Value&) {
+    if (k.hi != h) return false;
+    candidates.push_back(k.lo);
+    return true;
+  }));
+  for (uint64_t id : candidates) {
+    MS_ASSIGN_OR_RETURN(auto info, find_snapshot(static_cast<SnapshotId>(id)));
+    if (info && info->name == name) return info;
+  }
+  return std::optional<SnapshotInfo>();
+}
+
+Status StoreBase::list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) {
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  return snaps.scan(from, [&](const uint64_t& id, const SnapshotRecord& r) { return fn(to_info(id, r)); });
+}
+
+void StoreBase::fill_common_stats(StoreStats& s) {
+  const Layout& l = tm_->layout();
+  s.chunk_size = l.chunk_size;
+  s.origin_size = l.origin_size;
+  s.data_chunks_total = tm_->data_space().total();
+  s.data_chunks_used = tm_->data_space().used();
+  s.meta_blocks_total = tm_->meta_space().total();
+  s.meta_blocks_used = tm_->meta_space().used();
+  s.snapshots = snapshot_count_;
+  s.generation = tm_->committed_generation();
+}
+
+void StoreBase::check_common(CheckReport& report, const std::function<void(uint64_t)>& meta_ref,
+                             const std::function<void(const SnapshotInfo&)>& on_snapshot) {
+  auto problem = [&](const std::string& p) { report.problem(p); };
+  auto on_node = [&](const NodeVisit& v) { meta_ref(v.blocknr); };
+  uint64_t count = 0;
+  std::vector<std::pair<uint64_t, std::string>> named;
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  snaps.walk(on_node, [&](const uint64_t& id, const SnapshotRecord& r) {
+    ++count;
+    if (id == 0 || id >= next_id_)
+      report.problem(fmt::format("snapshot table: ID {} is outside 1..{}", id, next_id_ - 1));
+    if (r.parent >= id && r.parent != kOriginId)
+      report.problem(fmt::format("snapshot {}: parent {} is not older than it", id, r.parent));
+    if (!r.name.empty()) {
+      if (!validate_snapshot_name(r.name).is_ok())
+        report.problem(fmt::format("snapshot {}: invalid name '{}'", id, r.name));
+      named.emplace_back(id, r.name);
+    }
+    on_snapshot(to_info(id, r));
+  }, problem);
+  if (count != snapshot_count_)
+    report.problem(fmt::format("snapshot table holds {} snapshots but the commit record says {}", count,
+                               snapshot_count_));
+  uint64_t name_entries = 0;
+  NameTree names(*tm_, names_root_);
+  std::vector<std::pair<uint64_t, uint64_t>> name_keys;
+  names.walk(on_node, [&](const PairKey& k, const U64Value& v) {
+    ++name_entries;
+    name_keys.emplace_back(k.hi, k.lo);
+    if (v.v != k.lo) report.problem(fmt::format("name index: entry for ID {} holds {}", k.lo, v.v));
+  }, problem);
+  std::sort(name_keys.begin(), name_keys.end());
+  for (auto& [id, name] : named) {
+    if (!std::binary_search(name_keys.begin(), name_keys.end(), std::make_pair(name_hash(name), id)))
+      report.problem(fmt::format("name index: snapshot {} ('{}') is missing", id, name));
+  }
+  if (name_entries != named.size())
+    report.problem(fmt::format("name index holds {} entries for {} named snapshots", name_entries,
+                               named.size()));
+}
+
+}  // namespace multisnap

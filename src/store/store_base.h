@@ -1,0 +1,87 @@
+// StoreBase: what both exception stores share: the snapshot table (a B-tree
+// of snapshot records by ID, and one of names), the common part of the
+// store area, commit, and the checks of those trees. A store supplies the
+// hooks that give a new snapshot its store key and react to create/delete.
+//
+// Store area (the 512 opaque bytes of the commit record), common part:
+//   0  u64 snapshots tree root      8  u64 names tree root
+//  16  u32 next snapshot ID        20  u32 live snapshot count
+//  24..63 reserved; 64..511 belong to the store format.
+#pragma once
+
+#include "store/exception_store.h"
+#include "store/tree_traits.h"
+
+namespace multisnap {
+
+// The snapshot table's value (96 bytes on disk; docs/format.md).
+struct SnapshotRecord {
+  uint64_t store_key = 0;
+  uint64_t created_ns = 0;
+  uint32_t parent = 0;
+  uint32_t children = 0;  // snapshots ever made of this one
+  std::string name;
+
+  void encode(uint8_t* p) const;
+  static SnapshotRecord decode(const uint8_t* p);
+};
+struct SnapshotTableTraits {
+  using Key = uint64_t;
+  using Value = SnapshotRecord;
+  static constexpr uint32_t kTreeKind = tree_kind::kSnapshots;
+  static constexpr uint16_t kKeySize = 8;
+  static constexpr uint16_t kValueSize = 96;
+  static void encode_key(const Key& k, uint8_t* p) { store_le(p, k); }
+  static Key decode_key(const uint8_t* p) { return load_le<uint64_t>(p); }
+  static void encode_value(const Value& v, uint8_t* p) { v.encode(p); }
+  static Value decode_value(const uint8_t* p) { return SnapshotRecord::decode(p); }
+  static bool less(const Key& a, const Key& b) { return a < b; }
+  static std::string key_string(const Key& k) { return "snapshot " + std::to_string(k); }
+};
+using NameTraits = PairKeyTraits<tree_kind::kNames, U64Value, 8>;
+
+class StoreBase : public ExceptionStore {
+ public:
+  TransactionManager& tm() override { return *tm_; }
+
+  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name,
+                                       uint64_t now_ns) override;
+  Status delete_snapshot(SnapshotId id) override;
+  Result<std::optional<SnapshotInfo>> find_snapshot(SnapshotId id) override;
+  Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view name) override;
+  Status list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) override;
+  uint64_t snapshot_count() const override { return snapshot_count_; }
+  Status commit() override;
+
+ protected:
+  explicit StoreBase(std::unique_ptr<TransactionManager> tm);
+  // Creates the empty common trees in a fresh store.
+  Status init_common();
+  void load_common();
+
+  // Gives a new snapshot of `parent` (null: of the origin) its store key;
+  // may update the parent's record (which StoreBase then writes back).
+  virtual Result<uint64_t> allocate_key(SnapshotRecord* parent) = 0;
+  virtual Status on_created(const SnapshotInfo& info) = 0;
+  virtual Status on_deleted(const SnapshotInfo& info) = 0;
+  // Writes the format's roots and counters into the store area (bytes 64..).
+  virtual void save_specific(uint8_t* area) = 0;
+
+  void fill_common_stats(StoreStats& s);
+  // Checks the snapshot and name trees; records their blocks in `meta_refs`.
+  void check_common(CheckReport& report, const std::function<void(uint64_t)>& meta_ref,
+                    const std::function<void(const SnapshotInfo&)>& on_snapshot);
+
+  static SnapshotInfo to_info(uint64_t id, const SnapshotRecord& r);
+
+  std::unique_ptr<TransactionManager> tm_;
+  uint64_t snapshots_root_ = 0;
+  uint64_t names_root_ = 0;
+  uint32_t next_id_ = 1;
+  uint32_t snapshot_count_ = 0;
+
+ private:
+  static uint64_t name_hash(std::string_view name);
+};
+
+}  // namespace multisnap

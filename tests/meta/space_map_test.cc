@@ -1,0 +1,89 @@
+#include "meta/space_map.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "meta/meta_fixture.h"
+
+namespace multisnap {
+namespace {
+
+TEST(SpaceMap, AllocatesEveryUnitOnceThenReportsFull) {
+  MemoryDevice dev(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size(), 65536)).is_ok());
+  auto tm = testing::open_tm(dev);
+  SpaceMap& data = tm->data_space();
+  std::set<uint64_t> seen;
+  for (uint64_t i = 0; i < data.total(); ++i) {
+    auto u = data.allocate();
+    ASSERT_TRUE(u.is_ok()) << i << ": " << u.status().to_string();
+    ASSERT_TRUE(seen.insert(*u).second) << "unit " << *u << " twice";
+    ASSERT_LT(*u, data.total());
+  }
+  auto full = data.allocate();
+  ASSERT_FALSE(full.is_ok());
+  EXPECT_EQ(full.status().code(), Code::kNoSpace);
+}
+
+TEST(SpaceMap, FreedUnitsWaitForTheCommit) {
+  MemoryDevice dev(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size(), 65536)).is_ok());
+  auto tm = testing::open_tm(dev);
+  SpaceMap& data = tm->data_space();
+  std::vector<uint64_t> units;
+  for (uint64_t i = 0; i < data.total(); ++i) units.push_back(*data.allocate());
+  ASSERT_TRUE(tm->commit().is_ok());
+  ASSERT_TRUE(data.free(units[10]).is_ok());
+  EXPECT_EQ(data.used(), data.total() - 1);
+  EXPECT_FALSE(*data.is_allocated(units[10]));
+  EXPECT_TRUE(*data.is_allocated_committed(units[10]));
+  EXPECT_EQ(data.allocate().status().code(), Code::kNoSpace);  // not before the commit
+  ASSERT_TRUE(tm->commit().is_ok());
+  auto again = data.allocate();
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ(*again, units[10]);
+}
+
+TEST(SpaceMap, UnitsAllocatedAndFreedInOneTransactionAreReusable) {
+  MemoryDevice dev(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size(), 65536)).is_ok());
+  auto tm = testing::open_tm(dev);
+  SpaceMap& data = tm->data_space();
+  uint64_t u = *data.allocate();
+  ASSERT_TRUE(data.free(u).is_ok());
+  EXPECT_FALSE(*data.is_allocated_committed(u));
+  EXPECT_EQ(data.used(), 0u);
+}
+
+TEST(SpaceMap, DoubleFreeIsCorruption) {
+  MemoryDevice dev(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size(), 65536)).is_ok());
+  auto tm = testing::open_tm(dev);
+  uint64_t u = *tm->data_space().allocate();
+  ASSERT_TRUE(tm->data_space().free(u).is_ok());
+  EXPECT_EQ(tm->data_space().free(u).code(), Code::kCorruption);
+  EXPECT_EQ(tm->data_space().free(tm->data_space().total()).code(), Code::kCorruption);
+}
+
+TEST(SpaceMap, SurvivesReopenAndSpansManyBitmaps) {
+  MemoryDevice dev(600 << 20);  // 153,600 data chunks of 4 KiB: five bitmaps
+  ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size(), 4096)).is_ok());
+  std::vector<uint64_t> units;
+  {
+    auto tm = testing::open_tm(dev, 64 * kBlockSize);
+    ASSERT_GT(tm->data_space().bitmaps(), 3u);
+    for (int i = 0; i < 100000; ++i) units.push_back(*tm->data_space().allocate());
+    for (int i = 0; i < 100000; i += 3) ASSERT_TRUE(tm->data_space().free(units[i]).is_ok());
+    ASSERT_TRUE(tm->commit().is_ok());
+  }
+  auto tm = testing::open_tm(dev, 64 * kBlockSize);
+  EXPECT_EQ(tm->data_space().used(), 100000u - 33334u);
+  for (int i = 0; i < 100000; ++i) ASSERT_EQ(*tm->data_space().is_allocated(units[i]), i % 3 != 0) << i;
+  auto bits = tm->data_space().committed_bits();
+  ASSERT_TRUE(bits.is_ok());
+  EXPECT_EQ(static_cast<uint64_t>(std::count(bits->begin(), bits->end(), true)), tm->data_space().used());
+}
+
+}  // namespace
+}  // namespace multisnap
