@@ -24,6 +24,11 @@ Status BlockDevice::write_zeroes(uint64_t offset, uint64_t len) {
   return Status::ok();
 }
 
+Result<std::vector<BlockDevice::Extent>> BlockDevice::allocation(uint64_t offset, uint64_t len) {
+  MS_TRY(check_range(offset, len));
+  return std::vector<Extent>{{len, false}};
+}
+
 Status BlockDevice::write_fua(uint64_t offset, const void* buf, size_t len) {
   MS_TRY(write(offset, buf, len));
   return flush();

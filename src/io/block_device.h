@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "util/status.h"
 
@@ -38,6 +39,14 @@ class BlockDevice {
 
   // A write that is durable when it returns (NBD's FUA).
   virtual Status write_fua(uint64_t offset, const void* buf, size_t len);
+
+  // Runs of [offset, offset+len) that are allocated or holes (holes read as
+  // zeros). The default says "all allocated", which is always true enough.
+  struct Extent {
+    uint64_t length;
+    bool hole;
+  };
+  virtual Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len);
 
   // The file descriptor for io_uring, or -1 when the device has none.
   virtual int fd() const { return -1; }

@@ -129,6 +129,32 @@ Status FileDevice::discard(uint64_t offset, uint64_t len) {
   return Status::ok();
 }
 
+Result<std::vector<BlockDevice::Extent>> FileDevice::allocation(uint64_t offset, uint64_t len) {
+  MS_TRY(check_range(offset, len));
+  std::vector<Extent> out;
+  if (block_device_) return std::vector<Extent>{{len, false}};
+  const uint64_t end = offset + len;
+  uint64_t pos = offset;
+  while (pos < end) {
+    off_t data = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) {  // no data from here to EOF
+        out.push_back({end - pos, true});
+        break;
+      }
+      return std::vector<Extent>{{len, false}};  // SEEK_DATA unsupported: say allocated
+    }
+    uint64_t d = std::min<uint64_t>(static_cast<uint64_t>(data), end);
+    if (d > pos) out.push_back({d - pos, true});
+    if (d >= end) break;
+    off_t hole = lseek(fd_, static_cast<off_t>(d), SEEK_HOLE);
+    uint64_t h = hole < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+    out.push_back({h - d, false});
+    pos = h;
+  }
+  return out;
+}
+
 Status FileDevice::write_zeroes(uint64_t offset, uint64_t len) {
   MS_TRY(rw_check(offset, len, true));
   if (len == 0) return Status::ok();

@@ -27,6 +27,7 @@ class FileDevice final : public BlockDevice {
   Status flush() override;
   Status discard(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
+  Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len) override;
   int fd() const override { return fd_; }
   std::string describe() const override { return path_; }
 

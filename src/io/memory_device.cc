@@ -77,6 +77,21 @@ Status MemoryDevice::write_zeroes(uint64_t offset, uint64_t len) {
   return write_locked(offset, zeros.data(), zeros.size());
 }
 
+Result<std::vector<BlockDevice::Extent>> MemoryDevice::allocation(uint64_t offset, uint64_t len) {
+  MS_TRY(check_range(offset, len));
+  std::lock_guard lock(mu_);
+  std::vector<Extent> out;
+  uint64_t pos = offset, end = offset + len;
+  while (pos < end) {
+    uint64_t page_end = std::min(end, (pos / kPage + 1) * kPage);
+    bool hole = current_.find(pos / kPage) == current_.end();
+    if (!out.empty() && out.back().hole == hole) out.back().length += page_end - pos;
+    else out.push_back({page_end - pos, hole});
+    pos = page_end;
+  }
+  return out;
+}
+
 void MemoryDevice::crash(std::mt19937_64& rng, const CrashOptions& options) {
   std::lock_guard lock(mu_);
   std::bernoulli_distribution keep(options.keep_probability);

@@ -45,6 +45,7 @@ class MemoryDevice final : public BlockDevice {
   Status flush() override;
   Status discard(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
+  Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len) override;
   std::string describe() const override { return name_; }
 
   // Simulates a power cut: the device afterwards holds what survived.

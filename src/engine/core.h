@@ -1,0 +1,190 @@
+// EngineCore: the engine's state and its single-threaded loop. Internal to
+// the engine layer; engine.h is the public face.
+//
+// Invariants (check_invariants() asserts them in debug builds):
+//  E1. A request waits in exactly one place: the run queue, a chunk's
+//      waiters, job_waiters_, commit_waiters_ or quiesce_waiters_; or it has
+//      data I/O in flight.
+//  E2. The origin is written only for a request that found every chunk it
+//      touches free of pending jobs and of in-flight snapshot reads from the
+//      origin, and for which the store had nothing (more) to preserve.
+//  E3. A job's metadata is committed only after its copies completed: a
+//      commit happens only when no job is in flight.
+//  E4. slots_used_ <= copy_slots: copy I/O in flight is bounded.
+//  E5. A chunk's ChunkState exists only while it has jobs, origin readers
+//      or waiters.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "engine/engine.h"
+#include "io/io_context.h"
+
+namespace multisnap {
+
+// One copy: read `source` once, write it to every destination; or, with no
+// destinations, a metadata-only change (a zeroed chunk) that still has to be
+// committed before the chunk's waiters may go on.
+struct CopyJob {
+  uint64_t chunk = 0;  // origin chunk it is about
+  CopyPlan::Source source = CopyPlan::Source::kOrigin;
+  uint64_t source_chunk = 0;
+  std::vector<uint64_t> dests;
+  std::vector<CopyDescriptor> descriptors;  // conflicts: any of them
+  uint8_t* buffer = nullptr;
+  IoOp read_op;
+  std::vector<IoOp> write_ops;
+  uint32_t pending = 0;
+  Status status;
+};
+
+// A client request inside the engine.
+struct Request {
+  VolumeRef volume;
+  IoRequest io;
+  IoDone done;
+  ExtentsDone extents_done;  // block status requests only
+  std::deque<IoOp> ops;      // data I/O (deque: stable addresses)
+  uint32_t pending = 0;
+  Status status;
+  std::vector<uint64_t> origin_read_chunks;  // registered as origin readers
+  bool is_write = false;                     // counts toward quiesce
+  bool retried = false;
+};
+
+struct ChunkState {
+  std::vector<CopyJob*> jobs;
+  uint32_t origin_readers = 0;
+  std::vector<Request*> waiters;
+};
+
+struct ControlOp {
+  bool needs_quiesce = false;
+  std::function<void()> run;
+  bool done = false;  // guarded by EngineCore::control_mu_
+};
+
+class EngineCore {
+ public:
+  EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_ptr<ExceptionStore> store,
+             std::unique_ptr<IoContext> io, const EngineOptions& options);
+  ~EngineCore();
+
+  void start_thread();
+  void shutdown();
+
+  // Thread-safe.
+  void submit(const VolumeRef& volume, const IoRequest& io, IoDone done);
+  void block_status(const VolumeRef& volume, uint64_t offset, uint64_t length, ExtentsDone done);
+  // Runs fn on the engine thread (after quiescing writes if asked) and
+  // returns when it has run.
+  void run_control(bool needs_quiesce, std::function<void()> fn);
+  Result<VolumeRef> open_volume(std::string_view name);
+  void volume_closed(const Volume& v);
+  uint64_t open_count(SnapshotId id);
+
+  void poll() { step(false); }
+  void run_until_idle();
+  bool idle();
+
+  ExceptionStore& store() { return *store_; }
+  BlockDevice& origin() { return origin_; }
+  BlockDevice& store_device() { return store_dev_; }
+  const EngineOptions& options() const { return options_; }
+  EngineCounters counters();
+  uint64_t requests_in_flight() const { return outstanding_.load(); }
+  Status commit_now();  // engine thread only; no job may be in flight
+
+ private:
+  // loop.cc
+  void thread_main();
+  void step(bool may_block);
+  void take_incoming();
+  void run_controls();
+  void maybe_commit();
+  void maybe_reclaim();
+  bool quiesced() const { return writes_in_flight_ == 0 && jobs_in_flight_ == 0; }
+  void check_invariants() const;
+
+  // request.cc
+  void process(Request* r);
+  void process_origin_write(Request* r);
+  void process_snapshot_read(Request* r);
+  void process_snapshot_write(Request* r);
+  void process_flush(Request* r);
+  void process_block_status(Request* r);
+  void issue(Request* r);
+  void op_done(Request* r, Status s);
+  void finish(Request* r, Status s);
+  bool store_writable(Request* r);
+
+  // jobs.cc
+  ChunkState& chunk(uint64_t c) { return chunks_[c]; }
+  void tidy_chunk(uint64_t c);
+  bool origin_blocked(uint64_t c);
+  bool snapshot_blocked(uint64_t c, const SnapshotInfo& s);
+  void park_on_chunk(Request* r, uint64_t c);
+  void release(std::vector<Request*>& waiters);
+  bool can_start_job(uint32_t slots);
+  CopyJob* start_job(uint64_t c, const CopyPlan& plan);
+  void job_io_done(CopyJob* job, Status s);
+  void job_finished(CopyJob* job);
+  uint8_t* take_buffer();
+  void return_buffer(uint8_t* b);
+  uint32_t chunk_bytes_on_origin(uint64_t c) const;
+  // Prepares chunk c of a snapshot for writing. Returns true when it is
+  // writable (its exclusive store chunk in *out); false when a job was
+  // started or the request had to wait (then *waiting says which).
+  enum class Prep { kReady, kStarted, kParked, kFailed };
+  Prep prepare_writable(Request* r, uint64_t c, ChunkMapping* out);
+
+  BlockDevice& origin_;
+  BlockDevice& store_dev_;
+  std::unique_ptr<ExceptionStore> store_;
+  std::unique_ptr<IoContext> io_;
+  EngineOptions options_;
+  const uint32_t chunk_size_;
+  const uint64_t volume_size_;
+
+  // Cross-thread: incoming work and volume registry.
+  std::mutex in_mu_;
+  std::vector<Request*> incoming_;
+  std::vector<ControlOp*> incoming_controls_;
+  std::mutex control_mu_;
+  std::condition_variable control_cv_;
+  std::mutex volumes_mu_;
+  std::unordered_map<SnapshotId, uint64_t> open_snapshots_;  // id -> open volumes
+  uint64_t open_volumes_ = 0;
+  std::atomic<uint64_t> outstanding_{0};
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  bool threaded_ = false;
+  std::mutex counters_mu_;
+  EngineCounters counters_;
+
+  // Engine thread only.
+  std::deque<Request*> run_queue_;
+  std::deque<ControlOp*> controls_;
+  std::unordered_map<uint64_t, ChunkState> chunks_;
+  std::vector<Request*> job_waiters_;
+  std::vector<Request*> commit_waiters_;
+  std::vector<Request*> quiesce_waiters_;
+  std::vector<CopyJob*> jobs_done_;
+  uint32_t slots_used_ = 0;
+  uint32_t jobs_in_flight_ = 0;
+  uint64_t writes_in_flight_ = 0;
+  std::vector<uint8_t*> free_buffers_;
+  std::vector<uint8_t*> all_buffers_;
+  uint8_t* zero_buffer_ = nullptr;
+  std::chrono::steady_clock::time_point last_commit_;
+  std::chrono::steady_clock::time_point last_reclaim_;
+  bool loop_exit_ = false;
+};
+
+}  // namespace multisnap

@@ -1,0 +1,159 @@
+#include "engine/engine.h"
+
+#include <chrono>
+
+#include "engine/core.h"
+#include "util/log.h"
+
+namespace multisnap {
+
+namespace {
+uint64_t wall_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.size() <= 10 && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+}  // namespace
+
+Volume::~Volume() {
+  if (core_) core_->volume_closed(*this);
+}
+
+Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {}
+Engine::~Engine() { core_->shutdown(); }
+
+Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& store,
+                                             const EngineOptions& options) {
+  TmOptions tmo;
+  tmo.cache_bytes = options.cache_bytes;
+  MS_ASSIGN_OR_RETURN(auto st, open_store(store, tmo));
+  const Layout& l = st->layout();
+  if (origin.size() < l.origin_size)
+    return make_error(Code::kInvalidArgument,
+                      "the origin {} has {} bytes but the store was created for {} bytes", origin.describe(),
+                      origin.size(), l.origin_size);
+  std::unique_ptr<IoContext> io;
+  switch (options.io) {
+    case EngineOptions::Io::kSync: io = make_sync_io_context(); break;
+    case EngineOptions::Io::kReordering: io = make_reordering_io_context(options.io_seed); break;
+    case EngineOptions::Io::kUring: {
+      auto r = make_uring_io_context(256);
+      if (r.is_ok()) {
+        io = std::move(r).value();
+      } else {
+        MS_LOG_WARN("io_uring is not available ({}); using synchronous I/O", r.status().to_string());
+        io = make_sync_io_context();
+      }
+    }
+  }
+  auto core = std::make_unique<EngineCore>(origin, store, std::move(st), std::move(io), options);
+  if (options.threaded) core->start_thread();
+  return std::unique_ptr<Engine>(new Engine(std::move(core)));
+}
+
+const Layout& Engine::layout() const { return core_->store().layout(); }
+
+Result<VolumeRef> Engine::open_volume(std::string_view name) { return core_->open_volume(name); }
+
+void Engine::submit(const VolumeRef& volume, const IoRequest& request, IoDone done) {
+  core_->submit(volume, request, std::move(done));
+}
+
+void Engine::block_status(const VolumeRef& volume, uint64_t offset, uint64_t length, ExtentsDone done) {
+  core_->block_status(volume, offset, length, std::move(done));
+}
+
+Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::string name) {
+  Result<SnapshotInfo> result = Status(Code::kShutdown, "not run");
+  core_->run_control(true, [&] {
+    // Quiesced: no write in flight. Make every acknowledged origin write
+    // durable so the snapshot holds them after a crash too.
+    Status s = core_->origin().flush();
+    if (!s.is_ok()) {
+      result = s.annotate("flushing the origin before the snapshot");
+      return;
+    }
+    result = core_->store().create_snapshot(of, name, wall_ns());
+    if (!result.is_ok()) return;
+    s = core_->commit_now();
+    if (!s.is_ok()) result = s;
+  });
+  if (result.is_ok()) MS_LOG_INFO("created snapshot {}", result->id);
+  return result;
+}
+
+Status Engine::delete_snapshot(SnapshotId id) {
+  Status result;
+  core_->run_control(false, [&] {
+    if (core_->open_count(id) > 0) {
+      result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
+      return;
+    }
+    result = core_->store().delete_snapshot(id);
+    if (result.is_ok()) result = core_->commit_now();
+  });
+  if (result.is_ok()) MS_LOG_INFO("deleted snapshot {}; its space is reclaimed in the background", id);
+  return result;
+}
+
+Result<std::optional<SnapshotInfo>> Engine::find_snapshot(std::string_view id_or_name) {
+  Result<std::optional<SnapshotInfo>> result = std::optional<SnapshotInfo>();
+  std::string key(id_or_name);
+  core_->run_control(false, [&] {
+    if (all_digits(key)) {
+      uint64_t id = std::stoull(key);
+      if (id <= UINT32_MAX) result = core_->store().find_snapshot(static_cast<SnapshotId>(id));
+    } else {
+      result = core_->store().find_snapshot(std::string_view(key));
+    }
+  });
+  return result;
+}
+
+Result<std::vector<SnapshotInfo>> Engine::list_snapshots(SnapshotId from, size_t limit) {
+  std::vector<SnapshotInfo> out;
+  Status s;
+  core_->run_control(false, [&] {
+    s = core_->store().list_snapshots(from, [&](const SnapshotInfo& info) {
+      out.push_back(info);
+      return out.size() < limit;
+    });
+  });
+  if (!s.is_ok()) return s;
+  return out;
+}
+
+EngineStatus Engine::status() {
+  EngineStatus st;
+  core_->run_control(false, [&] {
+    st.store = core_->store().stats();
+    CacheStats c = core_->store().tm().cache().stats();
+    st.cache_hits = c.hits;
+    st.cache_misses = c.misses;
+    st.cache_blocks = c.blocks;
+    st.cache_capacity_blocks = c.capacity_blocks;
+    if (!core_->store().tm().status().is_ok()) st.failure = core_->store().tm().status().to_string();
+  });
+  st.counters = core_->counters();
+  st.requests_in_flight = core_->requests_in_flight();
+  return st;
+}
+
+Status Engine::sync() {
+  Status result;
+  core_->run_control(true, [&] {
+    result = core_->commit_now();
+    if (result.is_ok()) result = core_->origin().flush();
+    if (result.is_ok()) result = core_->store_device().flush();
+  });
+  return result;
+}
+
+void Engine::poll() { core_->poll(); }
+void Engine::run_until_idle() { core_->run_until_idle(); }
+
+}  // namespace multisnap

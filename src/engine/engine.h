@@ -1,0 +1,146 @@
+// Engine: one origin volume plus one exception store, serving reads and
+// writes of the origin and of every snapshot, with copy-on-write, conflict
+// tracking between in-flight copies and client I/O, and group commit.
+//
+// docs/design.md ("Request flow") describes what happens to each request.
+// In short:
+//  * origin reads go straight to the origin, on the caller's thread;
+//  * everything else is queued to the engine thread, which asks the store
+//    what must be preserved or split, runs copy jobs (at most copy_slots
+//    chunks in flight, async I/O), commits their metadata in groups, and
+//    retries the waiting request from the start once they are committed;
+//  * the origin is never written before the metadata preserving its old
+//    contents is durable; a FLUSH makes every acknowledged write durable.
+//
+// Threading: all public methods are thread-safe. Completion callbacks run on
+// the engine thread (or, for origin reads, on the caller's), must not block
+// and must not call back into the engine synchronously... except submit(),
+// which is allowed. With EngineOptions::threaded false there is no engine
+// thread: the caller drives the engine with poll()/run_until_idle() (tests
+// use this for determinism), and blocking calls drive it themselves.
+//
+// Ownership: the caller owns both devices and keeps them alive until the
+// Engine is destroyed. Destroying the Engine drains, commits and stops it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/block_device.h"
+#include "store/exception_store.h"
+
+namespace multisnap {
+
+struct EngineOptions {
+  size_t cache_bytes = 64ull << 20;
+  uint32_t copy_slots = 8;  // chunks being copied at once
+  bool threaded = true;
+  enum class Io { kUring, kSync, kReordering } io = Io::kUring;
+  uint64_t io_seed = 1;            // kReordering
+  uint32_t reclaim_budget = 2048;  // exceptions visited per background step
+  bool read_only_snapshots = false;
+  uint32_t commit_interval_ms = 1000;  // longest a metadata change waits for a commit
+};
+
+// An open volume: the origin or one snapshot. Obtained from open_volume();
+// while any Volume of a snapshot exists, deleting it is refused (kBusy).
+class Volume {
+ public:
+  ~Volume();
+  bool is_origin() const { return !snapshot_.has_value(); }
+  const std::optional<SnapshotInfo>& snapshot() const { return snapshot_; }
+  // "origin" or "snapshot/<id>".
+  const std::string& name() const { return name_; }
+  uint64_t size() const { return size_; }
+  bool read_only() const { return read_only_; }
+
+ private:
+  friend class Engine;
+  friend class EngineCore;
+  Volume() = default;
+  class EngineCore* core_ = nullptr;
+  std::optional<SnapshotInfo> snapshot_;
+  std::string name_;
+  uint64_t size_ = 0;
+  bool read_only_ = false;
+};
+using VolumeRef = std::shared_ptr<Volume>;
+
+struct IoRequest {
+  enum class Op { kRead, kWrite, kFlush, kTrim, kWriteZeroes, kCache };
+  Op op = Op::kRead;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint8_t* buf = nullptr;  // kRead: destination; kWrite: source (must live until done)
+  bool fua = false;        // durable when done
+};
+using IoDone = std::function<void(Status)>;
+
+struct AllocationExtent {
+  uint64_t length = 0;
+  bool hole = false;  // not allocated (for a snapshot: zeroed by a trim or never written origin)
+  bool zero = false;  // reads as zeros
+};
+using ExtentsDone = std::function<void(Result<std::vector<AllocationExtent>>)>;
+
+struct EngineCounters {
+  uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, zeroes = 0;
+  uint64_t bytes_read = 0, bytes_written = 0;
+  uint64_t copy_jobs = 0, chunks_copied = 0, commits = 0;
+  uint64_t retries = 0;  // requests retried after waiting
+  uint64_t errors = 0;
+};
+
+struct EngineStatus {
+  StoreStats store;
+  EngineCounters counters;
+  uint64_t open_volumes = 0;
+  uint64_t requests_in_flight = 0;
+  uint64_t cache_hits = 0, cache_misses = 0, cache_blocks = 0, cache_capacity_blocks = 0;
+  std::string failure;  // empty unless the store has failed
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> open(BlockDevice& origin, BlockDevice& store,
+                                              const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // "origin" (or ""), "snapshot/<id>", "snapshot/<name>". kNotFound if none.
+  Result<VolumeRef> open_volume(std::string_view name);
+
+  // Validates and queues a request; `done` runs exactly once.
+  void submit(const VolumeRef& volume, const IoRequest& request, IoDone done);
+  void block_status(const VolumeRef& volume, uint64_t offset, uint64_t length, ExtentsDone done);
+
+  // Durable when they return. create: O(1); writes acknowledged before the
+  // call are in the snapshot. delete: kBusy while the snapshot has open
+  // volumes; its space is reclaimed in the background afterwards.
+  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> of, std::string name);
+  Status delete_snapshot(SnapshotId id);
+  // "<id>" or "<name>".
+  Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view id_or_name);
+  // Snapshots with id >= from, at most `limit`, in ID order.
+  Result<std::vector<SnapshotInfo>> list_snapshots(SnapshotId from = 0, size_t limit = SIZE_MAX);
+  EngineStatus status();
+  // Commits and flushes both devices (what SIGTERM does before exiting).
+  Status sync();
+
+  // Without an engine thread: one pass of the loop (does not block), and a
+  // loop until nothing is queued, waiting or in flight.
+  void poll();
+  void run_until_idle();
+
+  const Layout& layout() const;
+
+ private:
+  explicit Engine(std::unique_ptr<class EngineCore> core);
+  std::unique_ptr<class EngineCore> core_;
+};
+
+}  // namespace multisnap

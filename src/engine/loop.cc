@@ -1,0 +1,314 @@
+// The engine loop: incoming work, control operations, group commit and
+// background reclaim.
+#include <cassert>
+#include <cstring>
+
+#include "engine/core.h"
+#include "util/log.h"
+
+namespace multisnap {
+
+namespace {
+constexpr auto kReclaimPacing = std::chrono::milliseconds(100);
+}
+
+EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_ptr<ExceptionStore> store,
+                       std::unique_ptr<IoContext> io, const EngineOptions& options)
+    : origin_(origin), store_dev_(store_dev), store_(std::move(store)), io_(std::move(io)),
+      options_(options), chunk_size_(store_->layout().chunk_size),
+      volume_size_(store_->layout().origin_size) {
+  if (options_.copy_slots == 0) options_.copy_slots = 1;
+  for (uint32_t i = 0; i < options_.copy_slots; ++i) {
+    auto* b = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
+    all_buffers_.push_back(b);
+    free_buffers_.push_back(b);
+  }
+  zero_buffer_ = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
+  std::memset(zero_buffer_, 0, chunk_size_);
+  last_commit_ = last_reclaim_ = std::chrono::steady_clock::now();
+}
+
+EngineCore::~EngineCore() {
+  shutdown();
+  for (uint8_t* b : all_buffers_) std::free(b);
+  std::free(zero_buffer_);
+}
+
+void EngineCore::start_thread() {
+  threaded_ = true;
+  thread_ = std::thread([this] { thread_main(); });
+}
+
+void EngineCore::thread_main() {
+  while (!loop_exit_) step(true);
+}
+
+void EngineCore::shutdown() {
+  if (stopping_.exchange(true)) {
+    if (thread_.joinable()) thread_.join();
+    return;
+  }
+  // Let what was accepted finish, then commit and flush everything.
+  while (outstanding_.load() > 0) {
+    if (threaded_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    else step(false);
+  }
+  run_control(true, [this] {
+    Status s = commit_now();
+    if (s.is_ok()) s = origin_.flush();
+    if (s.is_ok()) s = store_dev_.flush();
+    if (!s.is_ok()) MS_LOG_ERROR("final sync failed: {}", s.to_string());
+    loop_exit_ = true;
+  });
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---------------------------------------------------------------- entry points
+
+void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone done) {
+  if (stopping_) {
+    done(Status(Code::kShutdown, "the engine is shutting down"));
+    return;
+  }
+  bool writes = io.op == IoRequest::Op::kWrite || io.op == IoRequest::Op::kTrim ||
+                io.op == IoRequest::Op::kWriteZeroes;
+  if (io.op != IoRequest::Op::kFlush) {
+    if (io.offset > volume->size() || io.length > volume->size() - io.offset) {
+      done(make_error(Code::kOutOfRange, "{}: {} bytes at offset {} are past the end ({} bytes)",
+                      volume->name(), io.length, io.offset, volume->size()));
+      return;
+    }
+    if (writes && volume->read_only()) {
+      done(make_error(Code::kReadOnly, "{} is read-only", volume->name()));
+      return;
+    }
+    if (io.length == 0) {
+      done(Status::ok());
+      return;
+    }
+  }
+  if (io.op == IoRequest::Op::kRead && volume->is_origin()) {
+    // Origin reads touch no metadata: straight to the device, on this thread.
+    Status s = origin_.read(io.offset, io.buf, io.length);
+    {
+      std::lock_guard lock(counters_mu_);
+      ++counters_.reads;
+      if (s.is_ok()) counters_.bytes_read += io.length;
+      else ++counters_.errors;
+    }
+    done(std::move(s));
+    return;
+  }
+  auto* r = new Request;
+  r->volume = volume;
+  r->io = io;
+  r->done = std::move(done);
+  ++outstanding_;
+  {
+    std::lock_guard lock(in_mu_);
+    incoming_.push_back(r);
+  }
+  io_->wake();
+}
+
+void EngineCore::block_status(const VolumeRef& volume, uint64_t offset, uint64_t length, ExtentsDone done) {
+  if (offset > volume->size() || length > volume->size() - offset || length == 0) {
+    done(make_error(Code::kOutOfRange, "{}: block status of {} bytes at {} is out of range", volume->name(),
+                    length, offset));
+    return;
+  }
+  if (volume->is_origin()) {
+    auto a = origin_.allocation(offset, length);
+    if (!a.is_ok()) return done(a.status());
+    std::vector<AllocationExtent> out;
+    for (auto& e : *a) out.push_back({e.length, e.hole, e.hole});
+    return done(std::move(out));
+  }
+  if (stopping_) return done(Status(Code::kShutdown, "the engine is shutting down"));
+  auto* r = new Request;
+  r->volume = volume;
+  r->io = {IoRequest::Op::kCache, offset, length, nullptr, false};
+  r->extents_done = std::move(done);
+  ++outstanding_;
+  {
+    std::lock_guard lock(in_mu_);
+    incoming_.push_back(r);
+  }
+  io_->wake();
+}
+
+void EngineCore::run_control(bool needs_quiesce, std::function<void()> fn) {
+  ControlOp op;
+  op.needs_quiesce = needs_quiesce;
+  op.run = std::move(fn);
+  {
+    std::lock_guard lock(in_mu_);
+    incoming_controls_.push_back(&op);
+  }
+  io_->wake();
+  auto finished = [&] {
+    std::lock_guard lock(control_mu_);
+    return op.done;
+  };
+  if (threaded_ && std::this_thread::get_id() != thread_.get_id()) {
+    std::unique_lock lock(control_mu_);
+    control_cv_.wait(lock, [&] { return op.done; });
+    return;
+  }
+  while (!finished()) step(false);
+}
+
+Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
+  auto v = std::shared_ptr<Volume>(new Volume);
+  v->core_ = this;
+  v->size_ = volume_size_;
+  if (name.empty() || name == "origin") {
+    v->name_ = "origin";
+    std::lock_guard lock(volumes_mu_);
+    ++open_volumes_;
+    return v;
+  }
+  constexpr std::string_view kPrefix = "snapshot/";
+  if (name.substr(0, kPrefix.size()) != kPrefix)
+    return make_error(Code::kNotFound, "no volume named '{}' (use origin or snapshot/<id or name>)", name);
+  std::string key(name.substr(kPrefix.size()));
+  Status status;
+  run_control(false, [&] {
+    bool numeric = !key.empty() && key.find_first_not_of("0123456789") == std::string::npos && key.size() <= 10;
+    Result<std::optional<SnapshotInfo>> found =
+        numeric ? store_->find_snapshot(static_cast<SnapshotId>(std::stoull(key)))
+                : store_->find_snapshot(std::string_view(key));
+    if (!found.is_ok()) {
+      status = found.status();
+      return;
+    }
+    if (!*found || (numeric && std::stoull(key) > UINT32_MAX)) {
+      status = make_error(Code::kNotFound, "there is no snapshot '{}'", key);
+      return;
+    }
+    v->snapshot_ = **found;
+    v->name_ = "snapshot/" + std::to_string((*found)->id);
+    v->read_only_ = options_.read_only_snapshots;
+    std::lock_guard lock(volumes_mu_);
+    ++open_snapshots_[(*found)->id];
+    ++open_volumes_;
+  });
+  if (!status.is_ok()) {
+    v->core_ = nullptr;  // never registered
+    return status;
+  }
+  return v;
+}
+
+void EngineCore::volume_closed(const Volume& v) {
+  std::lock_guard lock(volumes_mu_);
+  --open_volumes_;
+  if (v.snapshot_) {
+    auto it = open_snapshots_.find(v.snapshot_->id);
+    if (it != open_snapshots_.end() && --it->second == 0) open_snapshots_.erase(it);
+  }
+}
+
+uint64_t EngineCore::open_count(SnapshotId id) {
+  std::lock_guard lock(volumes_mu_);
+  auto it = open_snapshots_.find(id);
+  return it == open_snapshots_.end() ? 0 : it->second;
+}
+
+EngineCounters EngineCore::counters() {
+  std::lock_guard lock(counters_mu_);
+  return counters_;
+}
+
+// ---------------------------------------------------------------- the loop
+
+void EngineCore::take_incoming() {
+  std::lock_guard lock(in_mu_);
+  for (Request* r : incoming_) run_queue_.push_back(r);
+  incoming_.clear();
+  for (ControlOp* c : incoming_controls_) controls_.push_back(c);
+  incoming_controls_.clear();
+}
+
+void EngineCore::run_controls() {
+  while (!controls_.empty()) {
+    ControlOp* op = controls_.front();
+    if (op->needs_quiesce && !quiesced()) return;  // writes are held back meanwhile
+    controls_.pop_front();
+    op->run();
+    {
+      std::lock_guard lock(control_mu_);
+      op->done = true;
+    }
+    control_cv_.notify_all();
+    if (controls_.empty() || !controls_.front()->needs_quiesce) release(quiesce_waiters_);
+  }
+}
+
+void EngineCore::maybe_commit() {
+  if (jobs_in_flight_ > 0) return;  // E3: never commit a remap before its copy is done
+  bool due = !jobs_done_.empty() || !commit_waiters_.empty();
+  if (!due && store_->tm().has_changes() &&
+      std::chrono::steady_clock::now() - last_commit_ > std::chrono::milliseconds(options_.commit_interval_ms))
+    due = true;
+  if (due) commit_now().ignore();
+}
+
+void EngineCore::maybe_reclaim() {
+  if (!store_->reclaim_pending() || !store_->tm().status().is_ok()) return;
+  if (jobs_in_flight_ > 0 || !jobs_done_.empty()) return;
+  auto now = std::chrono::steady_clock::now();
+  bool idle_now = run_queue_.empty() && writes_in_flight_ == 0 && io_->in_flight() == 0;
+  if (!idle_now && now - last_reclaim_ < kReclaimPacing) return;
+  last_reclaim_ = now;
+  Status s = store_->reclaim_step(options_.reclaim_budget);
+  if (!s.is_ok()) {
+    MS_LOG_WARN("background reclaim: {}", s.to_string());
+    return;
+  }
+  commit_now().ignore();
+}
+
+void EngineCore::step(bool may_block) {
+  take_incoming();
+  run_controls();
+  for (size_t n = run_queue_.size(); n > 0 && !run_queue_.empty(); --n) {
+    Request* r = run_queue_.front();
+    run_queue_.pop_front();
+    process(r);
+  }
+  maybe_commit();
+  run_controls();
+  maybe_reclaim();
+#ifndef NDEBUG
+  check_invariants();
+#endif
+  bool control_ready = !controls_.empty() && (!controls_.front()->needs_quiesce || quiesced());
+  bool busy = !run_queue_.empty() || control_ready;
+  {
+    std::lock_guard lock(in_mu_);
+    busy = busy || !incoming_.empty() || !incoming_controls_.empty();
+  }
+  int timeout = store_->reclaim_pending() ? 100 : static_cast<int>(options_.commit_interval_ms);
+  io_->run(may_block && !busy, timeout);
+}
+
+bool EngineCore::idle() {
+  std::lock_guard lock(in_mu_);
+  return outstanding_.load() == 0 && incoming_.empty() && incoming_controls_.empty() && controls_.empty() &&
+         io_->in_flight() == 0 && jobs_in_flight_ == 0 && jobs_done_.empty();
+}
+
+void EngineCore::run_until_idle() {
+  for (int spins = 0; !idle(); ++spins) step(false);
+}
+
+void EngineCore::check_invariants() const {
+  assert(slots_used_ <= options_.copy_slots);                       // E4
+  for (const auto& [c, cs] : chunks_) {
+    (void)c;
+    assert(!cs.jobs.empty() || cs.origin_readers > 0 || !cs.waiters.empty());  // E5
+  }
+}
+
+}  // namespace multisnap

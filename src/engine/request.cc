@@ -1,0 +1,352 @@
+// What the engine does with each request (docs/design.md, "Request flow").
+#include <cstring>
+
+#include "engine/core.h"
+#include "util/log.h"
+
+namespace multisnap {
+
+namespace {
+// The chunks [first, last] a byte range touches.
+struct ChunkSpan {
+  uint64_t first, last;
+};
+ChunkSpan span_of(uint64_t offset, uint64_t length, uint32_t chunk) {
+  return {offset / chunk, (offset + length - 1) / chunk};
+}
+// The part of [offset, offset+length) inside chunk c: start and length.
+std::pair<uint64_t, uint64_t> part_in_chunk(uint64_t offset, uint64_t length, uint64_t c, uint32_t chunk) {
+  uint64_t lo = std::max(offset, c * chunk);
+  uint64_t hi = std::min(offset + length, (c + 1) * chunk);
+  return {lo, hi - lo};
+}
+
+// Appends a data op, merging it into the previous one when contiguous.
+void add_op(std::deque<IoOp>& ops, IoOp::Kind kind, BlockDevice* dev, uint64_t dev_offset, uint8_t* buf,
+            uint64_t len, bool fua) {
+  if (!ops.empty()) {
+    IoOp& last = ops.back();
+    bool contiguous = last.kind == kind && last.dev == dev && last.offset + last.len == dev_offset &&
+                      (buf == nullptr || static_cast<uint8_t*>(last.buf) + last.len == buf);
+    if (contiguous) {
+      last.len += len;
+      return;
+    }
+  }
+  IoOp op;
+  op.kind = kind;
+  op.fua = fua;
+  op.dev = dev;
+  op.offset = dev_offset;
+  op.buf = buf;
+  op.len = len;
+  ops.push_back(std::move(op));
+}
+}  // namespace
+
+void EngineCore::process(Request* r) {
+  if (r->retried) {
+    std::lock_guard lock(counters_mu_);
+    ++counters_.retries;
+    r->retried = false;
+  }
+  if (r->extents_done) {
+    process_block_status(r);
+    return;
+  }
+  switch (r->io.op) {
+    case IoRequest::Op::kFlush: process_flush(r); return;
+    case IoRequest::Op::kCache: finish(r, Status::ok()); return;
+    case IoRequest::Op::kRead:
+      if (r->volume->is_origin()) {  // normally served on the caller's thread
+        add_op(r->ops, IoOp::Kind::kRead, &origin_, r->io.offset, r->io.buf, r->io.length, false);
+        issue(r);
+      } else {
+        process_snapshot_read(r);
+      }
+      return;
+    default: break;
+  }
+  if (!controls_.empty() && controls_.front()->needs_quiesce) {
+    quiesce_waiters_.push_back(r);  // a snapshot is being taken: writes wait
+    return;
+  }
+  if (!store_writable(r)) return;
+  if (r->volume->is_origin()) process_origin_write(r);
+  else process_snapshot_write(r);
+}
+
+bool EngineCore::store_writable(Request* r) {
+  const Status& failed = store_->tm().status();
+  if (failed.is_ok()) return true;
+  // Without a working store nothing written could be preserved or remapped
+  // safely, so writes stop; reads go on.
+  finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + failed.to_string()));
+  return false;
+}
+
+// Origin write, trim or write-zeroes: preserve what snapshots still need,
+// wait for that to be committed, then write the origin.
+void EngineCore::process_origin_write(Request* r) {
+  ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    if (origin_blocked(c)) {
+      park_on_chunk(r, c);
+      return;
+    }
+  }
+  std::optional<uint64_t> waiting_on;
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    // The seed's loop: ask for each set of snapshots still needing the old
+    // contents, give each a chunk, until done or out of copy slots.
+    CopyPlan plan;
+    plan.source = CopyPlan::Source::kOrigin;
+    std::vector<CopyDescriptor> descriptors;
+    bool starved = false;
+    Status error;
+    store_->reset_query(c);
+    for (;;) {
+      auto more = store_->query_next_remap();
+      if (!more.is_ok()) {
+        error = more.status();
+        break;
+      }
+      if (!*more) break;
+      if (!can_start_job(static_cast<uint32_t>(plan.dests.size()) + 1)) {
+        starved = true;
+        break;
+      }
+      CopyDescriptor d;
+      auto dest = store_->add_next_remap(&d);
+      if (!dest.is_ok()) {
+        error = dest.status();
+        break;
+      }
+      plan.dests.push_back(*dest);
+      descriptors.push_back(d);
+    }
+    if (!plan.dests.empty()) {
+      // One read of the origin chunk, one write per destination.
+      CopyJob* job = start_job(c, plan);
+      job->descriptors = std::move(descriptors);
+      waiting_on = c;
+    }
+    if (!error.is_ok()) {
+      finish(r, error);
+      return;
+    }
+    if (starved) {
+      r->retried = true;
+      job_waiters_.push_back(r);
+      return;
+    }
+  }
+  if (waiting_on) {
+    park_on_chunk(r, *waiting_on);
+    return;
+  }
+  IoOp::Kind kind = r->io.op == IoRequest::Op::kWrite        ? IoOp::Kind::kWrite
+                    : r->io.op == IoRequest::Op::kWriteZeroes ? IoOp::Kind::kWriteZeroes
+                                                              : IoOp::Kind::kDiscard;
+  add_op(r->ops, kind, &origin_, r->io.offset, r->io.buf, r->io.length, r->io.fua);
+  r->is_write = true;
+  issue(r);
+}
+
+void EngineCore::process_snapshot_read(Request* r) {
+  const SnapshotInfo& s = *r->volume->snapshot();
+  ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    if (snapshot_blocked(c, s)) {
+      park_on_chunk(r, c);
+      return;
+    }
+  }
+  const Layout& l = store_->layout();
+  std::vector<uint64_t> from_origin;
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    auto m = store_->lookup(c, s, false);
+    if (!m.is_ok()) {
+      r->ops.clear();
+      finish(r, m.status());
+      return;
+    }
+    auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
+    uint8_t* dst = r->io.buf + (lo - r->io.offset);
+    switch (m->kind) {
+      case ChunkMapping::Kind::kOrigin:
+        from_origin.push_back(c);
+        add_op(r->ops, IoOp::Kind::kRead, &origin_, lo, dst, len, false);
+        break;
+      case ChunkMapping::Kind::kStore:
+        add_op(r->ops, IoOp::Kind::kRead, &store_dev_, l.data_offset(m->store_chunk) + (lo - c * chunk_size_),
+               dst, len, false);
+        break;
+      case ChunkMapping::Kind::kZero: std::memset(dst, 0, len); break;
+    }
+  }
+  // Origin writes to these chunks wait until the reads are done.
+
+  r->origin_read_chunks = std::move(from_origin);
+  issue(r);
+}
+
+void EngineCore::process_snapshot_write(Request* r) {
+  const SnapshotInfo& s = *r->volume->snapshot();
+  ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    if (snapshot_blocked(c, s)) {
+      park_on_chunk(r, c);
+      return;
+    }
+  }
+  const bool zeroing = r->io.op != IoRequest::Op::kWrite;
+  const Layout& l = store_->layout();
+  std::optional<uint64_t> waiting_on;
+  std::vector<std::pair<uint64_t, ChunkMapping>> ready;
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
+    bool whole = lo == c * chunk_size_ && len == chunk_bytes_on_origin(c);
+    if (zeroing && whole) {
+      // A whole chunk trimmed or zeroed: S's mapping becomes a zero entry.
+      auto m = store_->lookup(c, s, true);
+      if (!m.is_ok()) return finish(r, m.status());
+      if (m->kind == ChunkMapping::Kind::kZero && m->exclusive) continue;
+      if (!can_start_job(1)) {
+        r->retried = true;
+        job_waiters_.push_back(r);
+        return;
+      }
+      auto plan = store_->zero_chunk(c, s);
+      if (!plan.is_ok()) return finish(r, plan.status());
+      start_job(c, plan->value_or(CopyPlan{}));
+      waiting_on = c;
+      continue;
+    }
+    if (zeroing && r->io.op == IoRequest::Op::kTrim) continue;  // part of a chunk: a no-op
+    ChunkMapping m;
+    switch (prepare_writable(r, c, &m)) {
+      case Prep::kReady: ready.emplace_back(c, m); break;
+      case Prep::kStarted: waiting_on = c; break;
+      case Prep::kParked: return;
+      case Prep::kFailed: return;
+    }
+  }
+  if (waiting_on) {
+    park_on_chunk(r, *waiting_on);
+    return;
+  }
+  for (auto& [c, m] : ready) {
+    auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
+    uint64_t dev_off = l.data_offset(m.store_chunk) + (lo - c * chunk_size_);
+    if (zeroing) add_op(r->ops, IoOp::Kind::kWriteZeroes, &store_dev_, dev_off, nullptr, len, false);
+    else add_op(r->ops, IoOp::Kind::kWrite, &store_dev_, dev_off, r->io.buf + (lo - r->io.offset), len, r->io.fua);
+  }
+  r->is_write = true;
+  if (r->ops.empty()) {
+    finish(r, Status::ok());  // nothing left to write: only zero entries, now committed
+    return;
+  }
+  issue(r);
+}
+
+void EngineCore::process_flush(Request* r) {
+  if (!store_->tm().status().is_ok()) {
+    finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + store_->tm().status().to_string()));
+    return;
+  }
+  if (jobs_in_flight_ > 0 || !jobs_done_.empty() || store_->tm().has_changes()) {
+    commit_waiters_.push_back(r);  // retried after the next commit
+    return;
+  }
+  for (BlockDevice* dev : {&origin_, &store_dev_}) {
+    IoOp op;
+    op.kind = IoOp::Kind::kFlush;
+    op.dev = dev;
+    r->ops.push_back(std::move(op));
+  }
+  issue(r);
+}
+
+void EngineCore::process_block_status(Request* r) {
+  std::vector<AllocationExtent> out;
+  const SnapshotInfo& s = *r->volume->snapshot();
+  ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
+  auto push = [&](uint64_t len, bool hole, bool zero) {
+    if (!out.empty() && out.back().hole == hole && out.back().zero == zero) out.back().length += len;
+    else out.push_back({len, hole, zero});
+  };
+  for (uint64_t c = span.first; c <= span.last; ++c) {
+    auto m = store_->lookup(c, s, false);
+    if (!m.is_ok()) {
+      r->extents_done(m.status());
+      finish(r, Status::ok());
+      return;
+    }
+    auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
+    if (m->kind == ChunkMapping::Kind::kZero) {
+      push(len, true, true);
+    } else if (m->kind == ChunkMapping::Kind::kStore) {
+      push(len, false, false);
+    } else {
+      auto a = origin_.allocation(lo, len);
+      if (!a.is_ok()) push(len, false, false);
+      else
+        for (auto& e : *a) push(e.length, e.hole, e.hole);
+    }
+  }
+  r->extents_done(std::move(out));
+  finish(r, Status::ok());
+}
+
+void EngineCore::issue(Request* r) {
+  r->pending = static_cast<uint32_t>(r->ops.size());
+  if (r->is_write) ++writes_in_flight_;
+  if (r->pending == 0) {
+    op_done(r, Status::ok());
+    return;
+  }
+  for (IoOp& op : r->ops) {
+    op.done = [this, r](Status s) { op_done(r, std::move(s)); };
+    io_->submit(&op);
+  }
+}
+
+void EngineCore::op_done(Request* r, Status s) {
+  if (!s.is_ok() && r->status.is_ok()) r->status = std::move(s);
+  if (r->pending > 0 && --r->pending > 0) return;
+  for (uint64_t c : r->origin_read_chunks) {
+    ChunkState& cs = chunk(c);
+    if (--cs.origin_readers == 0) release(cs.waiters);
+    tidy_chunk(c);
+  }
+  r->origin_read_chunks.clear();
+  if (r->is_write) --writes_in_flight_;
+  finish(r, r->status);
+}
+
+void EngineCore::finish(Request* r, Status s) {
+  {
+    std::lock_guard lock(counters_mu_);
+    if (!s.is_ok()) ++counters_.errors;
+    switch (r->io.op) {
+      case IoRequest::Op::kRead:
+        ++counters_.reads;
+        if (s.is_ok()) counters_.bytes_read += r->io.length;
+        break;
+      case IoRequest::Op::kWrite:
+        ++counters_.writes;
+        if (s.is_ok()) counters_.bytes_written += r->io.length;
+        break;
+      case IoRequest::Op::kFlush: ++counters_.flushes; break;
+      case IoRequest::Op::kTrim: ++counters_.trims; break;
+      case IoRequest::Op::kWriteZeroes: ++counters_.zeroes; break;
+      case IoRequest::Op::kCache: break;
+    }
+  }
+  if (r->done) r->done(std::move(s));
+  delete r;
+  --outstanding_;
+}
+
+}  // namespace multisnap

@@ -1,0 +1,254 @@
+// Behaviour of the engine through its public API, on in-memory devices.
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include "engine/engine_fixture.h"
+
+namespace multisnap {
+namespace {
+
+using testing::EngineHarness;
+using testing::EngineParams;
+
+class EngineTest : public ::testing::TestWithParam<EngineParams> {
+ protected:
+  void SetUp() override {
+    h_ = std::make_unique<EngineHarness>(GetParam());
+    h_->open();
+    origin_ = h_->volume("origin");
+  }
+  void TearDown() override {
+    origin_.reset();
+    if (h_) {
+      h_->close();
+      for (auto& p : h_->check()) ADD_FAILURE() << p;
+    }
+  }
+  std::vector<uint8_t> bytes(size_t n, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    return testing::random_bytes(rng, n);
+  }
+  uint32_t chunk() const { return GetParam().chunk; }
+  uint64_t copies() { return h_->engine().status().counters.chunks_copied; }
+
+  std::unique_ptr<EngineHarness> h_;
+  VolumeRef origin_;
+};
+
+TEST_P(EngineTest, SnapshotKeepsThePastWhileTheOriginMovesOn) {
+  auto before = bytes(3 * chunk(), 1);
+  ASSERT_TRUE(h_->write(origin_, 0, before).is_ok());
+  SnapshotId s = h_->snapshot();
+  auto after = bytes(3 * chunk(), 2);
+  ASSERT_TRUE(h_->write(origin_, 100, after).is_ok());
+  auto snap = h_->volume("snapshot/" + std::to_string(s));
+  EXPECT_EQ(h_->read(snap, 0, before.size()), before);
+  EXPECT_EQ(h_->read(origin_, 100, after.size()), after);
+  EXPECT_EQ(copies(), 4u);  // the write touched 4 chunks
+}
+
+TEST_P(EngineTest, SecondWriteToAChunkCopiesNothing) {
+  SnapshotId s = h_->snapshot();
+  (void)s;
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(512, 1)).is_ok());
+  uint64_t c = copies();
+  ASSERT_TRUE(h_->write(origin_, 1024, bytes(512, 2)).is_ok());
+  EXPECT_EQ(copies(), c);
+}
+
+TEST_P(EngineTest, SeedExampleCopiesTwiceAfterASnapshotWrite) {
+  SnapshotId s1 = h_->snapshot();
+  SnapshotId s2 = h_->snapshot();
+  SnapshotId s3 = h_->snapshot();
+  (void)s1, (void)s3;
+  auto old = h_->read(origin_, 0, chunk());
+  auto snap2 = h_->volume("snapshot/" + std::to_string(s2));
+  ASSERT_TRUE(h_->write(snap2, 10, bytes(100, 3)).is_ok());
+  uint64_t c = copies();
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(chunk(), 4)).is_ok());
+  EXPECT_EQ(copies() - c, 2u);  // [1..1] and [3..3]
+  EXPECT_EQ(h_->read(h_->volume("snapshot/1"), 0, chunk()), old);
+  EXPECT_EQ(h_->read(h_->volume("snapshot/3"), 0, chunk()), old);
+}
+
+TEST_P(EngineTest, SeedExampleCopiesOnceWithoutASnapshotWrite) {
+  h_->snapshot();
+  h_->snapshot();
+  h_->snapshot();
+  uint64_t c = copies();
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(chunk(), 4)).is_ok());
+  EXPECT_EQ(copies() - c, 1u);  // one entry [1..3]
+}
+
+TEST_P(EngineTest, WritableSnapshotsAndSnapshotsOfSnapshots) {
+  auto base = bytes(2 * chunk(), 5);
+  ASSERT_TRUE(h_->write(origin_, 0, base).is_ok());
+  SnapshotId s = h_->snapshot(std::nullopt, "base");
+  auto snap = h_->volume("snapshot/base");
+  auto patch = bytes(777, 6);
+  ASSERT_TRUE(h_->write(snap, 300, patch).is_ok());
+  auto expect = base;
+  std::copy(patch.begin(), patch.end(), expect.begin() + 300);
+  EXPECT_EQ(h_->read(snap, 0, expect.size()), expect);
+  EXPECT_EQ(h_->read(origin_, 0, base.size()), base);  // the origin is untouched
+  SnapshotId clone = h_->snapshot(s);
+  auto cl = h_->volume("snapshot/" + std::to_string(clone));
+  EXPECT_EQ(h_->read(cl, 0, expect.size()), expect);
+  ASSERT_TRUE(h_->write(snap, 0, bytes(100, 7)).is_ok());  // the parent moves on
+  EXPECT_EQ(h_->read(cl, 0, expect.size()), expect);
+  auto deeper = h_->engine().create_snapshot(clone, "");
+  EXPECT_EQ(deeper.status().code(), Code::kNotSupported);
+}
+
+TEST_P(EngineTest, TrimAndWriteZeroes) {
+  auto data = bytes(4 * chunk(), 8);
+  ASSERT_TRUE(h_->write(origin_, 0, data).is_ok());
+  SnapshotId s = h_->snapshot();
+  auto snap = h_->volume("snapshot/" + std::to_string(s));
+  // Snapshot: whole chunks read zero after a trim; a partial trim is a no-op.
+  ASSERT_TRUE(h_->io(snap, IoRequest::Op::kTrim, chunk() / 2, 2 * chunk()).is_ok());
+  auto got = h_->read(snap, 0, data.size());
+  for (uint64_t i = 0; i < data.size(); ++i) {
+    bool zeroed = i >= chunk() && i < 2 * chunk();
+    ASSERT_EQ(got[i], zeroed ? 0 : data[i]) << i;
+  }
+  // Write-zeroes zeroes exactly its range, on both.
+  ASSERT_TRUE(h_->io(snap, IoRequest::Op::kWriteZeroes, 3 * chunk() + 7, 100).is_ok());
+  ASSERT_TRUE(h_->io(origin_, IoRequest::Op::kWriteZeroes, 10, 3 * chunk()).is_ok());
+  got = h_->read(snap, 3 * chunk(), chunk());
+  for (uint64_t i = 0; i < chunk(); ++i) ASSERT_EQ(got[i], (i >= 7 && i < 107) ? 0 : data[3 * chunk() + i]);
+  got = h_->read(origin_, 0, data.size());
+  for (uint64_t i = 0; i < data.size(); ++i) ASSERT_EQ(got[i], (i >= 10 && i < 10 + 3 * chunk()) ? 0 : data[i]);
+  // The snapshot still has its old contents where the origin was zeroed.
+  got = h_->read(snap, 0, chunk());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin()));
+}
+
+TEST_P(EngineTest, BadRequestsAreRefusedCleanly) {
+  std::vector<uint8_t> buf(8192);
+  uint64_t size = GetParam().origin_size;
+  EXPECT_EQ(h_->io(origin_, IoRequest::Op::kRead, size - 100, 200, buf.data()).code(), Code::kOutOfRange);
+  EXPECT_EQ(h_->io(origin_, IoRequest::Op::kWrite, UINT64_MAX - 10, 100, buf.data()).code(), Code::kOutOfRange);
+  EXPECT_TRUE(h_->io(origin_, IoRequest::Op::kRead, size, 0, buf.data()).is_ok());
+  EXPECT_EQ(h_->engine().open_volume("snapshot/99").status().code(), Code::kNotFound);
+  EXPECT_EQ(h_->engine().open_volume("bogus").status().code(), Code::kNotFound);
+  EXPECT_EQ(h_->engine().delete_snapshot(42).code(), Code::kNotFound);
+}
+
+TEST_P(EngineTest, DeleteIsRefusedWhileOpenAndReclaimsAfterwards) {
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(8 * chunk(), 9)).is_ok());
+  SnapshotId s = h_->snapshot();
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(8 * chunk(), 10)).is_ok());
+  EXPECT_EQ(h_->engine().status().store.data_chunks_used, 8u);
+  {
+    auto snap = h_->volume("snapshot/" + std::to_string(s));
+    EXPECT_EQ(h_->engine().delete_snapshot(s).code(), Code::kBusy);
+  }
+  ASSERT_TRUE(h_->engine().delete_snapshot(s).is_ok());
+  EXPECT_EQ(h_->engine().open_volume("snapshot/" + std::to_string(s)).status().code(), Code::kNotFound);
+  for (int i = 0; i < 1000 && h_->engine().status().store.reclaim_active; ++i) h_->engine().poll();
+  EXPECT_EQ(h_->engine().status().store.data_chunks_used, 0u);
+  // IDs are never reused.
+  EXPECT_EQ(h_->snapshot(), s + 1);
+}
+
+TEST_P(EngineTest, StatePersistsAcrossReopen) {
+  auto a = bytes(3 * chunk(), 11);
+  ASSERT_TRUE(h_->write(origin_, 0, a).is_ok());
+  SnapshotId s = h_->snapshot(std::nullopt, "keep");
+  auto b = bytes(3 * chunk(), 12);
+  ASSERT_TRUE(h_->write(origin_, 0, b).is_ok());
+  origin_.reset();
+  h_->close();
+  h_->open();
+  origin_ = h_->volume("origin");
+  EXPECT_EQ(h_->read(origin_, 0, b.size()), b);
+  EXPECT_EQ(h_->read(h_->volume("snapshot/keep"), 0, a.size()), a);
+  auto list = h_->engine().list_snapshots();
+  ASSERT_TRUE(list.is_ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].id, s);
+  EXPECT_EQ((*list)[0].name, "keep");
+}
+
+TEST_P(EngineTest, FlushAndFuaMakeWritesDurable) {
+  SnapshotId s = h_->snapshot();
+  auto snap = h_->volume("snapshot/" + std::to_string(s));
+  auto a = bytes(2 * chunk(), 13), b = bytes(chunk(), 14);
+  ASSERT_TRUE(h_->write(origin_, 0, a).is_ok());
+  ASSERT_TRUE(h_->write(snap, chunk(), b).is_ok());
+  ASSERT_TRUE(h_->io(origin_, IoRequest::Op::kFlush, 0, 0).is_ok());
+  auto c = bytes(chunk(), 15);
+  ASSERT_TRUE(h_->io(snap, IoRequest::Op::kWrite, 0, c.size(), c.data(), true).is_ok());
+  // Power cut: only what flush/FUA promised is guaranteed.
+  h_->cut_power();
+  snap.reset();
+  origin_.reset();
+  h_->close();
+  std::mt19937_64 rng(5);
+  h_->origin_mem().crash(rng);
+  h_->store_mem().crash(rng);
+  h_->restore_power();
+  for (auto& p : h_->check()) ADD_FAILURE() << p;
+  h_->open();
+  origin_ = h_->volume("origin");
+  snap = h_->volume("snapshot/" + std::to_string(s));
+  EXPECT_EQ(h_->read(origin_, 0, a.size()), a);
+  EXPECT_EQ(h_->read(snap, chunk(), b.size()), b);
+  EXPECT_EQ(h_->read(snap, 0, c.size()), c);
+}
+
+TEST_P(EngineTest, SnapshotCreateIsDurableAndHoldsAcknowledgedWrites) {
+  auto a = bytes(2 * chunk(), 16);
+  ASSERT_TRUE(h_->write(origin_, 0, a).is_ok());  // acknowledged, never flushed
+  SnapshotId s = h_->snapshot();
+  h_->cut_power();
+  origin_.reset();
+  h_->close();
+  std::mt19937_64 rng(6);
+  h_->origin_mem().crash(rng);
+  h_->store_mem().crash(rng);
+  h_->restore_power();
+  h_->open();
+  origin_ = h_->volume("origin");
+  EXPECT_EQ(h_->read(h_->volume("snapshot/" + std::to_string(s)), 0, a.size()), a);
+}
+
+TEST_P(EngineTest, ConcurrentRequestsOnSharedChunks) {
+  // Origin writes and snapshot reads of the same chunks in one batch: the
+  // snapshot must read the old data whatever the interleaving.
+  auto old = bytes(16 * chunk(), 17);
+  ASSERT_TRUE(h_->write(origin_, 0, old).is_ok());
+  SnapshotId s = h_->snapshot();
+  auto snap = h_->volume("snapshot/" + std::to_string(s));
+  std::vector<std::vector<uint8_t>> reads(16, std::vector<uint8_t>(chunk()));
+  std::vector<std::vector<uint8_t>> writes;
+  int done = 0;
+  for (int i = 0; i < 16; ++i) {
+    writes.push_back(bytes(chunk() / 2, 100 + i));
+    h_->engine().submit(origin_, {IoRequest::Op::kWrite, uint64_t(i) * chunk(), chunk() / 2, writes.back().data(), false},
+                        [&](Status st) { EXPECT_TRUE(st.is_ok()); ++done; });
+    h_->engine().submit(snap, {IoRequest::Op::kRead, uint64_t(i) * chunk(), chunk(), reads[i].data(), false},
+                        [&](Status st) { EXPECT_TRUE(st.is_ok()); ++done; });
+  }
+  h_->engine().run_until_idle();
+  EXPECT_EQ(done, 32);
+  for (int i = 0; i < 16; ++i)
+    EXPECT_TRUE(std::equal(reads[i].begin(), reads[i].end(), old.begin() + i * chunk())) << i;
+  EXPECT_EQ(h_->read(snap, 0, old.size()), old);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Stores, EngineTest,
+    ::testing::Values(EngineParams{4096, 1 << 20, 48 << 20, 1 << 20, EngineOptions::Io::kSync, 1},
+                      EngineParams{65536, 4 << 20, 64 << 20, 1 << 20, EngineOptions::Io::kReordering, 2},
+                      EngineParams{4096, 1 << 20, 48 << 20, 16 * 4096, EngineOptions::Io::kReordering, 3, 2}),
+    [](const auto& info) {
+      const EngineParams& p = info.param;
+      return std::to_string(p.chunk / 1024) + "K_" + (p.io == EngineOptions::Io::kSync ? "sync" : "reorder") +
+             (p.cache < (1 << 20) ? "_tinycache" : "");
+    });
+
+}  // namespace
+}  // namespace multisnap
