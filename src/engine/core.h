@@ -10,7 +10,8 @@
 //      origin, and for which the store had nothing (more) to preserve.
 //  E3. A job's metadata is committed only after its copies completed: a
 //      commit happens only when no job is in flight.
-//  E4. slots_used_ <= copy_slots: copy I/O in flight is bounded.
+//  E4. slots_used_ <= max(copy_slots, 2): copy I/O in flight is bounded (a
+//      split needing two chunks may run alone when copy_slots is 1).
 //  E5. A chunk's ChunkState exists only while it has jobs, origin readers
 //      or waiters.
 #pragma once

@@ -41,8 +41,8 @@ void EngineCore::release(std::vector<Request*>& waiters) {
 bool EngineCore::can_start_job(uint32_t slots) {
   // A commit that is due goes first: new copies would only delay it.
   if (!jobs_done_.empty()) return false;
-  slots = std::min(slots, options_.copy_slots);
-  return slots_used_ + slots <= options_.copy_slots;
+  // A job that needs two chunks (a split) may run alone even with one slot.
+  return slots_used_ + slots <= options_.copy_slots || (slots_used_ == 0 && slots <= 2);
 }
 
 uint8_t* EngineCore::take_buffer() {

@@ -304,7 +304,7 @@ void EngineCore::run_until_idle() {
 }
 
 void EngineCore::check_invariants() const {
-  assert(slots_used_ <= options_.copy_slots);                       // E4
+  assert(slots_used_ <= std::max<uint32_t>(options_.copy_slots, 2));  // E4
   for (const auto& [c, cs] : chunks_) {
     (void)c;
     assert(!cs.jobs.empty() || cs.origin_readers > 0 || !cs.waiters.empty());  // E5

@@ -186,7 +186,7 @@ void EngineCore::process_snapshot_read(Request* r) {
     }
   }
   // Origin writes to these chunks wait until the reads are done.
-
+  for (uint64_t c : from_origin) ++chunk(c).origin_readers;
   r->origin_read_chunks = std::move(from_origin);
   issue(r);
 }

@@ -47,8 +47,14 @@ Status MemoryDevice::read(uint64_t offset, void* buf, size_t len) {
 
 Status MemoryDevice::write_locked(uint64_t offset, const uint8_t* data, size_t len) {
   image_write(current_, offset, data, len);
-  log_.push_back({offset, std::vector<uint8_t>(data, data + len)});
-  if (tracing_) trace_.push_back({TraceOp::Kind::kWrite, offset, log_.back().data});
+  // A disk writes whole sectors: log the sectors as they are after the
+  // write, so a crash keeps or loses each one whole.
+  uint64_t start = offset / kSector * kSector;
+  uint64_t end = std::min(size_, (offset + len + kSector - 1) / kSector * kSector);
+  std::vector<uint8_t> sectors(end - start);
+  image_read(current_, start, sectors.data(), sectors.size());
+  log_.push_back({start, std::move(sectors)});
+  if (tracing_) trace_.push_back({TraceOp::Kind::kWrite, log_.back().offset, log_.back().data});
   ++writes_;
   return Status::ok();
 }
@@ -107,10 +113,10 @@ void MemoryDevice::crash(std::mt19937_64& rng, const CrashOptions& options) {
       image_write(durable_, w.offset, w.data.data(), w.data.size());
       continue;
     }
-    // Torn: each 512-byte sector of the write independently made it or not.
+    // Torn: each sector of the write independently made it or not.
     std::bernoulli_distribution coin(0.5);
-    for (size_t off = 0; off < w.data.size(); off += 512) {
-      size_t n = std::min<size_t>(512, w.data.size() - off);
+    for (size_t off = 0; off < w.data.size(); off += kSector) {
+      size_t n = std::min<size_t>(kSector, w.data.size() - off);
       if (coin(rng)) image_write(durable_, w.offset + off, w.data.data() + off, n);
     }
   }

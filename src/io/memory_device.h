@@ -2,7 +2,8 @@
 //
 // It keeps two images: what a reader sees now, and what would survive a
 // crash (everything up to the last flush). Writes since the last flush are
-// kept in order in a log. crash() builds the surviving image from the last
+// kept in order in a log, as whole 512-byte sectors (a write of part of a
+// sector logs the sector as it is after the write). crash() builds the surviving image from the last
 // flushed state plus an arbitrary subset of the logged writes, optionally
 // tearing one of them at 512-byte granularity, as a disk with a volatile
 // write cache may do. discard and write_zeroes are logged as writes of zeros.
@@ -65,6 +66,7 @@ class MemoryDevice final : public BlockDevice {
 
  private:
   static constexpr size_t kPage = 4096;
+  static constexpr size_t kSector = 512;
   using Page = std::array<uint8_t, kPage>;
   using Image = std::unordered_map<uint64_t, std::unique_ptr<Page>>;
 

@@ -79,6 +79,8 @@ TEST(MemoryDeviceTrace, ReplayReproducesTheDevice) {
   ASSERT_TRUE(d.write_zeroes(600, 10).is_ok());
   auto trace = d.take_trace();
   ASSERT_EQ(trace.size(), 4u);
+  EXPECT_EQ(trace[0].offset, 0u);  // logged as whole sectors
+  EXPECT_EQ(trace[0].data.size(), 1536u);
   MemoryDevice r(1 << 20);
   for (const auto& op : trace) r.apply(op);
   EXPECT_EQ(read_all(r, 0, 8192), read_all(d, 0, 8192));
