@@ -1,0 +1,353 @@
+#include "nbd/connection.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <system_error>
+
+#include "util/log.h"
+
+namespace multisnap::nbd {
+namespace {
+
+constexpr size_t kInputBufferSize = 256u << 10;
+// Compact the input buffer when less than this is free at its end.
+constexpr size_t kMinRecvSpace = 64u << 10;
+constexpr int kMaxIov = 512;
+
+bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+}  // namespace
+
+// ---- InputBuffer
+
+Connection::InputBuffer::InputBuffer(size_t capacity)
+    : buf_(new uint8_t[capacity]), capacity_(capacity) {}
+
+void Connection::InputBuffer::consume(size_t n) {
+  begin_ += n;
+  if (begin_ == end_) begin_ = end_ = 0;
+}
+
+void Connection::InputBuffer::compact() {
+  if (begin_ == 0) return;
+  std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
+  end_ -= begin_;
+  begin_ = 0;
+}
+
+// ---- Life cycle
+
+Result<std::unique_ptr<Connection>> Connection::create(uint64_t id, UniqueFd socket,
+                                                       std::string peer, ConnectionHost& host,
+                                                       const ConnectionOptions& options) {
+  auto wake = WakeFd::create();
+  if (!wake.is_ok()) return wake.status();
+  return std::unique_ptr<Connection>(new Connection(id, std::move(socket), std::move(peer), host,
+                                                    options, std::move(wake).value()));
+}
+
+Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, ConnectionHost& host,
+                       const ConnectionOptions& options, WakeFd wake)
+    : id_(id),
+      socket_(std::move(socket)),
+      peer_(std::move(peer)),
+      host_(host),
+      options_(options),
+      wake_(std::move(wake)),
+      in_(std::max<size_t>(kInputBufferSize, options.max_option_length + 1024)) {}
+
+Connection::~Connection() { join(); }
+
+Status Connection::start() {
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (const std::system_error& e) {
+    return make_error(Code::kIoError, "cannot start a connection thread: {}", e.what());
+  }
+  return Status::ok();
+}
+
+void Connection::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Connection::request_close(CloseRequest why) {
+  int expected = 0;
+  close_request_.compare_exchange_strong(expected, static_cast<int>(why));
+  wake_.wake();
+}
+
+void Connection::set_reason(std::string reason) {
+  if (reason_.empty()) reason_ = std::move(reason);
+}
+
+void Connection::run() {
+  {
+    NegotiatedExport negotiated;
+    if (negotiate(&negotiated)) {
+      MS_LOG_INFO("nbd: connection {} ({}) uses export '{}'", id_, peer_,
+                  negotiated.exp->info().name);
+      transmit(std::move(negotiated));
+    }
+    // The Export, if any, is destroyed here, before the host hears of the end.
+  }
+  shutdown(socket_.get(), SHUT_RDWR);
+  socket_.reset();
+  set_reason("closed");
+  host_.connection_finished(id_, reason_);
+}
+
+// ---- Handshake
+
+bool Connection::negotiate(NegotiatedExport* out) {
+  Negotiation negotiation(host_.backend(), options_.max_option_length);
+  std::string reply;
+  Negotiation::append_greeting(&reply);
+  for (;;) {
+    if (!reply.empty() && !send_all(reply)) return false;
+    reply.clear();
+    switch (negotiation.state()) {
+      case Negotiation::State::kOptions: break;
+      case Negotiation::State::kTransmission: return true;
+      case Negotiation::State::kAborted: set_reason("client aborted the handshake"); return false;
+      case Negotiation::State::kFailed:
+        MS_LOG_WARN("nbd: connection {} ({}): handshake failed: {}", id_, peer_,
+                    negotiation.failure());
+        host_.protocol_violation();
+        set_reason("handshake failed: " + negotiation.failure());
+        return false;
+    }
+    size_t used = 0;
+    if (in_.size() > 0) {
+      std::shared_lock gate(host_.open_gate());
+      used = negotiation.consume(in_.data(), in_.size(), &reply);
+      if (negotiation.state() == Negotiation::State::kTransmission) {
+        *out = negotiation.take_export();
+        host_.export_selected(id_, out->exp->info().name);
+      }
+    }
+    in_.consume(used);
+    bool progress = used > 0 || !reply.empty();
+    if (!progress && negotiation.state() == Negotiation::State::kOptions && !receive_more()) {
+      return false;
+    }
+  }
+}
+
+bool Connection::send_all(std::string_view data) {
+  while (!data.empty()) {
+    if (close_request() != CloseRequest::kNone) return false;
+    ssize_t n = send(socket_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && would_block(errno)) {
+      if (!wait_socket(POLLOUT)) return false;
+    } else {
+      set_reason(fmt::format("send failed: {}", std::strerror(errno)));
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Connection::receive_more() {
+  in_.compact();
+  for (;;) {
+    if (close_request() != CloseRequest::kNone) return false;
+    ssize_t n = recv(socket_.get(), in_.tail(), in_.space(), 0);
+    if (n > 0) {
+      in_.produced(static_cast<size_t>(n));
+      return true;
+    }
+    if (n == 0) {
+      set_reason("client closed the connection during the handshake");
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (!would_block(errno)) {
+      set_reason(fmt::format("recv failed: {}", std::strerror(errno)));
+      return false;
+    }
+    if (!wait_socket(POLLIN)) return false;
+  }
+}
+
+bool Connection::wait_socket(short events) {
+  pollfd fds[2] = {{socket_.get(), events, 0}, {wake_.fd(), POLLIN, 0}};
+  for (;;) {
+    int rc = poll(fds, 2, -1);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return false;
+    if (fds[1].revents) wake_.clear();
+    if (close_request() != CloseRequest::kNone) {
+      set_reason("closed by the server");
+      return false;
+    }
+    if (fds[0].revents) return true;
+  }
+}
+
+// ---- Transmission
+
+void Connection::transmit(NegotiatedExport negotiated) {
+  Transmission tx(std::move(negotiated), options_.limits, [this] { wake_.wake(); });
+  LoopState st;
+  for (;;) {
+    handle_close_request(tx, st);
+    bool progress = read_requests(tx, st);
+    if (tx.broken() && !st.peer_gone) {
+      MS_LOG_WARN("nbd: connection {} ({}): {}; dropping it", id_, peer_, tx.failure());
+      host_.protocol_violation();
+      set_reason("protocol violation: " + tx.failure());
+      st.peer_gone = true;
+      tx.stop_input();
+    }
+    tx.collect_completions();
+    publish_counters(tx);  // before the replies, so clients never see stale counters
+    if (st.peer_gone) tx.discard_output();
+    progress |= send_replies(tx, st);
+    if (tx.finished()) break;
+    // Only sleep when nothing moved: freed slots may let buffered requests in.
+    if (!progress) sleep(tx, st);
+  }
+  if (tx.disconnect_requested()) set_reason("client disconnected (NBD_CMD_DISC)");
+}
+
+void Connection::handle_close_request(Transmission& tx, LoopState& st) {
+  CloseRequest why = close_request();
+  if (why == CloseRequest::kNone || st.draining) return;
+  st.draining = true;
+  st.drain_deadline = std::chrono::steady_clock::now() + options_.drain_timeout;
+  set_reason(why == CloseRequest::kForced ? "disconnected by the server"
+                                          : "server shutting down");
+  tx.stop_input();
+}
+
+bool Connection::read_requests(Transmission& tx, LoopState& st) {
+  bool progress = false;
+  if (tx.wants_input() && in_.size() > 0) {
+    size_t used = tx.consume(in_.data(), in_.size());
+    in_.consume(used);
+    progress = used > 0;
+  }
+  while (tx.wants_input() && st.readable) {
+    std::span<uint8_t> direct = in_.size() == 0 ? tx.direct_payload() : std::span<uint8_t>{};
+    uint8_t* dest = direct.empty() ? nullptr : direct.data();
+    size_t want = direct.size();
+    if (dest == nullptr) {
+      if (in_.space() < kMinRecvSpace) in_.compact();
+      dest = in_.tail();
+      want = in_.space();
+      if (want == 0) break;  // a full buffer of requests waits for free slots
+    }
+    ssize_t n = recv(socket_.get(), dest, want, 0);
+    if (n > 0) {
+      progress = true;
+      if (!direct.empty()) {
+        tx.direct_payload_received(static_cast<size_t>(n));
+      } else {
+        in_.produced(static_cast<size_t>(n));
+        in_.consume(tx.consume(in_.data(), in_.size()));
+      }
+      // A short read means the socket is (almost surely) drained: poll next.
+      if (static_cast<size_t>(n) < want) st.readable = false;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && would_block(errno)) {
+      st.readable = false;
+      break;
+    }
+    progress = true;
+    if (n == 0) {
+      set_reason("client closed the connection");
+    } else {
+      set_reason(fmt::format("recv failed: {}", std::strerror(errno)));
+      st.peer_gone = true;
+    }
+    tx.stop_input();
+  }
+  return progress;
+}
+
+bool Connection::send_replies(Transmission& tx, LoopState& st) {
+  struct iovec iov[kMaxIov];
+  bool progress = false;
+  while (tx.has_output() && st.writable && !st.peer_gone) {
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(tx.gather_output(iov, kMaxIov));
+    ssize_t n = sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
+    if (n > 0) {
+      tx.output_sent(static_cast<size_t>(n));
+      progress = true;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && would_block(errno)) {
+      st.writable = false;
+      break;
+    }
+    set_reason(fmt::format("send failed: {}", std::strerror(errno)));
+    st.peer_gone = true;
+    tx.stop_input();
+    tx.discard_output();
+    progress = true;
+  }
+  return progress;
+}
+
+void Connection::sleep(Transmission& tx, LoopState& st) {
+  int timeout = -1;
+  if (st.draining && tx.has_output()) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        st.drain_deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      set_reason("client did not take its replies");
+      st.peer_gone = true;
+      tx.discard_output();
+      return;
+    }
+    timeout = static_cast<int>(left.count()) + 1;
+  }
+  if (st.hung_up && !st.readable) tx.stop_input();  // nothing more will arrive
+  short events = 0;
+  if (tx.wants_input() && !st.readable) events |= POLLIN;
+  if (tx.has_output() && !st.writable && !st.peer_gone) events |= POLLOUT;
+  bool poll_socket = events != 0 && !st.hung_up && !st.peer_gone;
+  pollfd fds[2] = {{poll_socket ? socket_.get() : -1, events, 0}, {wake_.fd(), POLLIN, 0}};
+  if (!tx.prepare_to_sleep()) return;
+  int rc = poll(fds, 2, timeout);
+  tx.woke();
+  if (rc <= 0) return;
+  if (fds[1].revents) wake_.clear();
+  short got = fds[0].revents;
+  if (got & (POLLIN | POLLHUP | POLLERR)) st.readable = true;
+  if (got & (POLLOUT | POLLHUP | POLLERR)) st.writable = true;
+  if (got & (POLLHUP | POLLERR)) st.hung_up = true;
+}
+
+void Connection::publish_counters(const Transmission& tx) {
+  const TransmissionCounters& now = tx.counters();
+  if (now.requests == published_.requests && now.errors == published_.errors &&
+      now.bytes_read == published_.bytes_read && now.bytes_written == published_.bytes_written) {
+    return;
+  }
+  TransmissionCounters delta;
+  delta.requests = now.requests - published_.requests;
+  delta.bytes_read = now.bytes_read - published_.bytes_read;
+  delta.bytes_written = now.bytes_written - published_.bytes_written;
+  delta.errors = now.errors - published_.errors;
+  host_.add_counters(delta);
+  published_ = now;
+}
+
+}  // namespace multisnap::nbd

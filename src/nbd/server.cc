@@ -1,0 +1,369 @@
+#include "nbd/server.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <system_error>
+#include <thread>
+
+#include "nbd/connection.h"
+#include "nbd/listener.h"
+#include "util/log.h"
+
+namespace multisnap::nbd {
+
+class Server::Impl final : public ConnectionHost {
+ public:
+  Impl(Backend& backend, ServerOptions options, std::vector<Listener> listeners, WakeFd wake);
+  ~Impl() override { stop(); }
+
+  Status start_accepting();
+  void stop();
+  std::vector<ListenAddress> listen_addresses() const { return bound_; }
+  size_t count_connections(const ExportMatcher& match) const;
+  size_t disconnect(const ExportMatcher& match);
+  std::vector<ConnectionInfo> connections() const;
+  ServerStats stats() const;
+
+  // ConnectionHost
+  Backend& backend() override { return backend_; }
+  std::shared_mutex& open_gate() override { return open_gate_; }
+  void export_selected(uint64_t id, const std::string& canonical_name) override;
+  void add_counters(const TransmissionCounters& delta) override;
+  void protocol_violation() override { protocol_violations_.fetch_add(1); }
+  void connection_finished(uint64_t id, const std::string& reason) override;
+
+ private:
+  struct Record {
+    std::unique_ptr<Connection> conn;
+    std::string peer;
+    bool has_export = false;
+    std::string export_name;
+    bool finished = false;
+  };
+
+  void accept_loop();
+  void accept_from(const Listener& listener);
+  void add_connection(UniqueFd fd);
+  void reap_finished();
+  void notify(const ConnectionEvent& event) const;
+  bool all_finished(const std::vector<uint64_t>& ids) const;  // needs mu_
+
+  Backend& backend_;
+  const ServerOptions options_;
+  ConnectionOptions connection_options_;
+  std::vector<Listener> listeners_;  // accept thread's
+  std::vector<ListenAddress> bound_;
+  WakeFd accept_wake_;
+  std::thread accept_thread_;
+
+  std::mutex stop_mu_;  // serialises stop()
+  bool stopped_ = false;
+
+  mutable std::mutex mu_;
+  std::condition_variable finished_cv_;
+  std::map<uint64_t, Record> records_;  // guarded by mu_
+  bool stopping_ = false;                // guarded by mu_
+  uint64_t next_id_ = 1;                 // accept thread's
+  std::shared_mutex open_gate_;
+
+  std::atomic<uint64_t> connections_now_{0};
+  std::atomic<uint64_t> connections_total_{0};
+  std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> bytes_read_{0};
+  std::atomic<uint64_t> bytes_written_{0};
+  std::atomic<uint64_t> errors_{0};
+  std::atomic<uint64_t> protocol_violations_{0};
+};
+
+Server::Impl::Impl(Backend& backend, ServerOptions options, std::vector<Listener> listeners,
+                   WakeFd wake)
+    : backend_(backend),
+      options_(std::move(options)),
+      listeners_(std::move(listeners)),
+      accept_wake_(std::move(wake)) {
+  connection_options_.limits.max_requests = options_.max_requests_per_connection;
+  connection_options_.limits.max_bytes = options_.max_bytes_per_connection;
+  connection_options_.max_option_length = options_.max_option_length;
+  connection_options_.drain_timeout = options_.drain_timeout;
+  for (const Listener& l : listeners_) bound_.push_back(l.bound());
+}
+
+Status Server::Impl::start_accepting() {
+  try {
+    accept_thread_ = std::thread([this] { accept_loop(); });
+  } catch (const std::system_error& e) {
+    return make_error(Code::kIoError, "cannot start the NBD accept thread: {}", e.what());
+  }
+  for (const ListenAddress& a : bound_) MS_LOG_INFO("nbd: listening on {}", a.to_string());
+  return Status::ok();
+}
+
+// ---- Accepting
+
+void Server::Impl::accept_loop() {
+  std::vector<pollfd> fds;
+  for (const Listener& l : listeners_) fds.push_back({l.fd(), POLLIN, 0});
+  fds.push_back({accept_wake_.fd(), POLLIN, 0});
+  int timeout = -1;
+  for (;;) {
+    int rc = poll(fds.data(), fds.size(), timeout);
+    timeout = -1;
+    if (rc < 0 && errno != EINTR) {
+      MS_LOG_ERROR("nbd: poll on listening sockets failed: {}", std::strerror(errno));
+      timeout = 100;
+      continue;
+    }
+    if (fds.back().revents) accept_wake_.clear();
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) break;
+    }
+    reap_finished();
+    for (size_t i = 0; i + 1 < fds.size(); ++i) {
+      if (fds[i].revents) accept_from(listeners_[i]);
+    }
+  }
+  listeners_.clear();  // closes the sockets and removes unix socket files
+}
+
+void Server::Impl::accept_from(const Listener& listener) {
+  for (;;) {
+    int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      add_connection(UniqueFd(fd));
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      MS_LOG_WARN("nbd: accept on {} failed: {}", listener.bound().to_string(),
+                  std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // EMFILE: back off
+    }
+    return;
+  }
+}
+
+void Server::Impl::add_connection(UniqueFd fd) {
+  connections_total_.fetch_add(1);
+  std::string peer = describe_peer(fd.get());
+  if (connections_now_.load() >= options_.max_connections) {
+    MS_LOG_WARN("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
+    return;
+  }
+  if (peer != "unix") {
+    int one = 1;
+    setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  uint64_t id = next_id_++;
+  auto conn = Connection::create(id, std::move(fd), peer, *this, connection_options_);
+  if (!conn.is_ok()) {
+    MS_LOG_WARN("nbd: dropping client {}: {}", peer, conn.status().to_string());
+    return;
+  }
+  MS_LOG_INFO("nbd: connection {} from {}", id, peer);
+  notify({ConnectionEvent::Kind::kOpened, id, peer, "", ""});
+  Connection* raw = conn->get();
+  {
+    std::lock_guard lock(mu_);
+    records_[id] = Record{std::move(conn).value(), peer};
+  }
+  connections_now_.fetch_add(1);
+  Status started = raw->start();
+  if (!started.is_ok()) {
+    MS_LOG_WARN("nbd: dropping client {}: {}", peer, started.to_string());
+    connection_finished(id, started.to_string());
+  }
+}
+
+void Server::Impl::reap_finished() {
+  std::vector<std::unique_ptr<Connection>> done;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = records_.begin(); it != records_.end();) {
+      if (!it->second.finished) {
+        ++it;
+        continue;
+      }
+      done.push_back(std::move(it->second.conn));
+      it = records_.erase(it);
+    }
+  }
+  done.clear();  // joins the threads, which have finished or are about to
+}
+
+// ---- Connection reports
+
+void Server::Impl::export_selected(uint64_t id, const std::string& canonical_name) {
+  std::lock_guard lock(mu_);
+  auto it = records_.find(id);
+  if (it == records_.end()) return;
+  it->second.has_export = true;
+  it->second.export_name = canonical_name;
+}
+
+void Server::Impl::add_counters(const TransmissionCounters& delta) {
+  requests_.fetch_add(delta.requests, std::memory_order_relaxed);
+  bytes_read_.fetch_add(delta.bytes_read, std::memory_order_relaxed);
+  bytes_written_.fetch_add(delta.bytes_written, std::memory_order_relaxed);
+  errors_.fetch_add(delta.errors, std::memory_order_relaxed);
+}
+
+void Server::Impl::connection_finished(uint64_t id, const std::string& reason) {
+  ConnectionEvent event{ConnectionEvent::Kind::kClosed, id, "", "", reason};
+  {
+    std::lock_guard lock(mu_);
+    auto it = records_.find(id);
+    if (it != records_.end()) {
+      event.peer = it->second.peer;
+      event.export_name = it->second.export_name;
+    }
+  }
+  MS_LOG_INFO("nbd: connection {} ({}) closed: {}", id, event.peer, reason);
+  notify(event);
+  {
+    std::lock_guard lock(mu_);
+    auto it = records_.find(id);
+    if (it != records_.end()) it->second.finished = true;
+    connections_now_.fetch_sub(1);
+  }
+  finished_cv_.notify_all();
+  accept_wake_.wake();  // reap it
+}
+
+void Server::Impl::notify(const ConnectionEvent& event) const {
+  if (options_.on_connection) options_.on_connection(event);
+}
+
+// ---- Control
+
+size_t Server::Impl::count_connections(const ExportMatcher& match) const {
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (const auto& [id, r] : records_) {
+    if (!r.finished && r.has_export && match(r.export_name)) ++n;
+  }
+  return n;
+}
+
+bool Server::Impl::all_finished(const std::vector<uint64_t>& ids) const {
+  for (uint64_t id : ids) {
+    auto it = records_.find(id);
+    if (it != records_.end() && !it->second.finished) return false;
+  }
+  return true;
+}
+
+size_t Server::Impl::disconnect(const ExportMatcher& match) {
+  std::vector<uint64_t> victims;
+  {
+    std::unique_lock gate(open_gate_);  // no connection is between open and report
+    std::lock_guard lock(mu_);
+    for (auto& [id, r] : records_) {
+      if (r.finished || !r.has_export || !match(r.export_name)) continue;
+      r.conn->request_close(Connection::CloseRequest::kForced);
+      victims.push_back(id);
+    }
+  }
+  std::unique_lock lock(mu_);
+  finished_cv_.wait(lock, [&] { return all_finished(victims); });
+  return victims.size();
+}
+
+std::vector<ConnectionInfo> Server::Impl::connections() const {
+  std::lock_guard lock(mu_);
+  std::vector<ConnectionInfo> out;
+  for (const auto& [id, r] : records_) {
+    if (!r.finished) out.push_back({id, r.peer, r.has_export, r.export_name});
+  }
+  return out;
+}
+
+ServerStats Server::Impl::stats() const {
+  ServerStats s;
+  s.connections_now = connections_now_.load();
+  s.connections_total = connections_total_.load();
+  s.requests = requests_.load();
+  s.bytes_read = bytes_read_.load();
+  s.bytes_written = bytes_written_.load();
+  s.errors = errors_.load();
+  s.protocol_violations = protocol_violations_.load();
+  return s;
+}
+
+void Server::Impl::stop() {
+  std::lock_guard stop_lock(stop_mu_);
+  if (stopped_) return;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  accept_wake_.wake();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  std::vector<uint64_t> all;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, r] : records_) {
+      r.conn->request_close(Connection::CloseRequest::kShutdown);
+      all.push_back(id);
+    }
+  }
+  {
+    std::unique_lock lock(mu_);
+    finished_cv_.wait(lock, [&] { return all_finished(all); });
+  }
+  reap_finished();
+  stopped_ = true;
+  MS_LOG_INFO("nbd: server stopped");
+}
+
+// ---- Server
+
+Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions options) {
+  if (options.listen.empty()) {
+    return make_error(Code::kInvalidArgument, "the NBD server needs an address to listen on");
+  }
+  if (options.max_requests_per_connection == 0 || options.max_connections == 0) {
+    return make_error(Code::kInvalidArgument, "NBD connection limits must be positive");
+  }
+  std::vector<Listener> listeners;
+  for (const std::string& spec : options.listen) {
+    MS_ASSIGN_OR_RETURN(ListenAddress address, parse_listen_address(spec));
+    MS_ASSIGN_OR_RETURN(Listener listener, Listener::open(address, options.unix_socket_mode));
+    listeners.push_back(std::move(listener));
+  }
+  MS_ASSIGN_OR_RETURN(WakeFd wake, WakeFd::create());
+  auto impl = std::make_unique<Impl>(backend, std::move(options), std::move(listeners),
+                                     std::move(wake));
+  MS_TRY(impl->start_accepting());
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { stop(); }
+void Server::stop() { impl_->stop(); }
+
+std::vector<std::string> Server::addresses() const {
+  std::vector<std::string> out;
+  for (const ListenAddress& a : impl_->listen_addresses()) out.push_back(a.to_string());
+  return out;
+}
+
+std::vector<ListenAddress> Server::listen_addresses() const { return impl_->listen_addresses(); }
+
+size_t Server::count_connections(const ExportMatcher& match) const {
+  return impl_->count_connections(match);
+}
+
+size_t Server::disconnect(const ExportMatcher& match) { return impl_->disconnect(match); }
+std::vector<ConnectionInfo> Server::connections() const { return impl_->connections(); }
+ServerStats Server::stats() const { return impl_->stats(); }
+
+}  // namespace multisnap::nbd

@@ -1,0 +1,143 @@
+// Server: the multisnap NBD server. It serves the exports of a Backend on
+// unix and TCP sockets, to many clients at once, each on any export.
+//
+//   auto server = Server::start(backend, {.listen = {"unix:/run/ms.sock", "tcp::10809"}});
+//   if (!server.is_ok()) ...;                  // bad address, port in use, ...
+//   (*server)->addresses();                    // {"unix:/run/ms.sock", "tcp:127.0.0.1:10809"}
+//   (*server)->count_connections(is_snapshot_5);
+//   (*server)->disconnect(is_snapshot_5);      // `snapshot delete --force`
+//   (*server)->stop();                         // or destroy it
+//
+// What it speaks (docs/nbd.md has the details): the fixed newstyle
+// handshake; options EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
+// LIST_META_CONTEXT, SET_META_CONTEXT (base:allocation); commands READ,
+// WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS and DISC with the
+// FUA, NO_HOLE, FAST_ZERO, DF and REQ_ONE flags; simple or structured
+// replies. Export names go to the Backend unchanged ("" is the default
+// export; the Backend maps it). The canonical name of an open export is its
+// Export::info().name; that is the name predicates below see.
+//
+// Threads: one accept thread, plus one thread per connection. A connection
+// parses requests as they arrive and hands each to its Export at once;
+// replies go out as completions arrive, in any order, batched into one
+// sendmsg. Each connection has at most `max_requests_per_connection`
+// requests and `max_bytes_per_connection` payload bytes in flight (a single
+// request may exceed the latter when it is alone), and stops reading its
+// socket at those bounds.
+//
+// Ownership: the Server borrows the Backend, which must stay valid until
+// stop() has returned. Each connection owns the Export it opened and
+// destroys it before it is counted as gone.
+//
+// Thread-safety: every method may be called from any thread, concurrently,
+// except from inside an on_connection callback, a predicate passed to this
+// class, or a Backend/Export callback (those run on server threads, and
+// stop()/disconnect() wait for them: deadlock).
+// Errors: start() returns kInvalidArgument for a bad address, kBusy when a
+// live server owns a unix socket path, kExists when the path is another kind
+// of file, and errno-based codes for socket errors. Nothing else fails.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nbd/address.h"
+#include "nbd/backend.h"
+#include "util/status.h"
+
+namespace multisnap::nbd {
+
+// Reported to ServerOptions::on_connection, from server threads.
+struct ConnectionEvent {
+  enum class Kind { kOpened, kClosed };
+  Kind kind = Kind::kOpened;
+  uint64_t id = 0;          // unique within the server, from 1
+  std::string peer;         // "unix" or "127.0.0.1:53422"
+  std::string export_name;  // kClosed: canonical name, or "" if none was chosen
+  std::string reason;       // kClosed: why it ended, for a human
+};
+
+struct ServerOptions {
+  // "unix:PATH" or "tcp:HOST:PORT" (address.h); at least one.
+  std::vector<std::string> listen;
+  uint32_t unix_socket_mode = 0600;
+  // Further clients are accepted and closed at once (and a warning logged).
+  uint32_t max_connections = 1024;
+  uint32_t max_requests_per_connection = 64;
+  size_t max_bytes_per_connection = 64u << 20;
+  // Option payloads up to this are processed; longer ones are refused
+  // (NBD_REP_ERR_TOO_BIG) up to 1 MiB, and beyond that the client dropped.
+  uint32_t max_option_length = 64u << 10;
+  // How long a closing connection (stop(), disconnect()) waits for its client
+  // to take the replies of requests that were in flight. Those requests
+  // themselves always complete first, however long that takes.
+  std::chrono::milliseconds drain_timeout{5000};
+  // Optional; called on server threads; must be thread-safe and quick.
+  std::function<void(const ConnectionEvent&)> on_connection;
+};
+
+// Monotonic totals since start(), except connections_now.
+struct ServerStats {
+  uint64_t connections_now = 0;    // accepted and not yet gone
+  uint64_t connections_total = 0;  // accepted (including refused ones over the limit)
+  uint64_t requests = 0;           // transmission requests received (not DISC)
+  uint64_t bytes_read = 0;         // READ payload bytes sent to clients
+  uint64_t bytes_written = 0;      // WRITE payload bytes accepted from clients
+  uint64_t errors = 0;             // requests answered with an error
+  uint64_t protocol_violations = 0;  // connections dropped for breaking the protocol
+};
+
+struct ConnectionInfo {
+  uint64_t id = 0;
+  std::string peer;
+  bool has_export = false;  // false while negotiating
+  std::string export_name;  // canonical name when has_export
+};
+
+// Decides, from a canonical export name, whether a connection is concerned.
+using ExportMatcher = std::function<bool(std::string_view export_name)>;
+
+class Server {
+ public:
+  // Opens every listening socket (all or none) and starts accepting.
+  static Result<std::unique_ptr<Server>> start(Backend& backend, ServerOptions options);
+  ~Server();  // stop()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Closes the listeners (removing unix socket files), stops every
+  // connection from reading new requests, lets requests in flight finish and
+  // their replies go out (see drain_timeout), closes the connections and
+  // joins all threads. Idempotent; concurrent callers all return once done.
+  void stop();
+
+  // Where the server listens, with real TCP ports: "unix:/p", "tcp:127.0.0.1:41234".
+  std::vector<std::string> addresses() const;
+  std::vector<ListenAddress> listen_addresses() const;
+
+  // Connections in the transmission phase whose export matches.
+  size_t count_connections(const ExportMatcher& match) const;
+
+  // Closes every connection whose export matches, as stop() does, and
+  // returns once all of them are gone: sockets closed, Export objects
+  // destroyed. Returns how many there were. Every connection that had opened
+  // a matching export when this was called is included; a client may open a
+  // matching export again right after, so make the Backend refuse the name
+  // first (e.g. delete the snapshot, then disconnect its clients).
+  size_t disconnect(const ExportMatcher& match);
+
+  std::vector<ConnectionInfo> connections() const;
+  ServerStats stats() const;
+
+ private:
+  class Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace multisnap::nbd
