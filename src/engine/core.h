@@ -43,6 +43,7 @@ struct CopyJob {
   std::vector<IoOp> write_ops;
   uint32_t pending = 0;
   Status status;
+  bool poisoned = false;  // its copy failed: never committed, conflicting I/O fails
 };
 
 // A client request inside the engine.
@@ -129,7 +130,11 @@ class EngineCore {
   ChunkState& chunk(uint64_t c) { return chunks_[c]; }
   void tidy_chunk(uint64_t c);
   bool origin_blocked(uint64_t c);
-  bool snapshot_blocked(uint64_t c, const SnapshotInfo& s);
+  // The first pending job on chunk c that conflicts with snapshot s.
+  const CopyJob* conflicting_job(uint64_t c, const SnapshotInfo& s);
+  // Parks r behind a conflicting job of chunk c (or fails it when that job's
+  // copy failed); returns false when r may go on.
+  bool wait_for_conflicts(Request* r, uint64_t c);
   void park_on_chunk(Request* r, uint64_t c);
   void release(std::vector<Request*>& waiters);
   bool can_start_job(uint32_t slots);

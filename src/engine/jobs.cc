@@ -19,13 +19,25 @@ bool EngineCore::origin_blocked(uint64_t c) {
   return it != chunks_.end() && (!it->second.jobs.empty() || it->second.origin_readers > 0);
 }
 
-bool EngineCore::snapshot_blocked(uint64_t c, const SnapshotInfo& s) {
+const CopyJob* EngineCore::conflicting_job(uint64_t c, const SnapshotInfo& s) {
   auto it = chunks_.find(c);
-  if (it == chunks_.end()) return false;
+  if (it == chunks_.end()) return nullptr;
   for (CopyJob* job : it->second.jobs)
     for (const CopyDescriptor& d : job->descriptors)
-      if (store_->conflicts(d, s)) return true;
-  return false;
+      if (store_->conflicts(d, s)) return job;
+  return nullptr;
+}
+
+bool EngineCore::wait_for_conflicts(Request* r, uint64_t c) {
+  const CopyJob* job = conflicting_job(c, *r->volume->snapshot());
+  if (!job) return false;
+  if (job->poisoned) {
+    finish(r, make_error(Code::kIoError, "chunk {} of {} is unreadable until the store is reopened: {}", c,
+                         r->volume->name(), job->status.to_string()));
+    return true;
+  }
+  park_on_chunk(r, c);
+  return true;
 }
 
 void EngineCore::park_on_chunk(Request* r, uint64_t c) {
@@ -185,7 +197,16 @@ Status EngineCore::commit_now() {
   if (!s.is_ok()) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());
   std::vector<CopyJob*> done;
   done.swap(jobs_done_);
-  for (CopyJob* job : done) job_finished(job);
+  for (CopyJob* job : done) {
+    if (job->status.is_ok()) {
+      job_finished(job);
+      continue;
+    }
+    // Its remap points at a chunk without the data: keep the job in place
+    // so nothing reads through that remap; the waiters retry (and fail).
+    job->poisoned = true;
+    release(chunk(job->chunk).waiters);
+  }
   release(commit_waiters_);
   release(job_waiters_);
   return s;

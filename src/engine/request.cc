@@ -156,30 +156,40 @@ void EngineCore::process_origin_write(Request* r) {
 void EngineCore::process_snapshot_read(Request* r) {
   const SnapshotInfo& s = *r->volume->snapshot();
   ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
+  std::vector<std::pair<uint64_t, ChunkMapping>> maps;
   for (uint64_t c = span.first; c <= span.last; ++c) {
-    if (snapshot_blocked(c, s)) {
+    const CopyJob* job = conflicting_job(c, s);
+    if (job && !job->poisoned) {
       park_on_chunk(r, c);
       return;
     }
+    ChunkMapping m;
+    if (job) {
+      // The copy failed, so its remap is bogus; the data is still where the
+      // copy came from (nothing changes after a failure).
+      m.kind = job->source == CopyPlan::Source::kOrigin  ? ChunkMapping::Kind::kOrigin
+               : job->source == CopyPlan::Source::kStore ? ChunkMapping::Kind::kStore
+                                                         : ChunkMapping::Kind::kZero;
+      m.store_chunk = job->source_chunk;
+    } else {
+      auto found = store_->lookup(c, s, false);
+      if (!found.is_ok()) return finish(r, found.status());
+      m = *found;
+    }
+    maps.emplace_back(c, m);
   }
   const Layout& l = store_->layout();
   std::vector<uint64_t> from_origin;
-  for (uint64_t c = span.first; c <= span.last; ++c) {
-    auto m = store_->lookup(c, s, false);
-    if (!m.is_ok()) {
-      r->ops.clear();
-      finish(r, m.status());
-      return;
-    }
+  for (auto& [c, m] : maps) {
     auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
     uint8_t* dst = r->io.buf + (lo - r->io.offset);
-    switch (m->kind) {
+    switch (m.kind) {
       case ChunkMapping::Kind::kOrigin:
         from_origin.push_back(c);
         add_op(r->ops, IoOp::Kind::kRead, &origin_, lo, dst, len, false);
         break;
       case ChunkMapping::Kind::kStore:
-        add_op(r->ops, IoOp::Kind::kRead, &store_dev_, l.data_offset(m->store_chunk) + (lo - c * chunk_size_),
+        add_op(r->ops, IoOp::Kind::kRead, &store_dev_, l.data_offset(m.store_chunk) + (lo - c * chunk_size_),
                dst, len, false);
         break;
       case ChunkMapping::Kind::kZero: std::memset(dst, 0, len); break;
@@ -194,12 +204,8 @@ void EngineCore::process_snapshot_read(Request* r) {
 void EngineCore::process_snapshot_write(Request* r) {
   const SnapshotInfo& s = *r->volume->snapshot();
   ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
-  for (uint64_t c = span.first; c <= span.last; ++c) {
-    if (snapshot_blocked(c, s)) {
-      park_on_chunk(r, c);
-      return;
-    }
-  }
+  for (uint64_t c = span.first; c <= span.last; ++c)
+    if (wait_for_conflicts(r, c)) return;
   const bool zeroing = r->io.op != IoRequest::Op::kWrite;
   const Layout& l = store_->layout();
   std::optional<uint64_t> waiting_on;
