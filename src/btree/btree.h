@@ -50,9 +50,10 @@ class BTree {
   };
   static constexpr uint32_t kLeafMax = node_capacity(T::kKeySize, T::kValueSize);
   static constexpr uint32_t kInternalMax = node_capacity(T::kKeySize, 8);
-  // Metadata blocks one insert or remove may allocate at most (shadowed path,
-  // splits or rebalanced siblings, a new root), for trees up to 12 levels.
-  static constexpr uint64_t kOpReserve = 40;
+  // Metadata blocks one insert or remove may allocate at most (the shadowed
+  // path, a split or rebalanced sibling per level, a new root), for trees of
+  // up to 7 levels: 10^14 entries at the smallest fan-out used here.
+  static constexpr uint64_t kOpReserve = 16;
   static_assert(kLeafMax >= 4 && kInternalMax >= 4, "keys and values too large for a node");
 
   BTree(TransactionManager& tm, uint64_t root) : tm_(tm), root_(root) {}

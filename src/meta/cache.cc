@@ -69,7 +69,7 @@ void BlockCache::unpin(CachedBlock* b) {
 void BlockCache::mark_dirty(CachedBlock* b) {
   if (!b->dirty) {
     b->dirty = true;
-    ++dirty_;
+    dirty_.insert(b);
   }
 }
 
@@ -77,12 +77,12 @@ Status BlockCache::write_block(CachedBlock* b) {
   seal_block(b->data, seed_);
   MS_TRY(dev_.write(b->blocknr * kBlockSize, b->data, kBlockSize));
   b->dirty = false;
-  --dirty_;
+  dirty_.erase(b);
   return Status::ok();
 }
 
 void BlockCache::release(CachedBlock* b) {
-  if (b->dirty) --dirty_;
+  if (b->dirty) dirty_.erase(b);
   lru_.erase(b->lru);
   map_.erase(b->blocknr);
   free_buffers_.push_back(b->data);
@@ -158,9 +158,7 @@ void BlockCache::forget(uint64_t blocknr) {
 }
 
 Status BlockCache::write_dirty() {
-  std::vector<CachedBlock*> dirty;
-  for (auto& [nr, b] : map_)
-    if (b->dirty) dirty.push_back(b);
+  std::vector<CachedBlock*> dirty(dirty_.begin(), dirty_.end());
   std::sort(dirty.begin(), dirty.end(),
             [](const CachedBlock* a, const CachedBlock* b) { return a->blocknr < b->blocknr; });
   for (CachedBlock* b : dirty) MS_TRY(write_block(b));
@@ -175,7 +173,7 @@ void BlockCache::clear() {
 CacheStats BlockCache::stats() const {
   CacheStats s = stats_;
   s.blocks = map_.size();
-  s.dirty = dirty_;
+  s.dirty = dirty_.size();
   return s;
 }
 

@@ -15,6 +15,7 @@
 #include <list>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "io/block_device.h"
@@ -106,7 +107,7 @@ class BlockCache {
   std::unordered_map<uint64_t, CachedBlock*> map_;
   std::list<CachedBlock*> lru_;  // unpinned blocks, least recently used first
   std::vector<uint8_t*> free_buffers_;
-  size_t dirty_ = 0;
+  std::unordered_set<CachedBlock*> dirty_;  // so a commit need not scan the cache
   CacheStats stats_;
 };
 

@@ -153,8 +153,9 @@ Result<BlockRef> TransactionManager::read(uint64_t blocknr, BlockType type) {
 Status TransactionManager::reserve_meta(uint64_t blocks) {
   MS_TRY(writable());
   if (meta_->total() - meta_->used() < blocks)
-    return make_error(Code::kNoSpace, "the store's metadata area is full ({} of {} blocks in use)",
-                      meta_->used(), meta_->total());
+    return make_error(Code::kNoSpace,
+                      "the store's metadata area is full ({} of {} blocks in use, this update needs {} free)",
+                      meta_->used(), meta_->total(), blocks);
   return Status::ok();
 }
 

@@ -101,7 +101,7 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
   }
   if (next_id_ == UINT32_MAX)
     return make_error(Code::kNoSpace, "all 2^32-1 snapshot IDs have been used");
-  MS_TRY(tm_->reserve_meta(4 * BTree<SnapshotTableTraits>::kOpReserve));
+  MS_TRY(tm_->reserve_meta(3 * BTree<SnapshotTableTraits>::kOpReserve));
   SnapshotTree snaps(*tm_, snapshots_root_);
   std::optional<SnapshotRecord> parent_record;
   if (parent && *parent != kOriginId) {
@@ -134,7 +134,7 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
 Status StoreBase::delete_snapshot(SnapshotId id) {
   MS_ASSIGN_OR_RETURN(auto found, find_snapshot(id));
   if (!found) return make_error(Code::kNotFound, "there is no snapshot {}", id);
-  MS_TRY(tm_->reserve_meta(4 * BTree<SnapshotTableTraits>::kOpReserve));
+  MS_TRY(tm_->reserve_meta(3 * BTree<SnapshotTableTraits>::kOpReserve));
   SnapshotTree snaps(*tm_, snapshots_root_);
   MS_TRY(snaps.remove(id).status());
   snapshots_root_ = snaps.root();

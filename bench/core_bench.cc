@@ -1,0 +1,251 @@
+// core_bench: the figures issue #2 asks for, in one run.
+//
+//  1. Origin first-write cost with 1, 10,000 and 100,000 live snapshots
+//     (engine, in-process, in-memory devices so the disk's flush latency does
+//     not hide the algorithm): goal flat within 10%.
+//  2. Snapshot create cost, in-process, at 0 / 10,000 / 100,000 existing
+//     snapshots (in memory, and on a real file where fdatasync dominates).
+//  3. Peak RSS while a range store on a sparse file grows to 10 million
+//     exceptions, with a 64 MiB metadata cache: goal cache + a constant.
+//
+// Usage: core_bench [--snapshots 1,10000,100000] [--writes 2000]
+//                   [--exceptions 10000000] [--dir DIR] [--skip-rss] [--json FILE]
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/engine.h"
+#include "io/file_device.h"
+#include "io/memory_device.h"
+
+namespace multisnap {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double us_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t).count();
+}
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+long rss_kib() {  // current resident set, from /proc
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return 0;
+}
+long peak_rss_kib() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+void die(const Status& s, const char* what) {
+  if (s.is_ok()) return;
+  fprintf(stderr, "core_bench: %s: %s\n", what, s.to_string().c_str());
+  exit(1);
+}
+
+struct Setup {
+  std::unique_ptr<BlockDevice> origin, store;
+  std::unique_ptr<Engine> engine;
+  VolumeRef vol;
+};
+
+Setup make_memory_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk) {
+  Setup s;
+  s.origin = std::make_unique<MemoryDevice>(origin_size, "origin");
+  s.store = std::make_unique<MemoryDevice>(store_size, "store");
+  CreateOptions o;
+  o.chunk_size = chunk;
+  o.origin_size = origin_size;
+  die(format_store(*s.store, o), "format");
+  EngineOptions eo;
+  eo.io = EngineOptions::Io::kSync;
+  auto e = Engine::open(*s.origin, *s.store, eo);
+  die(e.status(), "open");
+  s.engine = std::move(e).value();
+  s.vol = *s.engine->open_volume("origin");
+  return s;
+}
+
+Status sync_write(Engine& e, const VolumeRef& v, uint64_t off, std::vector<uint8_t>& buf) {
+  std::promise<Status> p;
+  auto f = p.get_future();
+  e.submit(v, {IoRequest::Op::kWrite, off, buf.size(), buf.data(), false}, [&](Status s) { p.set_value(s); });
+  return f.get();
+}
+
+// Median microseconds of a 4 KiB write into a chunk not written since the
+// last snapshot (a copy and a commit each), with `snaps` live snapshots.
+nlohmann::json first_write_cost(const std::vector<uint64_t>& counts, int writes) {
+  nlohmann::json out = nlohmann::json::array();
+  const uint32_t chunk = 64 * 1024;
+  for (uint64_t n : counts) {
+    Setup s = make_memory_engine(uint64_t(writes) * 4 * chunk, uint64_t(writes) * 4 * chunk + (256 << 20), chunk);
+    auto t0 = Clock::now();
+    for (uint64_t i = 0; i < n; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+    double create_s = us_since(t0) / 1e6;
+    std::vector<uint8_t> buf(4096, 0x5a);
+    std::vector<double> costs;
+    for (int round = 0; round < 3; ++round) {
+      std::vector<double> t;
+      for (int i = 0; i < writes; ++i) {
+        uint64_t c = uint64_t(round) * writes + i;
+        auto w0 = Clock::now();
+        die(sync_write(*s.engine, s.vol, c * chunk, buf), "write");
+        t.push_back(us_since(w0));
+      }
+      costs.push_back(median(t));
+    }
+    double us = median(costs);
+    auto st = s.engine->status();
+    printf("  %7llu snapshots: first write %7.1f us (median of 3 x %d), %llu copies; creating them took %.1f s\n",
+           (unsigned long long)n, us, writes, (unsigned long long)st.counters.chunks_copied, create_s);
+    out.push_back({{"snapshots", n}, {"first_write_us", us}, {"chunks_copied", st.counters.chunks_copied}});
+  }
+  return out;
+}
+
+nlohmann::json create_cost(const std::vector<uint64_t>& counts, const std::string& dir) {
+  nlohmann::json out = nlohmann::json::array();
+  for (bool on_file : {false, true}) {
+    Setup s;
+    std::string opath = dir + "/bench-origin.img", spath = dir + "/bench-store.img";
+    if (on_file) {
+      unlink(opath.c_str());
+      unlink(spath.c_str());
+      FileDeviceOptions fo;
+      fo.create = true;
+      fo.create_size = 1 << 30;
+      s.origin = std::move(FileDevice::open(opath, fo)).value();
+      fo.create_size = 2ull << 30;
+      s.store = std::move(FileDevice::open(spath, fo)).value();
+      CreateOptions o;
+      o.origin_size = 1 << 30;
+      die(format_store(*s.store, o), "format");
+      s.engine = std::move(Engine::open(*s.origin, *s.store, EngineOptions{})).value();
+    } else {
+      s = make_memory_engine(1 << 30, 2ull << 30, 65536);
+    }
+    uint64_t have = 0;
+    for (uint64_t n : counts) {
+      auto t0 = Clock::now();
+      for (; have < n; ++have) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+      double fill_s = us_since(t0) / 1e6;
+      std::vector<double> t;
+      for (int i = 0; i < 200; ++i) {
+        auto c0 = Clock::now();
+        die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+        t.push_back(us_since(c0));
+        ++have;
+      }
+      double us = median(t);
+      printf("  %-6s %7llu existing: snapshot create %8.1f us (median of 200)%s\n", on_file ? "file" : "memory",
+             (unsigned long long)n, us, fill_s > 1 ? fmt::format(" [{:.0f} s to create them]", fill_s).c_str() : "");
+      out.push_back({{"device", on_file ? "file" : "memory"}, {"existing", n}, {"create_us", us}});
+    }
+    s.vol.reset();
+    s.engine.reset();
+    if (on_file) {
+      unlink(opath.c_str());
+      unlink(spath.c_str());
+    }
+  }
+  return out;
+}
+
+// Grows a range store on a sparse file to `total` exceptions (one snapshot,
+// one exception per chunk) and samples the RSS on the way.
+nlohmann::json rss_growth(uint64_t total, const std::string& dir) {
+  const size_t cache = 64ull << 20;
+  std::string path = dir + "/bench-rss-store.img";
+  unlink(path.c_str());
+  const uint32_t chunk = 4096;
+  uint64_t data_bytes = total * chunk + (1ull << 30);
+  FileDeviceOptions fo;
+  fo.create = true;
+  fo.create_size = data_bytes + total * 128 + (256 << 20);
+  auto dev = std::move(FileDevice::open(path, fo)).value();
+  CreateOptions o;
+  o.chunk_size = chunk;
+  o.origin_size = total * chunk;
+  die(format_store(*dev, o), "format");
+  TmOptions tmo;
+  tmo.cache_bytes = cache;
+  auto store = std::move(open_store(*dev, tmo)).value();
+  die(store->create_snapshot(std::nullopt, "", 0).status(), "snapshot");
+  long base = rss_kib();
+  nlohmann::json samples = nlohmann::json::array();
+  auto t0 = Clock::now();
+  uint64_t next_sample = total / 10;
+  for (uint64_t c = 0; c < total; ++c) {
+    store->reset_query(c);
+    auto more = store->query_next_remap();
+    die(more.status(), "query");
+    CopyDescriptor d;
+    die(store->add_next_remap(&d).status(), "add");
+    if ((c + 1) % 100000 == 0) die(store->commit(), "commit");
+    if (c + 1 == next_sample || c + 1 == total) {
+      long rss = rss_kib();
+      printf("  %9llu exceptions: RSS %6.1f MiB (%+.1f MiB since start, cache %zu MiB), %.0f s\n",
+             (unsigned long long)(c + 1), rss / 1024.0, (rss - base) / 1024.0, cache >> 20, us_since(t0) / 1e6);
+      fflush(stdout);
+      samples.push_back({{"exceptions", c + 1}, {"rss_mib", rss / 1024.0}});
+      next_sample += total / 10;
+    }
+  }
+  die(store->commit(), "commit");
+  auto stats = store->stats();
+  double meta_mib = double(stats.meta_blocks_used) * 4096 / (1 << 20);
+  printf("  metadata on disk: %.0f MiB for %llu exceptions (%.1f bytes each); peak RSS %.1f MiB\n", meta_mib,
+         (unsigned long long)stats.exceptions, meta_mib * (1 << 20) / double(stats.exceptions), peak_rss_kib() / 1024.0);
+  store.reset();
+  dev.reset();
+  unlink(path.c_str());
+  return {{"samples", samples}, {"cache_mib", cache >> 20}, {"start_rss_mib", base / 1024.0},
+          {"peak_rss_mib", peak_rss_kib() / 1024.0}, {"metadata_mib", meta_mib}};
+}
+
+}  // namespace
+}  // namespace multisnap
+
+int main(int argc, char** argv) {
+  using namespace multisnap;
+  CLI::App app{"multisnap core benchmark (issue #2 figures)"};
+  std::vector<uint64_t> snaps = {1, 10000, 100000};
+  int writes = 2000;
+  uint64_t exceptions = 10000000;
+  std::string dir = ".", json_path;
+  bool skip_rss = false;
+  app.add_option("--snapshots", snaps, "live snapshot counts")->delimiter(',');
+  app.add_option("--writes", writes, "first writes per measurement");
+  app.add_option("--exceptions", exceptions, "exceptions for the RSS run");
+  app.add_option("--dir", dir, "directory for the sparse files");
+  app.add_flag("--skip-rss", skip_rss, "skip the 10M exception RSS run");
+  app.add_option("--json", json_path, "write the results as JSON here");
+  CLI11_PARSE(app, argc, argv);
+  nlohmann::json out;
+  printf("origin first-write cost (4 KiB writes, 64 KiB chunks, in memory):\n");
+  out["first_write"] = first_write_cost(snaps, writes);
+  printf("snapshot create (in-process, median):\n");
+  std::vector<uint64_t> counts = {0};
+  for (uint64_t n : snaps)
+    if (n >= 1000) counts.push_back(n);
+  out["create"] = create_cost(counts, dir);
+  if (!skip_rss) {
+    printf("memory while the store grows (range store, 4 KiB chunks, 64 MiB cache, sparse file in %s):\n", dir.c_str());
+    out["rss"] = rss_growth(exceptions, dir);
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+  return 0;
+}
