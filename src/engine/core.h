@@ -66,6 +66,15 @@ struct ChunkState {
   std::vector<Request*> waiters;
 };
 
+// Which volumes are open; outlives the engine if a Volume does.
+struct VolumeRegistry {
+  std::mutex mu;
+  std::unordered_map<SnapshotId, uint64_t> open_snapshots;  // id -> open volumes
+  uint64_t open_volumes = 0;
+  void closed(const Volume& v);
+  uint64_t open_count(SnapshotId id);
+};
+
 struct ControlOp {
   bool needs_quiesce = false;
   std::function<void()> run;
@@ -88,8 +97,8 @@ class EngineCore {
   // returns when it has run.
   void run_control(bool needs_quiesce, std::function<void()> fn);
   Result<VolumeRef> open_volume(std::string_view name);
-  void volume_closed(const Volume& v);
-  uint64_t open_count(SnapshotId id);
+  uint64_t open_count(SnapshotId id) { return volumes_->open_count(id); }
+  uint64_t open_volumes();
 
   void poll() { step(false); }
   void run_until_idle();
@@ -164,9 +173,7 @@ class EngineCore {
   std::vector<ControlOp*> incoming_controls_;
   std::mutex control_mu_;
   std::condition_variable control_cv_;
-  std::mutex volumes_mu_;
-  std::unordered_map<SnapshotId, uint64_t> open_snapshots_;  // id -> open volumes
-  uint64_t open_volumes_ = 0;
+  std::shared_ptr<VolumeRegistry> volumes_ = std::make_shared<VolumeRegistry>();
   std::atomic<uint64_t> outstanding_{0};
   std::atomic<bool> stopping_{false};
   std::thread thread_;

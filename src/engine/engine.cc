@@ -20,7 +20,7 @@ bool all_digits(std::string_view s) {
 }  // namespace
 
 Volume::~Volume() {
-  if (core_) core_->volume_closed(*this);
+  if (registry_) registry_->closed(*this);
 }
 
 Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {}
@@ -140,6 +140,7 @@ EngineStatus Engine::status() {
   });
   st.counters = core_->counters();
   st.requests_in_flight = core_->requests_in_flight();
+  st.open_volumes = core_->open_volumes();
   return st;
 }
 

@@ -21,6 +21,7 @@
 //
 // Ownership: the caller owns both devices and keeps them alive until the
 // Engine is destroyed. Destroying the Engine drains, commits and stops it.
+// A Volume may outlive its Engine (it is then useless, but harmless).
 #pragma once
 
 #include <functional>
@@ -61,7 +62,8 @@ class Volume {
   friend class Engine;
   friend class EngineCore;
   Volume() = default;
-  class EngineCore* core_ = nullptr;
+  // Shared with the engine, so a Volume may outlive it harmlessly.
+  std::shared_ptr<struct VolumeRegistry> registry_;
   std::optional<SnapshotInfo> snapshot_;
   std::string name_;
   uint64_t size_ = 0;

@@ -30,6 +30,11 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
 
 EngineCore::~EngineCore() {
   shutdown();
+  // Jobs whose copy failed stay registered until here (see commit_now);
+  // every job, done or not, is in its chunk's list.
+  for (auto& [c, cs] : chunks_)
+    for (CopyJob* job : cs.jobs) delete job;
+
   for (uint8_t* b : all_buffers_) std::free(b);
   std::free(zero_buffer_);
 }
@@ -160,12 +165,12 @@ void EngineCore::run_control(bool needs_quiesce, std::function<void()> fn) {
 
 Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
   auto v = std::shared_ptr<Volume>(new Volume);
-  v->core_ = this;
   v->size_ = volume_size_;
   if (name.empty() || name == "origin") {
     v->name_ = "origin";
-    std::lock_guard lock(volumes_mu_);
-    ++open_volumes_;
+    v->registry_ = volumes_;
+    std::lock_guard lock(volumes_->mu);
+    ++volumes_->open_volumes;
     return v;
   }
   constexpr std::string_view kPrefix = "snapshot/";
@@ -189,30 +194,33 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
     v->snapshot_ = **found;
     v->name_ = "snapshot/" + std::to_string((*found)->id);
     v->read_only_ = options_.read_only_snapshots;
-    std::lock_guard lock(volumes_mu_);
-    ++open_snapshots_[(*found)->id];
-    ++open_volumes_;
+    v->registry_ = volumes_;
+    std::lock_guard lock(volumes_->mu);
+    ++volumes_->open_snapshots[(*found)->id];
+    ++volumes_->open_volumes;
   });
-  if (!status.is_ok()) {
-    v->core_ = nullptr;  // never registered
-    return status;
-  }
+  if (!status.is_ok()) return status;
   return v;
 }
 
-void EngineCore::volume_closed(const Volume& v) {
-  std::lock_guard lock(volumes_mu_);
-  --open_volumes_;
-  if (v.snapshot_) {
-    auto it = open_snapshots_.find(v.snapshot_->id);
-    if (it != open_snapshots_.end() && --it->second == 0) open_snapshots_.erase(it);
+void VolumeRegistry::closed(const Volume& v) {
+  std::lock_guard lock(mu);
+  --open_volumes;
+  if (v.snapshot()) {
+    auto it = open_snapshots.find(v.snapshot()->id);
+    if (it != open_snapshots.end() && --it->second == 0) open_snapshots.erase(it);
   }
 }
 
-uint64_t EngineCore::open_count(SnapshotId id) {
-  std::lock_guard lock(volumes_mu_);
-  auto it = open_snapshots_.find(id);
-  return it == open_snapshots_.end() ? 0 : it->second;
+uint64_t VolumeRegistry::open_count(SnapshotId id) {
+  std::lock_guard lock(mu);
+  auto it = open_snapshots.find(id);
+  return it == open_snapshots.end() ? 0 : it->second;
+}
+
+uint64_t EngineCore::open_volumes() {
+  std::lock_guard lock(volumes_->mu);
+  return volumes_->open_volumes;
 }
 
 EngineCounters EngineCore::counters() {

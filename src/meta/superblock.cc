@@ -15,7 +15,7 @@ constexpr char kMagic[8] = {'M', 'S', 'N', 'A', 'P', 'S', 'B', 0};
 // half full, inner nodes, a transaction's shadow copies); budget 128.
 constexpr uint64_t kMetaBytesPerChunk = 128;
 // Room for the snapshot table and names too: 64 MiB holds about 400,000
-// snapshots. Small stores (tests) get a quarter of their size at most.
+// snapshots. Small stores get a sixteenth of their size at most.
 constexpr uint64_t kDefaultMetaFloor = 64ull << 20;
 constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB
 
@@ -67,7 +67,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
   // Fixed point: the data area shrinks as the metadata it needs is carved out.
   for (int iter = 0; iter < 8; ++iter) {
     if (!r.metadata_size) {
-      uint64_t floor_blocks = std::min(kDefaultMetaFloor, l.store_size / 4) / kBlockSize;
+      uint64_t floor_blocks = std::min(kDefaultMetaFloor, l.store_size / 16) / kBlockSize;
       meta_blocks = std::max({kMinMetaBlocks, floor_blocks, div_round_up(data_chunks * kMetaBytesPerChunk, kBlockSize)});
     }
     uint64_t meta_bitmaps = div_round_up(meta_blocks, kBitsPerBitmap);

@@ -73,16 +73,22 @@ void randomized(uint64_t seed, size_t cache_bytes, int steps, uint64_t key_space
         ASSERT_TRUE(r.is_ok());
         auto it = model.find(k);
         EXPECT_EQ(r->has_value(), it != model.end());
-        if (it != model.end() && r->has_value()) EXPECT_EQ(**r, it->second);
+        if (it != model.end() && r->has_value()) {
+          EXPECT_EQ(**r, it->second);
+        }
         auto lb = tree.lower_bound(k);
         auto mit = model.lower_bound(k);
         ASSERT_EQ(lb->has_value(), mit != model.end());
-        if (mit != model.end()) EXPECT_EQ((*lb)->key, mit->first);
+        if (mit != model.end()) {
+          EXPECT_EQ((*lb)->key, mit->first);
+        }
         auto fl = tree.floor(k);
         auto fit = model.upper_bound(k);
         bool has_floor = fit != model.begin();
         ASSERT_EQ(fl->has_value(), has_floor);
-        if (has_floor) EXPECT_EQ((*fl)->key, std::prev(fit)->first);
+        if (has_floor) {
+          EXPECT_EQ((*fl)->key, std::prev(fit)->first);
+        }
         break;
       }
       case 8: {

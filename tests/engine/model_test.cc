@@ -182,9 +182,10 @@ class ModelRun {
       Pending& p = *reqs[i];
       ASSERT_TRUE(p.done) << where();
       ASSERT_TRUE(p.status.is_ok()) << where() << ": " << p.status.to_string();
-      if (p.io.op == IoRequest::Op::kRead)
+      if (p.io.op == IoRequest::Op::kRead) {
         ASSERT_TRUE(p.buf == expected[i]) << where() << ": read of " << p.vol->name() << " at " << p.io.offset
                                            << "+" << p.io.length << " differs from the model";
+      }
     }
   }
 

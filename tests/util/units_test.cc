@@ -19,7 +19,9 @@ TEST(ParseSize, RejectsGarbage) {
   for (const char* bad : {"", "abc", "12Q", "-1", "1.3", "64KQ", "1e400", "K"}) {
     auto r = parse_size(bad);
     EXPECT_FALSE(r.is_ok()) << bad;
-    if (!r.is_ok()) EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << bad;
+    if (!r.is_ok()) {
+      EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << bad;
+    }
   }
 }
 

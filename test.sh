@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds Debug with ASan/UBSan and
+# Release, runs the whole ctest suite on both (about 5-10 minutes on 2 cores).
+#   ./test.sh             both builds
+#   ./test.sh --quick     Release only
+# Longer runs: MULTISNAP_SOAK=20 ./test.sh (randomized tests 20x longer).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/deps.sh
+jobs=$(nproc)
+run() {  # build-dir cmake-args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DMULTISNAP_WERROR=ON "$@" >/dev/null
+  ninja -C "$dir"
+  (cd "$dir" && ctest -j"$jobs" --output-on-failure --timeout 900)
+}
+if [ "${1:-}" != "--quick" ]; then
+  echo "== Debug + AddressSanitizer/UndefinedBehaviorSanitizer"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run build-asan -DCMAKE_BUILD_TYPE=Debug -DMULTISNAP_SANITIZE=ON -DMULTISNAP_BENCH=OFF
+fi
+echo "== Release"
+run build-release -DCMAKE_BUILD_TYPE=Release
+echo "all tests passed"
