@@ -111,7 +111,7 @@ class BTree {
       NodeView t(top.mutable_data());
       t.init(false, T::kTreeKind, T::kKeySize, 8);
       t.insert_at(0, NodeView(node.data()).key(0), child_bytes(node.blocknr()).data());
-      MS_TRY(split_child(top, 0));
+      MS_TRY(split_child(top, 0, k));
       root_ = top.blocknr();
       node = std::move(top);
     }
@@ -131,7 +131,7 @@ class BTree {
       if (li < 0) std::memcpy(n.key(0), kb, T::kKeySize);  // new minimum of the subtree
       MS_ASSIGN_OR_RETURN(BlockRef child, shadow_child(node, i));
       if (NodeView(child.data()).full()) {
-        MS_TRY(split_child(node, i));
+        MS_TRY(split_child(node, i, k));
         if (i + 1 < n.nr() && !T::less(k, key_at(n, i + 1))) ++i;
         MS_ASSIGN_OR_RETURN(child, shadow_child(node, i));
       }
@@ -273,18 +273,24 @@ class BTree {
     return s;
   }
 
-  // Splits the full child i of `parent` (both shadows) into two halves.
+  // Splits the full child i of `parent` (both shadows) in two, to make room
+  // for key k.
   //
   //   parent: [.. k_i ..]          parent: [.. k_i  k_s ..]
   //              |          ==>             |     |
   //   child:  [a b c d]            child: [a b] [c d] (new, first key k_s)
-  Status split_child(BlockRef& parent, uint32_t i) {
+  //
+  // When k goes past the child's last key (appending, as sequential writes
+  // do) the left node stays full and the new one gets only the last entry,
+  // so sequentially filled trees end up full rather than half full.
+  Status split_child(BlockRef& parent, uint32_t i, const Key& k) {
     MS_ASSIGN_OR_RETURN(BlockRef child, shadow_child(parent, i));
     NodeView c(child.mutable_data());
     MS_ASSIGN_OR_RETURN(BlockRef sib, tm_.new_block(BlockType::kBTreeNode));
     NodeView s(sib.mutable_data());
     s.init(c.leaf(), T::kTreeKind, T::kKeySize, static_cast<uint16_t>(c.value_size()));
-    uint32_t keep = c.nr() / 2;
+    bool appending = T::less(key_at(c, c.nr() - 1), k);
+    uint32_t keep = appending ? c.nr() - 1 : c.nr() / 2;
     s.append_from(c, keep, c.nr() - keep);
     c.truncate(keep);
     NodeView(parent.mutable_data()).insert_at(i + 1, s.key(0), child_bytes(sib.blocknr()).data());

@@ -50,11 +50,20 @@ BlockCache::BlockCache(BlockDevice& dev, size_t capacity_bytes, uint64_t seed)
 }
 
 BlockCache::~BlockCache() {
-  for (auto& [nr, b] : map_) {
-    std::free(b->data);
-    delete b;
+  for (auto& [nr, b] : map_) delete b;
+  for (uint8_t* p : slabs_) std::free(p);
+}
+
+uint8_t* BlockCache::new_buffer() {
+  if (free_buffers_.empty()) {
+    constexpr size_t kSlabBlocks = 256;
+    auto* slab = static_cast<uint8_t*>(std::aligned_alloc(kBlockSize, kSlabBlocks * kBlockSize));
+    slabs_.push_back(slab);
+    for (size_t i = kSlabBlocks; i-- > 0;) free_buffers_.push_back(slab + i * kBlockSize);
   }
-  for (uint8_t* p : free_buffers_) std::free(p);
+  uint8_t* b = free_buffers_.back();
+  free_buffers_.pop_back();
+  return b;
 }
 
 void BlockCache::pin(CachedBlock* b) {
@@ -106,12 +115,7 @@ Result<CachedBlock*> BlockCache::allocate_slot(uint64_t blocknr) {
   MS_TRY(make_room());
   auto* b = new CachedBlock;
   b->blocknr = blocknr;
-  if (!free_buffers_.empty()) {
-    b->data = free_buffers_.back();
-    free_buffers_.pop_back();
-  } else {
-    b->data = static_cast<uint8_t*>(std::aligned_alloc(kBlockSize, kBlockSize));
-  }
+  b->data = new_buffer();
   b->lru = lru_.insert(lru_.end(), b);
   map_[blocknr] = b;
   return b;

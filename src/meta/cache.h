@@ -106,7 +106,9 @@ class BlockCache {
   uint64_t seed_;
   std::unordered_map<uint64_t, CachedBlock*> map_;
   std::list<CachedBlock*> lru_;  // unpinned blocks, least recently used first
+  uint8_t* new_buffer();
   std::vector<uint8_t*> free_buffers_;
+  std::vector<uint8_t*> slabs_;  // block buffers come from 1 MiB slabs, no per-block overhead
   std::unordered_set<CachedBlock*> dirty_;  // so a commit need not scan the cache
   CacheStats stats_;
 };
