@@ -298,7 +298,7 @@ void EngineCore::step(bool may_block) {
     busy = busy || !incoming_.empty() || !incoming_controls_.empty();
   }
   int timeout = store_->reclaim_pending() ? 100 : static_cast<int>(options_.commit_interval_ms);
-  io_->run(may_block && !busy, timeout);
+  io_->run(may_block && !busy && !loop_exit_, timeout);
 }
 
 bool EngineCore::idle() {

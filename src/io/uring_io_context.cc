@@ -28,7 +28,7 @@ class UringIoContext final : public IoContext {
   Status init(unsigned entries) {
     int r = io_uring_queue_init(entries, &ring_, 0);
     if (r < 0) return errno_status(-r, "io_uring_queue_init");
-    event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    event_fd_ = eventfd(0, EFD_CLOEXEC);  // blocking: io_uring then waits on it
     if (event_fd_ < 0) return errno_status(errno, "eventfd");
     arm_wake();
     return Status::ok();

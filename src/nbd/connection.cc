@@ -20,7 +20,9 @@ constexpr size_t kInputBufferSize = 256u << 10;
 constexpr size_t kMinRecvSpace = 64u << 10;
 constexpr int kMaxIov = 512;
 
-bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+bool would_block(int err) {
+  return err == EAGAIN || err == EWOULDBLOCK;
+}
 
 }  // namespace
 
@@ -62,7 +64,9 @@ Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, Connectio
       wake_(std::move(wake)),
       in_(std::max<size_t>(kInputBufferSize, options.max_option_length + 1024)) {}
 
-Connection::~Connection() { join(); }
+Connection::~Connection() {
+  join();
+}
 
 Status Connection::start() {
   try {
@@ -85,6 +89,13 @@ void Connection::request_close(CloseRequest why) {
 
 void Connection::set_reason(std::string reason) {
   if (reason_.empty()) reason_ = std::move(reason);
+}
+
+bool Connection::closing() {
+  CloseRequest why = close_request();
+  if (why == CloseRequest::kNone) return false;
+  set_reason(why == CloseRequest::kForced ? "disconnected by the server" : "server shutting down");
+  return true;
 }
 
 void Connection::run() {
@@ -142,7 +153,7 @@ bool Connection::negotiate(NegotiatedExport* out) {
 
 bool Connection::send_all(std::string_view data) {
   while (!data.empty()) {
-    if (close_request() != CloseRequest::kNone) return false;
+    if (closing()) return false;
     ssize_t n = send(socket_.get(), data.data(), data.size(), MSG_NOSIGNAL);
     if (n > 0) {
       data.remove_prefix(static_cast<size_t>(n));
@@ -161,7 +172,7 @@ bool Connection::send_all(std::string_view data) {
 bool Connection::receive_more() {
   in_.compact();
   for (;;) {
-    if (close_request() != CloseRequest::kNone) return false;
+    if (closing()) return false;
     ssize_t n = recv(socket_.get(), in_.tail(), in_.space(), 0);
     if (n > 0) {
       in_.produced(static_cast<size_t>(n));
@@ -187,10 +198,7 @@ bool Connection::wait_socket(short events) {
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0) return false;
     if (fds[1].revents) wake_.clear();
-    if (close_request() != CloseRequest::kNone) {
-      set_reason("closed by the server");
-      return false;
-    }
+    if (closing()) return false;
     if (fds[0].revents) return true;
   }
 }
@@ -207,6 +215,7 @@ void Connection::transmit(NegotiatedExport negotiated) {
       MS_LOG_WARN("nbd: connection {} ({}): {}; dropping it", id_, peer_, tx.failure());
       host_.protocol_violation();
       set_reason("protocol violation: " + tx.failure());
+      shutdown(socket_.get(), SHUT_RDWR);  // the client sees the drop now
       st.peer_gone = true;
       tx.stop_input();
     }
@@ -222,12 +231,9 @@ void Connection::transmit(NegotiatedExport negotiated) {
 }
 
 void Connection::handle_close_request(Transmission& tx, LoopState& st) {
-  CloseRequest why = close_request();
-  if (why == CloseRequest::kNone || st.draining) return;
+  if (st.draining || !closing()) return;
   st.draining = true;
   st.drain_deadline = std::chrono::steady_clock::now() + options_.drain_timeout;
-  set_reason(why == CloseRequest::kForced ? "disconnected by the server"
-                                          : "server shutting down");
   tx.stop_input();
 }
 

@@ -16,11 +16,13 @@
 // requests are read; requests in flight complete and their replies are sent
 // (for at most drain_timeout once a close was requested), then the socket is
 // closed, the Export destroyed, and the host told (connection_finished).
-// On a protocol violation the connection is dropped at once (after in-flight
-// requests complete, since the Export holds callbacks into it).
+// On a protocol violation the socket is shut down at once and queued replies
+// dropped; the thread still waits for requests in flight to complete (the
+// Export holds callbacks into it) before it ends.
 //
-// Thread-safety: request_close() may be called from any thread; everything
-// else is the connection thread's. The host must outlive the Connection.
+// Thread-safety: request_close() may be called from any thread; start() and
+// join() by the owner; the rest runs on the connection thread. The host
+// must outlive the Connection.
 #pragma once
 
 #include <atomic>
@@ -103,10 +105,10 @@ class Connection {
 
   // State of the transmission loop's socket.
   struct LoopState {
-    bool readable = true;   // recv() may return data without polling first
-    bool writable = true;   // sendmsg() may accept data without polling first
-    bool peer_gone = false; // send failed or the stream is unusable: drop replies
-    bool hung_up = false;   // poll reported POLLHUP/POLLERR
+    bool readable = true;    // recv() may return data without polling first
+    bool writable = true;    // sendmsg() may accept data without polling first
+    bool peer_gone = false;  // send failed or the stream is unusable: drop replies
+    bool hung_up = false;    // poll reported POLLHUP/POLLERR
     std::chrono::steady_clock::time_point drain_deadline{};
     bool draining = false;
   };
@@ -135,6 +137,8 @@ class Connection {
     return static_cast<CloseRequest>(close_request_.load(std::memory_order_acquire));
   }
   void set_reason(std::string reason);
+  // True (and the reason recorded) once request_close() was called.
+  bool closing();
 
   const uint64_t id_;
   UniqueFd socket_;

@@ -17,8 +17,11 @@ MemoryBackend& fuzz_backend() {
     auto* b = new MemoryBackend();
     (void)b->add_export({.name = "disk", .description = "fuzz disk", .size = 1 << 20});
     (void)b->add_export({.name = "ro", .size = 64 << 10, .read_only = true, .min_block = 512});
-    (void)b->add_export({.name = "small", .size = 4096 + 512, .min_block = 512,
-                         .max_block = 4096, .can_trim = false});
+    (void)b->add_export({.name = "small",
+                         .size = 4096 + 512,
+                         .min_block = 512,
+                         .max_block = 4096,
+                         .can_trim = false});
     return b;
   }();
   return *backend;
@@ -27,8 +30,7 @@ MemoryBackend& fuzz_backend() {
 // Splits the input into reads of 1..64 bytes, or all at once.
 class Chunker {
  public:
-  Chunker(const uint8_t* data, size_t size, uint8_t mode)
-      : data_(data), size_(size), mode_(mode) {}
+  Chunker(const uint8_t* data, size_t size, uint8_t mode) : data_(data), size_(size), mode_(mode) {}
   bool done() const { return pos_ >= size_; }
   std::pair<const uint8_t*, size_t> next() {
     size_t n = mode_ < 32 ? size_ - pos_ : std::min<size_t>(size_ - pos_, 1 + (pos_ * mode_) % 64);

@@ -126,7 +126,7 @@ Result<Listener> Listener::open_tcp(const ListenAddress& address) {
     l.bound_ = address;
     l.bound_.host = numeric_host(reinterpret_cast<sockaddr*>(&ss));
     l.bound_.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                                    : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+                                                   : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
     freeaddrinfo(found);
     return l;
   }

@@ -101,8 +101,7 @@ Status MemoryBackend::Volume::check(uint64_t offset, uint64_t len, bool faults) 
   return Status::ok();
 }
 
-Status MemoryBackend::Volume::read(uint64_t offset, uint64_t len, uint8_t* buf,
-                                   bool faults) const {
+Status MemoryBackend::Volume::read(uint64_t offset, uint64_t len, uint8_t* buf, bool faults) const {
   std::shared_lock lock(mu_);
   MS_TRY(check(offset, len, faults));
   std::memcpy(buf, data_ + offset, len);
@@ -309,9 +308,8 @@ class MemoryExport final : public Export {
   }
   void trim(uint64_t offset, uint64_t length, bool fua, Done done) override {
     count_write(v_->counters.trims, fua);
-    completer_->submit([v = v_.get(), offset, length, done = std::move(done)] {
-      done(v->trim(offset, length));
-    });
+    completer_->submit(
+        [v = v_.get(), offset, length, done = std::move(done)] { done(v->trim(offset, length)); });
   }
   void write_zeroes(uint64_t offset, uint64_t length, bool fua, bool no_hole, bool /*fast_zero*/,
                     Done done) override {
@@ -323,9 +321,8 @@ class MemoryExport final : public Export {
   }
   void cache(uint64_t offset, uint64_t length, Done done) override {
     v_->counters.caches.fetch_add(1, std::memory_order_relaxed);
-    completer_->submit([v = v_.get(), offset, length, done = std::move(done)] {
-      done(v->touch(offset, length));
-    });
+    completer_->submit(
+        [v = v_.get(), offset, length, done = std::move(done)] { done(v->touch(offset, length)); });
   }
   void block_status(uint64_t offset, uint64_t length, ExtentsDone done) override {
     v_->counters.block_status.fetch_add(1, std::memory_order_relaxed);

@@ -3,10 +3,11 @@
 //
 // Each export is a zero-filled anonymous mapping plus one allocation bit per
 // granule (4 KiB, or min_block if larger), so base:allocation is truthful:
-// a granule is a hole until written; TRIM, and WRITE_ZEROES without NO_HOLE,
-// punch the granules they cover entirely (partly covered ones are zeroed in
-// place and, for WRITE_ZEROES, allocated). Holes read as zeroes and are
-// reported HOLE|ZERO; allocated granules are reported as data.
+// a granule is a hole until written. TRIM punches the granules it covers
+// entirely and leaves partly covered ones alone. WRITE_ZEROES zeroes its
+// range, punches the granules it covers entirely unless NO_HOLE is set, and
+// leaves the others allocated. Holes read as zeroes and are reported
+// HOLE|ZERO; allocated granules are reported as data (flags 0).
 //
 // Completion: by default every request completes inside the call that
 // submits it. With completion_threads > 0, requests are queued and run by
@@ -18,9 +19,8 @@
 // code, to test how errors reach clients.
 //
 // Thread-safe: every method, including those of the Export objects. Export
-// objects share their data with the backend and stay usable after
-// remove_export() (the engine's exports behave the same while a snapshot is
-// deleted under them). The backend must outlive its Export objects.
+// objects share their data (and the completion threads) with the backend:
+// they stay usable after remove_export() and may even outlive the backend.
 #pragma once
 
 #include <cstdint>

@@ -16,8 +16,12 @@ namespace {
 class PayloadReader {
  public:
   explicit PayloadReader(std::string_view data) : data_(data) {}
-  bool u16(uint16_t* v) { return take(2, [&](const uint8_t* p) { *v = proto::get16(p); }); }
-  bool u32(uint32_t* v) { return take(4, [&](const uint8_t* p) { *v = proto::get32(p); }); }
+  bool u16(uint16_t* v) {
+    return take(2, [&](const uint8_t* p) { *v = proto::get16(p); });
+  }
+  bool u32(uint32_t* v) {
+    return take(4, [&](const uint8_t* p) { *v = proto::get32(p); });
+  }
   // A length-prefixed string of at most kMaxStringLength bytes.
   bool string(std::string_view* s) {
     uint32_t len;
@@ -188,8 +192,8 @@ void Negotiation::handle_export_name(std::string_view name, std::string* out) {
   result_.exp = std::move(exp).value();
   result_.params = *params;
   result_.structured_replies = structured_replies_;
-  result_.meta_context_id = meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId
-                                                                        : 0;
+  result_.meta_context_id =
+      meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId : 0;
   state_ = State::kTransmission;
 }
 
@@ -276,8 +280,8 @@ void Negotiation::handle_info_or_go(bool go, std::string_view payload, std::stri
   result_.exp = std::move(exp);
   result_.params = *params;
   result_.structured_replies = structured_replies_;
-  result_.meta_context_id = meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId
-                                                                        : 0;
+  result_.meta_context_id =
+      meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId : 0;
   state_ = State::kTransmission;
 }
 
@@ -352,6 +356,8 @@ void Negotiation::fail(std::string reason) {
   failure_ = std::move(reason);
 }
 
-NegotiatedExport Negotiation::take_export() { return std::move(result_); }
+NegotiatedExport Negotiation::take_export() {
+  return std::move(result_);
+}
 
 }  // namespace multisnap::nbd

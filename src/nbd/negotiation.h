@@ -100,7 +100,7 @@ class Negotiation {
   uint32_t skip_remaining_ = 0;
   bool no_zeroes_ = false;
   bool structured_replies_ = false;
-  bool meta_selected_ = false;     // base:allocation selected ...
+  bool meta_selected_ = false;    // base:allocation selected ...
   std::string meta_export_name_;  // ... for this export name
   std::string failure_;
   NegotiatedExport result_;

@@ -111,8 +111,8 @@ inline constexpr uint32_t kEnotsup = 95;
 inline constexpr uint32_t kEshutdown = 108;
 
 // ---- Message sizes
-inline constexpr size_t kGreetingSize = 18;        // magic, magic, handshake flags
-inline constexpr size_t kOptionHeaderSize = 16;    // magic, option, length
+inline constexpr size_t kGreetingSize = 18;      // magic, magic, handshake flags
+inline constexpr size_t kOptionHeaderSize = 16;  // magic, option, length
 inline constexpr size_t kOptionReplyHeaderSize = 20;
 inline constexpr size_t kExportNameReplySize = 10;  // size, transmission flags (+124 zeroes)
 inline constexpr size_t kExportNameZeroes = 124;

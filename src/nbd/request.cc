@@ -7,7 +7,9 @@ namespace {
 
 using namespace proto;
 
-bool known_command(uint16_t type) { return type <= kCmdBlockStatus && type != kCmdDisc; }
+bool known_command(uint16_t type) {
+  return type <= kCmdBlockStatus && type != kCmdDisc;
+}
 
 uint16_t allowed_flags(uint16_t type, const ExportParams& p) {
   uint16_t flags = p.has(kFlagSendFua) ? kCmdFlagFua : 0;

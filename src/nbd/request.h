@@ -23,10 +23,12 @@ struct Request {
 bool decode_request(const uint8_t* p, Request* out);
 
 // Only NBD_CMD_WRITE carries a payload.
-inline bool has_payload(const Request& r) { return r.type == proto::kCmdWrite; }
+inline bool has_payload(const Request& r) {
+  return r.type == proto::kCmdWrite;
+}
 
 struct RequestCheck {
-  uint32_t error = 0;        // NBD errno; 0: pass the request to the export
+  uint32_t error = 0;       // NBD errno; 0: pass the request to the export
   const char* reason = "";  // for the log and the structured error message
 };
 

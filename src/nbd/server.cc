@@ -51,7 +51,7 @@ class Server::Impl final : public ConnectionHost {
 
   void accept_loop();
   void accept_from(const Listener& listener);
-  void add_connection(UniqueFd fd);
+  void add_connection(UniqueFd fd, bool tcp);
   void reap_finished();
   void notify(const ConnectionEvent& event) const;
   bool all_finished(const std::vector<uint64_t>& ids) const;  // needs mu_
@@ -70,8 +70,8 @@ class Server::Impl final : public ConnectionHost {
   mutable std::mutex mu_;
   std::condition_variable finished_cv_;
   std::map<uint64_t, Record> records_;  // guarded by mu_
-  bool stopping_ = false;                // guarded by mu_
-  uint64_t next_id_ = 1;                 // accept thread's
+  bool stopping_ = false;               // guarded by mu_
+  uint64_t next_id_ = 1;                // accept thread's
   std::shared_mutex open_gate_;
 
   std::atomic<uint64_t> connections_now_{0};
@@ -138,7 +138,7 @@ void Server::Impl::accept_from(const Listener& listener) {
   for (;;) {
     int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      add_connection(UniqueFd(fd));
+      add_connection(UniqueFd(fd), listener.bound().kind == ListenAddress::Kind::kTcp);
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -151,14 +151,14 @@ void Server::Impl::accept_from(const Listener& listener) {
   }
 }
 
-void Server::Impl::add_connection(UniqueFd fd) {
+void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   connections_total_.fetch_add(1);
   std::string peer = describe_peer(fd.get());
   if (connections_now_.load() >= options_.max_connections) {
     MS_LOG_WARN("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
     return;
   }
-  if (peer != "unix") {
+  if (tcp) {
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
@@ -333,6 +333,10 @@ Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions op
   if (options.max_requests_per_connection == 0 || options.max_connections == 0) {
     return make_error(Code::kInvalidArgument, "NBD connection limits must be positive");
   }
+  if (options.max_option_length > Negotiation::kMaxSkippedOptionLength) {
+    return make_error(Code::kInvalidArgument, "NBD max_option_length is over {} bytes",
+                      Negotiation::kMaxSkippedOptionLength);
+  }
   std::vector<Listener> listeners;
   for (const std::string& spec : options.listen) {
     MS_ASSIGN_OR_RETURN(ListenAddress address, parse_listen_address(spec));
@@ -340,15 +344,19 @@ Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions op
     listeners.push_back(std::move(listener));
   }
   MS_ASSIGN_OR_RETURN(WakeFd wake, WakeFd::create());
-  auto impl = std::make_unique<Impl>(backend, std::move(options), std::move(listeners),
-                                     std::move(wake));
+  auto impl =
+      std::make_unique<Impl>(backend, std::move(options), std::move(listeners), std::move(wake));
   MS_TRY(impl->start_accepting());
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() { stop(); }
-void Server::stop() { impl_->stop(); }
+Server::~Server() {
+  stop();
+}
+void Server::stop() {
+  impl_->stop();
+}
 
 std::vector<std::string> Server::addresses() const {
   std::vector<std::string> out;
@@ -356,14 +364,22 @@ std::vector<std::string> Server::addresses() const {
   return out;
 }
 
-std::vector<ListenAddress> Server::listen_addresses() const { return impl_->listen_addresses(); }
+std::vector<ListenAddress> Server::listen_addresses() const {
+  return impl_->listen_addresses();
+}
 
 size_t Server::count_connections(const ExportMatcher& match) const {
   return impl_->count_connections(match);
 }
 
-size_t Server::disconnect(const ExportMatcher& match) { return impl_->disconnect(match); }
-std::vector<ConnectionInfo> Server::connections() const { return impl_->connections(); }
-ServerStats Server::stats() const { return impl_->stats(); }
+size_t Server::disconnect(const ExportMatcher& match) {
+  return impl_->disconnect(match);
+}
+std::vector<ConnectionInfo> Server::connections() const {
+  return impl_->connections();
+}
+ServerStats Server::stats() const {
+  return impl_->stats();
+}
 
 }  // namespace multisnap::nbd

@@ -83,12 +83,12 @@ struct ServerOptions {
 
 // Monotonic totals since start(), except connections_now.
 struct ServerStats {
-  uint64_t connections_now = 0;    // accepted and not yet gone
-  uint64_t connections_total = 0;  // accepted (including refused ones over the limit)
-  uint64_t requests = 0;           // transmission requests received (not DISC)
-  uint64_t bytes_read = 0;         // READ payload bytes sent to clients
-  uint64_t bytes_written = 0;      // WRITE payload bytes accepted from clients
-  uint64_t errors = 0;             // requests answered with an error
+  uint64_t connections_now = 0;      // accepted and not yet gone
+  uint64_t connections_total = 0;    // accepted (including refused ones over the limit)
+  uint64_t requests = 0;             // transmission requests received (not DISC)
+  uint64_t bytes_read = 0;           // READ payload bytes sent to clients
+  uint64_t bytes_written = 0;        // WRITE payload bytes accepted from clients
+  uint64_t errors = 0;               // requests answered with an error
   uint64_t protocol_violations = 0;  // connections dropped for breaking the protocol
 };
 

@@ -56,7 +56,9 @@ Transmission::Transmission(NegotiatedExport negotiated, const TransmissionLimits
   send_ring_.resize(n);
 }
 
-Transmission::~Transmission() { assert(in_flight_ == 0); }
+Transmission::~Transmission() {
+  assert(in_flight_ == 0);
+}
 
 // ---- Input
 

@@ -126,11 +126,11 @@ class Transmission {
 
   struct Slot {
     Request req;
-    Buffer buf;           // READ data, WRITE payload or BLOCK_STATUS descriptors
-    uint32_t charged = 0;  // bytes counted against limits.max_bytes
-    uint32_t error = 0;    // NBD errno of the reply
+    Buffer buf;                  // READ data, WRITE payload or BLOCK_STATUS descriptors
+    uint32_t charged = 0;        // bytes counted against limits.max_bytes
+    uint32_t error = 0;          // NBD errno of the reply
     uint32_t extents_bytes = 0;  // BLOCK_STATUS: descriptor bytes in buf
-    std::string message;   // error text for a structured error chunk
+    std::string message;         // error text for a structured error chunk
     uint8_t header[32];
     uint32_t header_len = 0;
     const uint8_t* body = nullptr;  // sent after the header
@@ -165,7 +165,7 @@ class Transmission {
   uint32_t in_flight_ = 0;
 
   InputState input_ = InputState::kHeader;
-  uint32_t current_ = 0;      // slot receiving a payload
+  uint32_t current_ = 0;       // slot receiving a payload
   uint32_t payload_done_ = 0;  // bytes of it received
   uint64_t discard_left_ = 0;
   bool input_stopped_ = false;

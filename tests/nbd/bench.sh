@@ -35,6 +35,12 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 
 on_cpu() { if [ $pin = 1 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# Starts a server on CPU 1 in the background; $pid is the server itself
+# (taskset execs it), so kill reaches it.
+start_server() {
+  if [ $pin = 1 ]; then taskset -c 1 "$@" >/dev/null & else "$@" >/dev/null & fi
+  pid=$!
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
 
 fio_iops() { # uri rw
@@ -59,13 +65,13 @@ measure() { # label uri
 stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; rm -f "$work"/*.sock; }
 
 echo "multisnap nbd_memory_server" >&2
-on_cpu 1 "$server_bin" --listen "unix:$work/m.sock" --size "$size" >/dev/null & pid=$!
+start_server "$server_bin" --listen "unix:$work/m.sock" --size "$size"
 wait_sock "$work/m.sock"
 measure multisnap "nbd+unix:///origin?socket=$work/m.sock"
 stop_server
 
 echo "nbdkit memory" >&2
-on_cpu 1 nbdkit -f -U "$work/k.sock" memory "$size" & pid=$!
+start_server nbdkit -f -U "$work/k.sock" memory "$size"
 wait_sock "$work/k.sock"
 measure nbdkit-memory "nbd+unix:///?socket=$work/k.sock"
 stop_server
@@ -73,16 +79,16 @@ stop_server
 echo "nbdkit file (on /dev/shm)" >&2
 img=$(mktemp /dev/shm/nbdbench.XXXXXX)
 truncate -s "$size" "$img"
-on_cpu 1 nbdkit -f -U "$work/f.sock" file "$img" & pid=$!
+start_server nbdkit -f -U "$work/f.sock" file "$img"
 wait_sock "$work/f.sock"
 measure nbdkit-file "nbd+unix:///?socket=$work/f.sock"
 stop_server
 rm -f "$img"
 
-printf '%-14s %12s %12s %10s %10s\n' server randread randwrite read/ms write/ms
+printf '%-14s %12s %12s %12s %12s\n' server randread_iops randwrite_iops ms/this_read ms/this_write
 for s in multisnap nbdkit-memory nbdkit-file; do
-  printf '%-14s %12s %12s %10s %10s\n' "$s" "${R[$s.randread]}" "${R[$s.randwrite]}" \
+  printf '%-14s %12s %12s %12s %12s\n' "$s" "${R[$s.randread]}" "${R[$s.randwrite]}" \
     "$(python3 -c "print(f'{${R[multisnap.randread]}/${R[$s.randread]}:.2f}')")" \
     "$(python3 -c "print(f'{${R[multisnap.randwrite]}/${R[$s.randwrite]}:.2f}')")"
 done
-echo "(read/ms, write/ms: multisnap IOPS divided by this server's IOPS)"
+echo "(ms/this: multisnap IOPS divided by this server's IOPS)"

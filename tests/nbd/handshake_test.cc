@@ -60,8 +60,8 @@ TEST_F(HandshakeTest, ListWithDataIsInvalidAndTheConnectionGoesOn) {
 TEST_F(HandshakeTest, InfoOnTheDefaultExportGivesItsCanonicalNameAndDetails) {
   auto c = connect();
   ASSERT_TRUE(c->handshake());
-  auto info = c->info(wire::kInfo, "", {wire::kInfoName, wire::kInfoDescription,
-                                         wire::kInfoBlockSize});
+  auto info =
+      c->info(wire::kInfo, "", {wire::kInfoName, wire::kInfoDescription, wire::kInfoBlockSize});
   ASSERT_TRUE(info);
   EXPECT_EQ(info->final_type, wire::kAck);
   ASSERT_TRUE(info->has_export);
@@ -133,12 +133,12 @@ TEST_F(HandshakeTest, MalformedInfoAndGoAreInvalid) {
   auto c = connect();
   ASSERT_TRUE(c->handshake());
   std::vector<Bytes> bad = {
-      Bytes(),                                          // nothing
-      Bytes().u32(100).str("origin").u16(0),            // name length past the end
-      Bytes().u32(6).str("origin"),                     // no request count
-      Bytes().u32(6).str("origin").u16(2).u16(1),       // one request short
-      Bytes().u32(6).str("origin").u16(0).u8(0),        // trailing byte
-      Bytes().u32(5000).zeros(5000).u16(0),             // name longer than 4096
+      Bytes(),                                     // nothing
+      Bytes().u32(100).str("origin").u16(0),       // name length past the end
+      Bytes().u32(6).str("origin"),                // no request count
+      Bytes().u32(6).str("origin").u16(2).u16(1),  // one request short
+      Bytes().u32(6).str("origin").u16(0).u8(0),   // trailing byte
+      Bytes().u32(5000).zeros(5000).u16(0),        // name longer than 4096
   };
   for (const Bytes& payload : bad) {
     for (uint32_t option : {wire::kInfo, wire::kGo}) {
@@ -378,6 +378,22 @@ TEST_F(HandshakeTest, MetaContextForAnotherExportDoesNotCarryOver) {
   auto ids = c->set_meta_context("snapshot/1", "base:allocation");
   ASSERT_TRUE(ids);
   ASSERT_EQ(ids->size(), 1u);
+  auto go = c->info(wire::kGo, "origin");
+  ASSERT_TRUE(go);
+  ASSERT_EQ(go->final_type, wire::kAck);
+  EXPECT_EQ(c->command(wire::kBlockStatus, 0, 4096), wire::kEinval);
+}
+
+TEST_F(HandshakeTest, LaterSetMetaContextReplacesTheSelection) {
+  auto c = connect();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->structured_replies());
+  auto ids = c->set_meta_context("origin", "base:allocation");
+  ASSERT_TRUE(ids);
+  ASSERT_EQ(ids->size(), 1u);
+  ids = c->set_meta_context("origin", "x-other:thing");
+  ASSERT_TRUE(ids);
+  EXPECT_TRUE(ids->empty());
   auto go = c->info(wire::kGo, "origin");
   ASSERT_TRUE(go);
   ASSERT_EQ(go->final_type, wire::kAck);

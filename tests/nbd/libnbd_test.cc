@@ -20,7 +20,9 @@ struct NbdHandle {
   operator nbd_handle*() const { return h; }
 };
 
-std::string err() { return nbd_get_error() ? nbd_get_error() : "?"; }
+std::string err() {
+  return nbd_get_error() ? nbd_get_error() : "?";
+}
 
 class LibnbdTest : public ServerTest, public ::testing::WithParamInterface<bool> {
  protected:
@@ -81,13 +83,13 @@ TEST_P(LibnbdTest, ListsExports) {
   nbd_set_opt_mode(h, true);
   ASSERT_TRUE(connect(h, "")) << err();
   std::vector<std::pair<std::string, std::string>> seen;
-  nbd_list_callback cb = {
-      .callback = [](void* user, const char* name, const char* description) {
-        static_cast<decltype(seen)*>(user)->emplace_back(name, description);
-        return 0;
-      },
-      .user_data = &seen,
-      .free = nullptr};
+  nbd_list_callback cb = {.callback =
+                              [](void* user, const char* name, const char* description) {
+                                static_cast<decltype(seen)*>(user)->emplace_back(name, description);
+                                return 0;
+                              },
+                          .user_data = &seen,
+                          .free = nullptr};
   ASSERT_EQ(nbd_opt_list(h, cb), 3) << err();
   std::sort(seen.begin(), seen.end());
   ASSERT_EQ(seen.size(), 3u);
@@ -115,9 +117,9 @@ TEST_P(LibnbdTest, ReadWriteFlushTrimZeroCache) {
   std::vector<char> back(data.size());
   ASSERT_EQ(nbd_pread(h, back.data(), back.size(), 4096, 0), 0) << err();
   EXPECT_EQ(back, data);
-  ASSERT_EQ(nbd_trim(h, 8192, 8192, 0), 0) << err();                            // [8K, 16K)
-  ASSERT_EQ(nbd_zero(h, 4096, 16384, LIBNBD_CMD_FLAG_NO_HOLE), 0) << err();     // [16K, 20K)
-  ASSERT_EQ(nbd_zero(h, 4096, 24576, LIBNBD_CMD_FLAG_FAST_ZERO), 0) << err();   // [24K, 28K)
+  ASSERT_EQ(nbd_trim(h, 8192, 8192, 0), 0) << err();                           // [8K, 16K)
+  ASSERT_EQ(nbd_zero(h, 4096, 16384, LIBNBD_CMD_FLAG_NO_HOLE), 0) << err();    // [16K, 20K)
+  ASSERT_EQ(nbd_zero(h, 4096, 24576, LIBNBD_CMD_FLAG_FAST_ZERO), 0) << err();  // [24K, 28K)
   ASSERT_EQ(nbd_cache(h, 65536, 0, 0), 0) << err();
   std::vector<char> expected(data.begin(), data.begin() + 28672);  // [4K, 32K)
   std::fill(expected.begin() + 4096, expected.begin() + 16384, 0);
@@ -140,13 +142,13 @@ struct Extent {
 std::vector<Extent> map(nbd_handle* h, uint64_t offset, uint64_t count, uint32_t flags = 0) {
   std::vector<Extent> out;
   nbd_extent_callback cb = {
-      .callback = [](void* user, const char* context, uint64_t, uint32_t* entries, size_t n,
-                     int*) {
-        if (std::strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return 0;
-        auto* v = static_cast<std::vector<Extent>*>(user);
-        for (size_t i = 0; i + 1 < n; i += 2) v->push_back({entries[i], entries[i + 1]});
-        return 0;
-      },
+      .callback =
+          [](void* user, const char* context, uint64_t, uint32_t* entries, size_t n, int*) {
+            if (std::strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return 0;
+            auto* v = static_cast<std::vector<Extent>*>(user);
+            for (size_t i = 0; i + 1 < n; i += 2) v->push_back({entries[i], entries[i + 1]});
+            return 0;
+          },
       .user_data = &out,
       .free = nullptr};
   if (nbd_block_status(h, count, offset, cb, flags) != 0) ADD_FAILURE() << err();

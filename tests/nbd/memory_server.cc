@@ -41,8 +41,8 @@ int main(int argc, char** argv) {
     }
   }
   nbd::MemoryBackend backend(backend_options);
-  Status added = backend.add_export({.name = "origin", .description = "memory", .size = size,
-                                     .can_multi_conn = true});
+  Status added = backend.add_export(
+      {.name = "origin", .description = "memory", .size = size, .can_multi_conn = true});
   if (!added.is_ok()) return fprintf(stderr, "%s\n", added.to_string().c_str()), 1;
 
   sigset_t signals;
@@ -59,9 +59,9 @@ int main(int argc, char** argv) {
   sigwait(&signals, &sig);
   (*server)->stop();
   nbd::ServerStats s = (*server)->stats();
-  fprintf(stderr, "requests %llu, read %llu bytes, written %llu bytes, errors %llu\n",
-          static_cast<unsigned long long>(s.requests), static_cast<unsigned long long>(s.bytes_read),
-          static_cast<unsigned long long>(s.bytes_written),
-          static_cast<unsigned long long>(s.errors));
+  fprintf(
+      stderr, "requests %llu, read %llu bytes, written %llu bytes, errors %llu\n",
+      static_cast<unsigned long long>(s.requests), static_cast<unsigned long long>(s.bytes_read),
+      static_cast<unsigned long long>(s.bytes_written), static_cast<unsigned long long>(s.errors));
   return 0;
 }

@@ -30,17 +30,20 @@ TEST(ExportParamsTest, FlagsFollowTheExport) {
   EXPECT_EQ(p.flags, wire::kHasFlags | wire::kSendFlush | wire::kSendFua | wire::kSendTrim |
                          wire::kSendWriteZeroes | wire::kSendFastZero | wire::kSendCache);
   EXPECT_TRUE(params_for(rw, true).has(wire::kSendDf));
-  ExportInfo ro{.name = "ro", .size = 1 << 20, .read_only = true, .can_multi_conn = true,
-                .can_cache = false};
+  ExportInfo ro{
+      .name = "ro", .size = 1 << 20, .read_only = true, .can_multi_conn = true, .can_cache = false};
   EXPECT_EQ(params_for(ro, false).flags, wire::kHasFlags | wire::kReadOnly | wire::kCanMultiConn);
   ExportInfo no_zero{.name = "nz", .size = 4096, .can_trim = false, .can_write_zeroes = false};
-  EXPECT_FALSE(params_for(no_zero).has(wire::kSendWriteZeroes | wire::kSendFastZero |
-                                      wire::kSendTrim));
+  EXPECT_FALSE(
+      params_for(no_zero).has(wire::kSendWriteZeroes | wire::kSendFastZero | wire::kSendTrim));
 }
 
 TEST(ExportParamsTest, BlockSizesAreSane) {
-  ExportParams p = params_for({.name = "a", .size = 1 << 20, .min_block = 512,
-                               .preferred_block = 100, .max_block = 100000});
+  ExportParams p = params_for({.name = "a",
+                               .size = 1 << 20,
+                               .min_block = 512,
+                               .preferred_block = 100,
+                               .max_block = 100000});
   EXPECT_EQ(p.min_block, 512u);
   EXPECT_EQ(p.preferred_block, 512u);
   EXPECT_EQ(p.max_block, 99840u);  // a multiple of min_block
@@ -67,8 +70,8 @@ TEST(ErrorMapTest, StatusBecomesAnNbdError) {
 }
 
 TEST(RequestCheckTest, ErrorsTheSpecAsksFor) {
-  ExportParams rw = params_for({.name = "rw", .size = 1 << 20, .min_block = 512,
-                                .max_block = 65536});
+  ExportParams rw =
+      params_for({.name = "rw", .size = 1 << 20, .min_block = 512, .max_block = 65536});
   ExportParams ro = params_for({.name = "ro", .size = 1 << 20, .read_only = true}, false);
   RequestContext ctx{&rw, true, true};
   RequestContext ro_ctx{&ro, false, false};
@@ -202,8 +205,10 @@ TEST(FuzzDriverTest, RandomInputsAreHarmless) {
   prefix.u64(wire::kIHaveOpt).u32(wire::kStructuredReply).u32(0);
   Bytes meta;
   meta.u32(4).str("disk").u32(1).u32(15).str("base:allocation");
-  prefix.u64(wire::kIHaveOpt).u32(wire::kSetMetaContext).u32(meta.size()).raw(
-      meta.data().data(), meta.size());
+  prefix.u64(wire::kIHaveOpt)
+      .u32(wire::kSetMetaContext)
+      .u32(meta.size())
+      .raw(meta.data().data(), meta.size());
   prefix.u64(wire::kIHaveOpt).u32(wire::kGo).u32(10).u32(4).str("disk").u16(0);
   for (int i = 0; i < 3000; ++i) {
     std::vector<uint8_t> input;

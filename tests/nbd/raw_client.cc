@@ -24,14 +24,22 @@ void set_timeouts(int fd) {
 
 }  // namespace
 
-Bytes& Bytes::u8(uint8_t v) { return raw(&v, 1); }
+Bytes& Bytes::u8(uint8_t v) {
+  return raw(&v, 1);
+}
 Bytes& Bytes::u16(uint16_t v) {
   uint8_t b[2] = {uint8_t(v >> 8), uint8_t(v)};
   return raw(b, 2);
 }
-Bytes& Bytes::u32(uint32_t v) { return u16(uint16_t(v >> 16)).u16(uint16_t(v)); }
-Bytes& Bytes::u64(uint64_t v) { return u32(uint32_t(v >> 32)).u32(uint32_t(v)); }
-Bytes& Bytes::str(std::string_view s) { return raw(s.data(), s.size()); }
+Bytes& Bytes::u32(uint32_t v) {
+  return u16(uint16_t(v >> 16)).u16(uint16_t(v));
+}
+Bytes& Bytes::u64(uint64_t v) {
+  return u32(uint32_t(v >> 32)).u32(uint32_t(v));
+}
+Bytes& Bytes::str(std::string_view s) {
+  return raw(s.data(), s.size());
+}
 Bytes& Bytes::raw(const void* p, size_t n) {
   auto* b = static_cast<const uint8_t*>(p);
   data_.insert(data_.end(), b, b + n);
@@ -57,8 +65,12 @@ uint64_t be64(const void* p) {
 
 // ---- Connection
 
-RawClient::RawClient(int fd) : fd_(fd) { set_timeouts(fd); }
-RawClient::~RawClient() { close(); }
+RawClient::RawClient(int fd) : fd_(fd) {
+  set_timeouts(fd);
+}
+RawClient::~RawClient() {
+  close();
+}
 
 std::unique_ptr<RawClient> RawClient::connect_unix(const std::string& path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -126,7 +138,9 @@ bool RawClient::closed_by_server() {
   }
 }
 
-void RawClient::shutdown_write() { ::shutdown(fd_, SHUT_WR); }
+void RawClient::shutdown_write() {
+  ::shutdown(fd_, SHUT_WR);
+}
 
 void RawClient::close() {
   if (fd_ >= 0) ::close(fd_);
@@ -166,7 +180,9 @@ std::optional<OptionReply> RawClient::read_option_reply() {
 std::optional<InfoReplies> RawClient::info(uint32_t option, std::string_view name,
                                            const std::vector<uint16_t>& items) {
   Bytes payload;
-  payload.u32(static_cast<uint32_t>(name.size())).str(name).u16(static_cast<uint16_t>(items.size()));
+  payload.u32(static_cast<uint32_t>(name.size()))
+      .str(name)
+      .u16(static_cast<uint16_t>(items.size()));
   for (uint16_t item : items) payload.u16(item);
   if (!send_option(option, payload)) return std::nullopt;
   InfoReplies out;
@@ -209,7 +225,7 @@ bool RawClient::structured_replies() {
 }
 
 std::optional<std::vector<uint32_t>> RawClient::set_meta_context(std::string_view name,
-                                                                std::string_view query) {
+                                                                 std::string_view query) {
   Bytes p;
   p.u32(static_cast<uint32_t>(name.size())).str(name).u32(1);
   p.u32(static_cast<uint32_t>(query.size())).str(query);
@@ -292,8 +308,7 @@ std::optional<uint32_t> RawClient::reply_error(uint64_t handle, uint32_t read_le
 }
 
 std::optional<uint32_t> RawClient::command(uint16_t type, uint64_t offset, uint32_t length,
-                                           uint16_t flags, const void* payload,
-                                           std::string* data) {
+                                           uint16_t flags, const void* payload, std::string* data) {
   uint64_t handle = next_handle_++;
   if (!send_request(flags, type, handle, offset, length, payload)) return std::nullopt;
   return reply_error(handle, type == wire::kRead ? length : 0, data);

@@ -24,23 +24,50 @@ inline constexpr uint32_t kRequestMagic = 0x25609513;
 inline constexpr uint32_t kSimpleMagic = 0x67446698;
 inline constexpr uint32_t kStructuredMagic = 0x668e33ef;
 enum Option : uint32_t {
-  kExportName = 1, kAbort = 2, kList = 3, kStartTls = 5, kInfo = 6, kGo = 7,
-  kStructuredReply = 8, kListMetaContext = 9, kSetMetaContext = 10,
+  kExportName = 1,
+  kAbort = 2,
+  kList = 3,
+  kStartTls = 5,
+  kInfo = 6,
+  kGo = 7,
+  kStructuredReply = 8,
+  kListMetaContext = 9,
+  kSetMetaContext = 10,
 };
 enum Reply : uint32_t {
-  kAck = 1, kServer = 2, kInfoReply = 3, kMetaContext = 4,
-  kErrUnsup = 0x80000001u, kErrPolicy = 0x80000002u, kErrInvalid = 0x80000003u,
-  kErrPlatform = 0x80000004u, kErrUnknown = 0x80000006u, kErrTooBig = 0x80000009u,
+  kAck = 1,
+  kServer = 2,
+  kInfoReply = 3,
+  kMetaContext = 4,
+  kErrUnsup = 0x80000001u,
+  kErrPolicy = 0x80000002u,
+  kErrInvalid = 0x80000003u,
+  kErrPlatform = 0x80000004u,
+  kErrUnknown = 0x80000006u,
+  kErrTooBig = 0x80000009u,
 };
 enum Info : uint16_t { kInfoExport = 0, kInfoName = 1, kInfoDescription = 2, kInfoBlockSize = 3 };
 enum Command : uint16_t {
-  kRead = 0, kWrite = 1, kDisc = 2, kFlush = 3, kTrim = 4, kCache = 5, kWriteZeroes = 6,
+  kRead = 0,
+  kWrite = 1,
+  kDisc = 2,
+  kFlush = 3,
+  kTrim = 4,
+  kCache = 5,
+  kWriteZeroes = 6,
   kBlockStatus = 7,
 };
 enum CommandFlag : uint16_t { kFua = 1, kNoHole = 2, kDf = 4, kReqOne = 8, kFastZero = 16 };
 enum TransmissionFlag : uint16_t {
-  kHasFlags = 1, kReadOnly = 2, kSendFlush = 4, kSendFua = 8, kSendTrim = 32,
-  kSendWriteZeroes = 64, kSendDf = 128, kCanMultiConn = 256, kSendCache = 1024,
+  kHasFlags = 1,
+  kReadOnly = 2,
+  kSendFlush = 4,
+  kSendFua = 8,
+  kSendTrim = 32,
+  kSendWriteZeroes = 64,
+  kSendDf = 128,
+  kCanMultiConn = 256,
+  kSendCache = 1024,
   kSendFastZero = 2048,
 };
 enum ChunkType : uint16_t { kNone = 0, kOffsetData = 1, kBlockStatusChunk = 5, kError = 0x8001 };
@@ -139,7 +166,7 @@ class RawClient {
   bool structured_replies();
   // SET_META_CONTEXT for one query; the context ids the server returned.
   std::optional<std::vector<uint32_t>> set_meta_context(std::string_view name,
-                                                       std::string_view query);
+                                                        std::string_view query);
   // Handshake, optional structured replies and base:allocation, then GO.
   // Returns the transmission flags; nullopt on any failure.
   std::optional<uint16_t> open(std::string_view name, bool structured, bool meta = false);

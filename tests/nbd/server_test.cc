@@ -38,8 +38,8 @@ TEST(AddressTest, Parses) {
   EXPECT_EQ(v6->host, "::1");
   EXPECT_EQ(v6->to_string(), "tcp:[::1]:0");
   EXPECT_EQ(parse_listen_address("tcp:0.0.0.0:7")->to_string(), "tcp:0.0.0.0:7");
-  for (const char* bad : {"", "unix:", "tcp:", "tcp:host", "tcp:h:70000", "tcp:h:x", "udp:h:1",
-                          "tcp:h:-1"}) {
+  for (const char* bad :
+       {"", "unix:", "tcp:", "tcp:host", "tcp:h:70000", "tcp:h:x", "udp:h:1", "tcp:h:-1"}) {
     EXPECT_EQ(parse_listen_address(bad).status().code(), Code::kInvalidArgument) << bad;
   }
 }

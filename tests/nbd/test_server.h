@@ -39,15 +39,24 @@ class TempDir {
 };
 
 inline void add_standard_exports(MemoryBackend& backend) {
-  ASSERT_TRUE(backend.add_export({.name = "origin", .description = "the origin",
-                                  .size = kOriginSize, .can_multi_conn = true})
+  ASSERT_TRUE(backend
+                  .add_export({.name = "origin",
+                               .description = "the origin",
+                               .size = kOriginSize,
+                               .can_multi_conn = true})
                   .is_ok());
-  ASSERT_TRUE(backend.add_export({.name = "snapshot/1", .description = "snapshot 1",
-                                  .size = kSnapshotSize, .read_only = true})
+  ASSERT_TRUE(backend
+                  .add_export({.name = "snapshot/1",
+                               .description = "snapshot 1",
+                               .size = kSnapshotSize,
+                               .read_only = true})
                   .is_ok());
-  ASSERT_TRUE(backend.add_export({.name = "aligned", .description = "512-byte blocks",
-                                  .size = kAlignedSize, .min_block = 512,
-                                  .max_block = 64 << 10})
+  ASSERT_TRUE(backend
+                  .add_export({.name = "aligned",
+                               .description = "512-byte blocks",
+                               .size = kAlignedSize,
+                               .min_block = 512,
+                               .max_block = 64 << 10})
                   .is_ok());
   backend.set_default_export("origin");
 }

@@ -36,7 +36,8 @@ class ToolsTest : public ServerTest {
 };
 
 TEST_F(ToolsTest, NbdinfoListShowsEveryExport) {
-  if (!have_tool("nbdinfo")) GTEST_SKIP() << "nbdinfo is not installed (apt-get install libnbd-bin)";
+  if (!have_tool("nbdinfo"))
+    GTEST_SKIP() << "nbdinfo is not installed (apt-get install libnbd-bin)";
   auto out = run("nbdinfo --list --json " + uri(""));
   ASSERT_TRUE(out) << "nbdinfo --list failed";
   for (const char* expected :
@@ -65,19 +66,21 @@ std::vector<MapLine> parse_map(const std::string& out) {
 }
 
 TEST_F(ToolsTest, NbdinfoMapShowsHolesAndData) {
-  if (!have_tool("nbdinfo")) GTEST_SKIP() << "nbdinfo is not installed (apt-get install libnbd-bin)";
+  if (!have_tool("nbdinfo"))
+    GTEST_SKIP() << "nbdinfo is not installed (apt-get install libnbd-bin)";
   std::string data(65536, 'd');
   ASSERT_TRUE(backend_->write("origin", 131072, data.data(), data.size()).is_ok());
   auto out = run("nbdinfo --map " + uri("origin"));
   ASSERT_TRUE(out) << "nbdinfo --map failed";
-  EXPECT_EQ(parse_map(*out), (std::vector<MapLine>{
-                                 {0, 131072, 3}, {131072, 65536, 0}, {196608, 851968, 3}}))
+  EXPECT_EQ(parse_map(*out),
+            (std::vector<MapLine>{{0, 131072, 3}, {131072, 65536, 0}, {196608, 851968, 3}}))
       << *out;
   EXPECT_NE(out->find("hole,zero"), std::string::npos) << *out;
 }
 
 TEST_F(ToolsTest, NbdcopyRoundTrip) {
-  if (!have_tool("nbdcopy")) GTEST_SKIP() << "nbdcopy is not installed (apt-get install libnbd-bin)";
+  if (!have_tool("nbdcopy"))
+    GTEST_SKIP() << "nbdcopy is not installed (apt-get install libnbd-bin)";
   std::string data(300000, '\0');
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i % 251);
   ASSERT_TRUE(backend_->write("origin", 4096, data.data(), data.size()).is_ok());

@@ -258,8 +258,8 @@ TEST_F(TransmissionTest, BlockStatusReportsHolesAndData) {
   // Trim punches the hole again; zeroing with NO_HOLE allocates.
   ASSERT_EQ(c->command(wire::kTrim, 16384, 4096), 0u);
   ASSERT_EQ(c->command(wire::kWriteZeroes, 0, 4096, wire::kNoHole), 0u);
-  EXPECT_EQ(block_status(*c, 0, 32768), (std::vector<Descriptor>{
-                                            {4096, 0}, {16384, 3}, {4096, 0}, {8192, 3}}));
+  EXPECT_EQ(block_status(*c, 0, 32768),
+            (std::vector<Descriptor>{{4096, 0}, {16384, 3}, {4096, 0}, {8192, 3}}));
   ASSERT_EQ(c->command(wire::kWriteZeroes, 0, 4096), 0u);
   EXPECT_EQ(block_status(*c, 0, 8192), (std::vector<Descriptor>{{8192, 3}}));
   // The end of the export bounds the reply.

@@ -1,0 +1,45 @@
+// The multisnap command's subcommands. Each returns the process exit code
+// and prints errors as "multisnap: <one sentence>" on stderr.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace multisnap::cli {
+
+struct CreateArgs {
+  std::string origin, store;
+  std::string origin_size, chunk_size = "64K", format = "range", store_size, metadata_size;
+  bool force = false;
+};
+int run_create(const CreateArgs& a);
+
+struct ServeArgs {
+  std::string store, origin, control, cache_size = "64M";
+  std::vector<std::string> nbd;
+  uint32_t copy_slots = 8;
+  bool read_only_snapshots = false;
+};
+int run_serve(const ServeArgs& a);
+
+struct OnlineArgs {
+  std::string control;
+  bool json = false;
+};
+int run_snapshot_create(const OnlineArgs& o, const std::string& of, const std::string& name);
+int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool force);
+int run_snapshot_list(const OnlineArgs& o);
+int run_status(const OnlineArgs& o);
+
+int run_check(const std::string& store, bool json);
+int run_dump(const std::string& store, bool json);
+
+// "multisnap: <message>" on stderr; returns 1.
+int fail(const Status& s);
+// --control, else $MULTISNAP_CONTROL, else multisnap.ctl in the current directory.
+std::string control_path(const std::string& flag);
+
+}  // namespace multisnap::cli

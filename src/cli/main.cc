@@ -1,0 +1,94 @@
+// The multisnap command: argument parsing only; every subcommand lives in
+// commands.h.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "util/log.h"
+
+using namespace multisnap;
+using namespace multisnap::cli;
+
+int main(int argc, char** argv) {
+  CLI::App app{"multisnap: a multi-snapshot block volume served over NBD", "multisnap"};
+  app.set_version_flag("--version", std::string("multisnap ") + MULTISNAP_VERSION);
+  app.require_subcommand(1);
+  std::string log_level;
+  app.add_option("--log-level", log_level, "debug, info, warn, error or off (default: info for serve, warn otherwise)");
+
+  CreateArgs ca;
+  auto* create = app.add_subcommand("create", "Create a store (and a sparse origin file if ORIGIN does not exist)");
+  create->add_option("ORIGIN", ca.origin, "origin file or block device")->required();
+  create->add_option("STORE", ca.store, "store file or block device (created sparse if missing)")->required();
+  create->add_option("--origin-size", ca.origin_size, "size of a new origin file (e.g. 10G)");
+  create->add_option("--chunk-size", ca.chunk_size, "copy-on-write unit, 4K to 1M (default 64K)");
+  create->add_option("--format", ca.format, "exception store: range or bitmask (default range)");
+  create->add_option("--store-size", ca.store_size, "size of a new store file (default: 2 x origin + 64M, sparse)");
+  create->add_option("--metadata-size", ca.metadata_size, "metadata area (default: 128 bytes per data chunk, at least 64M)");
+  create->add_flag("--force", ca.force, "overwrite an existing store");
+
+  ServeArgs sa;
+  auto* serve = app.add_subcommand("serve", "Serve the origin and every snapshot over NBD");
+  serve->add_option("STORE", sa.store, "the store")->required();
+  serve->add_option("--nbd", sa.nbd, "unix:PATH or tcp:HOST:PORT, repeatable (default unix:multisnap.sock)");
+  serve->add_option("--control", sa.control, "control socket (default $MULTISNAP_CONTROL or multisnap.ctl)");
+  serve->add_option("--cache-size", sa.cache_size, "metadata cache (default 64M)");
+  serve->add_option("--copy-slots", sa.copy_slots, "chunks copied at once (default 8)");
+  serve->add_flag("--read-only-snapshots", sa.read_only_snapshots, "refuse writes to snapshots");
+  serve->add_option("--origin", sa.origin, "origin path, if it moved since create");
+
+  OnlineArgs oa;
+  auto add_online = [&](CLI::App* cmd) {
+    cmd->add_option("--control", oa.control, "control socket (default $MULTISNAP_CONTROL or multisnap.ctl)");
+    cmd->add_flag("--json", oa.json, "print JSON");
+  };
+  auto* snapshot = app.add_subcommand("snapshot", "Create, delete and list snapshots of a running store");
+  snapshot->require_subcommand(1);
+  std::string of, name, target;
+  bool force = false;
+  auto* screate = snapshot->add_subcommand("create", "Take a snapshot; prints its ID");
+  screate->add_option("--of", of, "snapshot to take a snapshot of (ID or name; default: the origin)");
+  screate->add_option("--name", name, "a name for it (letters, digits, . _ - : @ +)");
+  add_online(screate);
+  auto* sdelete = snapshot->add_subcommand("delete", "Delete a snapshot; its space is reclaimed in the background");
+  sdelete->add_option("SNAPSHOT", target, "ID or name")->required();
+  sdelete->add_flag("--force", force, "disconnect its NBD clients first");
+  add_online(sdelete);
+  auto* slist = snapshot->add_subcommand("list", "List the snapshots");
+  add_online(slist);
+  auto* status = app.add_subcommand("status", "Show the state of a running store");
+  add_online(status);
+
+  std::string store;
+  bool json = false;
+  auto* check = app.add_subcommand("check", "Verify all metadata of a store that is not being served");
+  check->add_option("STORE", store, "the store")->required();
+  check->add_flag("--json", json, "print JSON");
+  auto* dump = app.add_subcommand("dump", "Print every snapshot and mapping of a store that is not being served");
+  dump->add_option("STORE", store, "the store")->required();
+  dump->add_flag("--json", json, "print JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    fprintf(stderr, "multisnap: %s (see --help)\n", e.what());
+    return 2;
+  }
+  LogLevel level = serve->parsed() ? LogLevel::kInfo : LogLevel::kWarn;
+  if (!log_level.empty() && !parse_log_level(log_level, &level)) {
+    fprintf(stderr, "multisnap: --log-level must be debug, info, warn, error or off\n");
+    return 2;
+  }
+  set_log_level(level);
+
+  if (create->parsed()) return run_create(ca);
+  if (serve->parsed()) return run_serve(sa);
+  if (screate->parsed()) return run_snapshot_create(oa, of, name);
+  if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
+  if (slist->parsed()) return run_snapshot_list(oa);
+  if (status->parsed()) return run_status(oa);
+  if (check->parsed()) return run_check(store, json);
+  if (dump->parsed()) return run_dump(store, json);
+  return 2;
+}

@@ -1,0 +1,212 @@
+// Commands that work on a store file directly: create, check, dump.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "daemon/daemon.h"
+#include "io/file_device.h"
+#include "util/units.h"
+
+namespace multisnap::cli {
+
+namespace {
+
+Result<uint64_t> optional_size(const std::string& text, uint64_t fallback) {
+  if (text.empty()) return fallback;
+  return parse_size(text);
+}
+
+bool exists(const std::string& path, struct stat* st) { return ::stat(path.c_str(), st) == 0; }
+
+std::string absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+Result<std::unique_ptr<FileDevice>> open_origin(const CreateArgs& a, bool* created) {
+  struct stat st;
+  *created = false;
+  if (!exists(a.origin, &st)) {
+    if (a.origin_size.empty())
+      return make_error(Code::kNotFound, "{} does not exist; give --origin-size to create it", a.origin);
+    MS_ASSIGN_OR_RETURN(uint64_t size, parse_size(a.origin_size));
+    if (size == 0) return make_error(Code::kInvalidArgument, "--origin-size must not be zero");
+    FileDeviceOptions o;
+    o.create = true;
+    o.create_size = size;
+    *created = true;
+    return FileDevice::open(a.origin, o);
+  }
+  MS_ASSIGN_OR_RETURN(auto dev, FileDevice::open(a.origin));
+  if (!a.origin_size.empty()) {
+    MS_ASSIGN_OR_RETURN(uint64_t size, parse_size(a.origin_size));
+    if (size != dev->size())
+      return make_error(Code::kInvalidArgument, "{} already exists with {} bytes, not the {} --origin-size asks for",
+                        a.origin, dev->size(), size);
+  }
+  if (dev->size() == 0) return make_error(Code::kInvalidArgument, "the origin {} is empty", a.origin);
+  return dev;
+}
+
+Result<std::unique_ptr<FileDevice>> open_store_file(const CreateArgs& a, uint64_t origin_size) {
+  struct stat st;
+  bool present = exists(a.store, &st);
+  if (present && (S_ISBLK(st.st_mode) || st.st_size > 0)) {
+    MS_ASSIGN_OR_RETURN(auto dev, FileDevice::open(a.store));
+    if (!a.force) {
+      if (looks_like_store(*dev))
+        return make_error(Code::kExists, "{} already holds a multisnap store; use --force to replace it", a.store);
+      if (!S_ISBLK(st.st_mode))
+        return make_error(Code::kExists, "{} exists and is not empty; use --force to overwrite it", a.store);
+    }
+    if (!a.store_size.empty() && !S_ISBLK(st.st_mode)) {
+      MS_ASSIGN_OR_RETURN(uint64_t size, parse_size(a.store_size));
+      if (::truncate(a.store.c_str(), static_cast<off_t>(size)) != 0)
+        return errno_status(errno, "cannot size " + a.store);
+      return FileDevice::open(a.store);
+    }
+    return dev;
+  }
+  // Default: room for every origin chunk twice, plus metadata. Sparse.
+  MS_ASSIGN_OR_RETURN(uint64_t size, optional_size(a.store_size, 2 * origin_size + (64ull << 20)));
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = size;
+  return FileDevice::open(a.store, o);
+}
+
+}  // namespace
+
+int run_create(const CreateArgs& a) {
+  auto format = parse_store_format(a.format);
+  if (!format) return fail(make_error(Code::kInvalidArgument, "--format must be range or bitmask, not '{}'", a.format));
+  auto chunk = parse_size(a.chunk_size);
+  if (!chunk.is_ok()) return fail(chunk.status());
+  if (!is_power_of_two(*chunk) || *chunk < kMinChunkSize || *chunk > kMaxChunkSize)
+    return fail(make_error(Code::kInvalidArgument, "--chunk-size {} must be a power of two from 4K to 1M", a.chunk_size));
+  if (!a.store_size.empty() && !parse_size(a.store_size).is_ok()) return fail(parse_size(a.store_size).status());
+  auto meta = optional_size(a.metadata_size, 0);
+  if (!meta.is_ok()) return fail(meta.status());
+  bool origin_created = false;
+  auto origin = open_origin(a, &origin_created);
+  if (!origin.is_ok()) return fail(origin.status());
+  struct stat before;
+  bool store_existed = exists(a.store, &before);
+  auto cleanup = [&] {  // leave nothing behind that this command made
+    if (origin_created) ::unlink(a.origin.c_str());
+    if (!store_existed) ::unlink(a.store.c_str());
+  };
+  Status s = lock_device(**origin, true);
+  if (!s.is_ok()) return cleanup(), fail(s);
+  auto store = open_store_file(a, (*origin)->size());
+  if (!store.is_ok()) return cleanup(), fail(store.status());
+  s = lock_device(**store, true);
+  if (!s.is_ok()) return cleanup(), fail(s);
+  CreateOptions co;
+  co.format = *format;
+  co.chunk_size = static_cast<uint32_t>(std::min<uint64_t>(*chunk, UINT32_MAX));
+  co.origin_size = (*origin)->size();
+  co.origin_path = absolute(a.origin);
+  if (*meta) co.metadata_size = *meta;
+  s = format_store(**store, co);
+  if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot create the store"));
+  auto sb = read_superblock(**store);
+  if (!sb.is_ok()) return fail(sb.status());
+  const Layout& l = sb->layout;
+  printf("created %s: %s store, %s chunks, origin %s (%s); %s for data, %s for metadata\n", a.store.c_str(),
+         store_format_name(*format), format_size(l.chunk_size).c_str(), co.origin_path.c_str(),
+         format_size(co.origin_size).c_str(), format_size(l.data_chunks * l.chunk_size).c_str(),
+         format_size(l.meta_blocks * kBlockSize).c_str());
+  return 0;
+}
+
+namespace {
+Result<std::unique_ptr<ExceptionStore>> open_read_only(const std::string& path, std::unique_ptr<FileDevice>* dev) {
+  FileDeviceOptions fo;
+  fo.read_only = true;
+  MS_ASSIGN_OR_RETURN(*dev, FileDevice::open(path, fo));
+  MS_TRY(lock_device(**dev, false));
+  TmOptions tmo;
+  tmo.read_only = true;
+  tmo.cache_bytes = 64ull << 20;
+  return open_store(**dev, tmo);
+}
+}  // namespace
+
+int run_check(const std::string& path, bool json) {
+  std::unique_ptr<FileDevice> dev;
+  CheckReport report;
+  auto store = open_read_only(path, &dev);
+  if (!store.is_ok()) {
+    if (store.status().code() != Code::kCorruption) return fail(store.status());
+    report.problem(store.status().to_string());
+  } else {
+    (*store)->check(report);
+    const Superblock& sb = (*store)->tm().superblock();
+    struct stat st;
+    if (::stat(sb.origin_path.c_str(), &st) != 0) report.note("the origin " + sb.origin_path + " is missing");
+  }
+  if (json) {
+    nlohmann::json j{{"store", path}, {"clean", report.clean()}, {"problems", report.problems()},
+                     {"notes", report.notes()}};
+    printf("%s\n", j.dump(2).c_str());
+  } else {
+    for (const auto& p : report.problems()) printf("problem: %s\n", p.c_str());
+    for (const auto& n : report.notes()) printf("%s\n", n.c_str());
+    if (report.clean()) printf("%s: clean\n", path.c_str());
+    else printf("%s: %zu problem%s found\n", path.c_str(), report.problems().size(),
+                report.problems().size() == 1 ? "" : "s");
+  }
+  return report.clean() ? 0 : 1;
+}
+
+int run_dump(const std::string& path, bool json) {
+  std::unique_ptr<FileDevice> dev;
+  auto store = open_read_only(path, &dev);
+  if (!store.is_ok()) return fail(store.status());
+  ExceptionStore& st = **store;
+  StoreStats s = st.stats();
+  if (json) printf("{\"format\":\"%s\",\"chunk_size\":%u,\"origin_size\":%llu,\"snapshots\":[", s.format, s.chunk_size,
+                   static_cast<unsigned long long>(s.origin_size));
+  else printf("%s store, %u-byte chunks, %llu snapshots, %llu exceptions\n", s.format, s.chunk_size,
+              static_cast<unsigned long long>(s.snapshots), static_cast<unsigned long long>(s.exceptions));
+  bool first = true;
+  Status ls = st.list_snapshots(0, [&](const SnapshotInfo& info) {
+    if (json) printf("%s%s", first ? "" : ",", snapshot_json(info).dump().c_str());
+    else printf("snapshot %u%s%s of %s, created %s\n", info.id, info.name.empty() ? "" : " ", info.name.c_str(),
+                info.parent ? ("snapshot " + std::to_string(info.parent)).c_str() : "the origin",
+                iso8601(info.created_ns).c_str());
+    first = false;
+    return true;
+  });
+  if (json) printf("],\"mappings\":[");
+  first = true;
+  Status ds = st.dump([&](const DumpEntry& e) {
+    if (json) {
+      nlohmann::json j{{"chunk", e.chunk}, {"snapshots", e.snapshots}, {"live", e.live}};
+      j["store_chunk"] = e.zero ? nlohmann::json(nullptr) : nlohmann::json(e.store_chunk);
+      j["zero"] = e.zero;
+      printf("%s%s", first ? "" : ",", j.dump().c_str());
+    } else {
+      std::string live;
+      for (SnapshotId id : e.live) live += (live.empty() ? "" : ",") + std::to_string(id);
+      if (e.zero) printf("chunk %llu: snapshots %s -> zeros (live: %s)\n", static_cast<unsigned long long>(e.chunk),
+                         e.snapshots.c_str(), live.c_str());
+      else printf("chunk %llu: snapshots %s -> store chunk %llu (live: %s)\n", static_cast<unsigned long long>(e.chunk),
+                  e.snapshots.c_str(), static_cast<unsigned long long>(e.store_chunk), live.c_str());
+    }
+    first = false;
+    return true;
+  });
+  if (json) printf("]}\n");
+  if (!ls.is_ok()) return fail(ls);
+  if (!ds.is_ok()) return fail(ds);
+  return 0;
+}
+
+}  // namespace multisnap::cli

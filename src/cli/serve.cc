@@ -1,0 +1,72 @@
+// multisnap serve: run the daemon until SIGINT or SIGTERM. The first signal
+// drains in-flight requests, commits and exits 0; a second one during that
+// exits at once (the store reopens at its last commit).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <thread>
+
+#include "cli/commands.h"
+#include "daemon/daemon.h"
+#include "util/log.h"
+#include "util/units.h"
+
+namespace multisnap::cli {
+
+int run_serve(const ServeArgs& a) {
+  // Signals are taken synchronously by this thread; every thread started
+  // from here on inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  DaemonOptions o;
+  o.store_path = a.store;
+  o.origin_path = a.origin;
+  o.nbd = a.nbd.empty() ? std::vector<std::string>{"unix:multisnap.sock"} : a.nbd;
+  o.control_path = control_path(a.control);
+  auto cache = parse_size(a.cache_size);
+  if (!cache.is_ok()) return fail(cache.status().annotate("--cache-size"));
+  if (*cache < (1 << 20)) return fail(make_error(Code::kInvalidArgument, "--cache-size must be at least 1M"));
+  if (a.copy_slots == 0 || a.copy_slots > 1024)
+    return fail(make_error(Code::kInvalidArgument, "--copy-slots must be from 1 to 1024"));
+  o.engine.cache_bytes = *cache;
+  o.engine.copy_slots = a.copy_slots;
+  o.engine.read_only_snapshots = a.read_only_snapshots;
+  auto daemon = Daemon::start(o);
+  if (!daemon.is_ok()) return fail(daemon.status());
+  MS_LOG_INFO("serving {} (NBD: {}; control: {})", a.store, fmt::join((*daemon)->nbd_addresses(), ", "),
+              o.control_path);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  MS_LOG_INFO("{}: finishing requests in flight, committing, then exiting", strsignal(sig));
+  std::atomic<bool> done{false};
+  Status result;
+  std::thread stopper([&] {
+    result = (*daemon)->stop();
+    done = true;
+  });
+  timespec tick{0, 100 * 1000 * 1000};
+  while (!done) {
+    siginfo_t info;
+    int again = sigtimedwait(&sigs, &info, &tick);
+    if (again > 0) {
+      fprintf(stderr, "multisnap: %s again: exiting at once; the store reopens at its last commit\n",
+              strsignal(again));
+      _exit(128 + again);
+    }
+  }
+  stopper.join();
+  daemon->reset();
+  if (!result.is_ok()) return fail(result.annotate("while stopping"));
+  MS_LOG_INFO("stopped cleanly");
+  return 0;
+}
+
+}  // namespace multisnap::cli

@@ -1,0 +1,273 @@
+#include "control/control.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <thread>
+
+#include "util/log.h"
+
+namespace multisnap::control {
+
+namespace {
+
+const char* code_token(Code c) {
+  switch (c) {
+    case Code::kOk: return "ok";
+    case Code::kIoError: return "io-error";
+    case Code::kNoSpace: return "no-space";
+    case Code::kInvalidArgument: return "invalid-argument";
+    case Code::kOutOfRange: return "out-of-range";
+    case Code::kNotFound: return "not-found";
+    case Code::kExists: return "exists";
+    case Code::kCorruption: return "corruption";
+    case Code::kReadOnly: return "read-only";
+    case Code::kBusy: return "busy";
+    case Code::kNotSupported: return "not-supported";
+    case Code::kFailed: return "store-failed";
+    case Code::kShutdown: return "shutting-down";
+  }
+  return "io-error";
+}
+
+Code code_from_token(const std::string& t) {
+  for (int c = 0; c <= static_cast<int>(Code::kShutdown); ++c)
+    if (t == code_token(static_cast<Code>(c))) return static_cast<Code>(c);
+  return Code::kIoError;
+}
+
+bool write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// Reads one line (without the newline) into *line; false at EOF or error,
+// or when the line is longer than max.
+bool read_line(int fd, std::string& buffer, std::string* line, size_t max) {
+  for (;;) {
+    size_t nl = buffer.find('\n');
+    if (nl != std::string::npos) {
+      *line = buffer.substr(0, nl);
+      buffer.erase(0, nl + 1);
+      return true;
+    }
+    if (buffer.size() > max) return false;
+    char tmp[8192];
+    ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    buffer.append(tmp, static_cast<size_t>(n));
+  }
+}
+
+class SocketWriter : public Writer {
+ public:
+  explicit SocketWriter(int fd) : fd_(fd) {}
+  bool write(std::string_view bytes) override { return write_all(fd_, bytes); }
+
+ private:
+  int fd_;
+};
+
+Result<int> make_unix_socket(const std::string& path, sockaddr_un* addr) {
+  if (path.size() >= sizeof(addr->sun_path))
+    return make_error(Code::kInvalidArgument, "control socket path '{}' is too long", path);
+  std::memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  std::memcpy(addr->sun_path, path.c_str(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno_status(errno, "socket");
+  return fd;
+}
+
+}  // namespace
+
+Json error_answer(const Status& s) {
+  return Json{{"ok", false},
+              {"error", {{"code", code_token(s.code())}, {"errno", s.to_errno()}, {"message", s.to_string()}}}};
+}
+
+Status answer_status(const Json& answer) {
+  if (!answer.is_object() || !answer.contains("ok") || !answer["ok"].is_boolean())
+    return make_error(Code::kIoError, "malformed answer from the control socket");
+  if (answer["ok"].get<bool>()) return Status::ok();
+  const Json& e = answer.value("error", Json::object());
+  return Status(code_from_token(e.value("code", "io-error")), e.value("message", "unknown error"));
+}
+
+// ---------------------------------------------------------------- server
+
+class ControlServer::Impl {
+ public:
+  Impl(std::string path, Handler handler) : path_(std::move(path)), handler_(std::move(handler)) {}
+  ~Impl() { stop(); }
+
+  Status listen(uint32_t mode) {
+    sockaddr_un addr;
+    MS_ASSIGN_OR_RETURN(listen_fd_, make_unix_socket(path_, &addr));
+    struct stat st;
+    if (::lstat(path_.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode))
+        return make_error(Code::kExists, "{} exists and is not a socket", path_);
+      // A socket file: live if something answers there.
+      int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      if (probe >= 0) ::close(probe);
+      if (live) return make_error(Code::kBusy, "another multisnap is already listening on {}", path_);
+      ::unlink(path_.c_str());
+    }
+    mode_t old = ::umask(0177);
+    int r = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::umask(old);
+    if (r != 0) return errno_status(errno, "cannot listen on " + path_);
+    ::chmod(path_.c_str(), mode);
+    if (::listen(listen_fd_, 64) != 0) return errno_status(errno, "listen on " + path_);
+    accept_thread_ = std::thread([this] { accept_loop(); });
+    return Status::ok();
+  }
+
+  void stop() {
+    if (stopped_.exchange(true)) return;
+    if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
+    if (accept_thread_.joinable()) accept_thread_.join();
+    if (listen_fd_ >= 0) {
+      ::close(listen_fd_);
+      ::unlink(path_.c_str());
+    }
+    std::list<Conn> conns;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& c : conns_) ::shutdown(c.fd, SHUT_RDWR);
+      conns.splice(conns.end(), conns_);
+    }
+    for (auto& c : conns) {
+      if (c.thread.joinable()) c.thread.join();
+      ::close(c.fd);
+    }
+  }
+
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Conn {
+    int fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  void accept_loop() {
+    while (!stopped_) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      int r = ::poll(&p, 1, 200);
+      if (r <= 0) continue;
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      std::lock_guard lock(mu_);
+      reap_locked();
+      conns_.emplace_back();
+      Conn& c = conns_.back();
+      c.fd = fd;
+      c.thread = std::thread([this, &c] {
+        serve(c.fd);
+        c.done = true;
+      });
+    }
+  }
+
+  void reap_locked() {
+    for (auto it = conns_.begin(); it != conns_.end();) {
+      if (it->done) {
+        it->thread.join();
+        ::close(it->fd);
+        it = conns_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void serve(int fd) {
+    std::string buffer, line;
+    SocketWriter out(fd);
+    while (!stopped_ && read_line(fd, buffer, &line, kMaxRequestBytes)) {
+      Json request = Json::parse(line, nullptr, false);
+      std::optional<Json> answer;
+      if (request.is_discarded() || !request.is_object() || !request.contains("command") ||
+          !request["command"].is_string()) {
+        answer = error_answer(make_error(Code::kInvalidArgument,
+                                         "a request is one JSON object with a \"command\" string"));
+      } else {
+        answer = handler_(request, out);
+      }
+      if (answer && !out.write(answer->dump() + "\n")) break;
+    }
+  }
+
+  std::string path_;
+  Handler handler_;
+  int listen_fd_ = -1;
+  std::atomic<bool> stopped_{false};
+  std::thread accept_thread_;
+  std::mutex mu_;
+  std::list<Conn> conns_;
+};
+
+ControlServer::ControlServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ControlServer::~ControlServer() = default;
+
+Result<std::unique_ptr<ControlServer>> ControlServer::start(const std::string& path, Handler handler,
+                                                            uint32_t mode) {
+  auto impl = std::make_unique<Impl>(path, std::move(handler));
+  MS_TRY(impl->listen(mode));
+  return std::unique_ptr<ControlServer>(new ControlServer(std::move(impl)));
+}
+
+void ControlServer::stop() { impl_->stop(); }
+const std::string& ControlServer::path() const { return impl_->path(); }
+
+// ---------------------------------------------------------------- client
+
+Result<std::unique_ptr<ControlClient>> ControlClient::connect(const std::string& path) {
+  sockaddr_un addr;
+  MS_ASSIGN_OR_RETURN(int fd, make_unix_socket(path, &addr));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == ENOENT || err == ECONNREFUSED)
+      return make_error(Code::kNotFound,
+                        "no multisnap is serving on control socket {} (start `multisnap serve`, or pass --control "
+                        "or MULTISNAP_CONTROL)",
+                        path);
+    return errno_status(err, "cannot connect to " + path);
+  }
+  return std::unique_ptr<ControlClient>(new ControlClient(fd));
+}
+
+ControlClient::~ControlClient() { ::close(fd_); }
+
+Result<Json> ControlClient::call(const Json& request) {
+  if (!write_all(fd_, request.dump() + "\n"))
+    return errno_status(errno, "sending to the control socket");
+  std::string line;
+  if (!read_line(fd_, buffer_, &line, SIZE_MAX))
+    return make_error(Code::kIoError, "the server closed the control connection without answering");
+  Json answer = Json::parse(line, nullptr, false);
+  if (answer.is_discarded()) return make_error(Code::kIoError, "malformed answer from the control socket");
+  return answer;
+}
+
+}  // namespace multisnap::control

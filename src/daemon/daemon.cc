@@ -1,0 +1,217 @@
+#include "daemon/daemon.h"
+
+#include <sys/file.h>
+
+#include <ctime>
+#include <thread>
+
+#include "util/log.h"
+
+namespace multisnap {
+
+using control::Json;
+
+std::string iso8601(uint64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1000000000ull);
+  tm t;
+  gmtime_r(&secs, &t);
+  char buf[40];
+  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
+  snprintf(buf + n, sizeof buf - n, ".%03uZ", static_cast<unsigned>((ns / 1000000) % 1000));
+  return buf;
+}
+
+Json snapshot_json(const SnapshotInfo& s) {
+  Json j;
+  j["id"] = s.id;
+  j["name"] = s.name.empty() ? Json(nullptr) : Json(s.name);
+  j["of"] = s.parent == kOriginId ? Json("origin") : Json(s.parent);
+  j["created"] = iso8601(s.created_ns);
+  j["export"] = "snapshot/" + std::to_string(s.id);
+  return j;
+}
+
+Status lock_device(const FileDevice& dev, bool exclusive) {
+  if (::flock(dev.fd(), (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return Status::ok();
+  if (errno == EWOULDBLOCK)
+    return make_error(Code::kBusy, "{} is in use by another multisnap (is `multisnap serve` running on it?)",
+                      dev.path());
+  return errno_status(errno, "cannot lock " + dev.path());
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
+  std::unique_ptr<Daemon> d(new Daemon);
+  d->options_ = options;
+  MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(options.store_path));
+  MS_TRY(lock_device(*d->store_, true));
+  MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(*d->store_));
+  std::string origin_path = options.origin_path.empty() ? sb.origin_path : options.origin_path;
+  auto origin = FileDevice::open(origin_path);
+  if (!origin.is_ok())
+    return origin.status().annotate(fmt::format("the origin of {} (pass --origin if it moved)", options.store_path));
+  d->origin_ = std::move(origin).value();
+  MS_TRY(lock_device(*d->origin_, true));
+  MS_ASSIGN_OR_RETURN(d->engine_, Engine::open(*d->origin_, *d->store_, options.engine));
+  d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
+  nbd::ServerOptions so;
+  so.listen = options.nbd;
+  MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
+  Daemon* self = d.get();
+  MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path,
+                                                                  [self](const Json& req, control::Writer& out) {
+                                                                    return self->handle(req, out);
+                                                                  }));
+  for (const std::string& a : d->nbd_->addresses()) MS_LOG_INFO("serving NBD on {}", a);
+  MS_LOG_INFO("control socket {}", options.control_path);
+  return d;
+}
+
+Daemon::~Daemon() { stop().ignore(); }
+
+Status Daemon::stop() {
+  std::lock_guard lock(stop_mu_);
+  if (stopped_) return Status::ok();
+  stopped_ = true;
+  if (control_) control_->stop();
+  if (nbd_) nbd_->stop();  // in-flight requests finish and are answered first
+  Status s;
+  if (engine_) {
+    s = engine_->sync();
+    engine_.reset();  // drains, commits, stops the engine thread
+  }
+  backend_.reset();
+  return s;
+}
+
+Result<SnapshotId> Daemon::resolve(const Json& ref) {
+  std::string key;
+  if (ref.is_number_unsigned()) key = std::to_string(ref.get<uint64_t>());
+  else if (ref.is_string()) key = ref.get<std::string>();
+  else return make_error(Code::kInvalidArgument, "a snapshot is given by its ID or its name");
+  MS_ASSIGN_OR_RETURN(auto found, engine_->find_snapshot(key));
+  if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", key);
+  return found->id;
+}
+
+std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
+  const std::string cmd = req["command"].get<std::string>();
+  if (cmd == "ping") return Json{{"ok", true}, {"version", MULTISNAP_VERSION}};
+  if (cmd == "snapshot-create") return snapshot_create(req);
+  if (cmd == "snapshot-delete") return snapshot_delete(req);
+  if (cmd == "status") return status();
+  if (cmd == "snapshot-list") {
+    snapshot_list(out);
+    return std::nullopt;
+  }
+  return control::error_answer(make_error(Code::kInvalidArgument, "unknown command '{}'", cmd));
+}
+
+Json Daemon::snapshot_create(const Json& req) {
+  std::optional<SnapshotId> of;
+  if (req.contains("of") && !req["of"].is_null() && req["of"] != "origin") {
+    auto r = resolve(req["of"]);
+    if (!r.is_ok()) return control::error_answer(r.status());
+    of = *r;
+  }
+  std::string name;
+  if (req.contains("name") && !req["name"].is_null()) {
+    if (!req["name"].is_string()) return control::error_answer(make_error(Code::kInvalidArgument, "name must be a string"));
+    name = req["name"].get<std::string>();
+  }
+  auto s = engine_->create_snapshot(of, name);
+  if (!s.is_ok()) return control::error_answer(s.status());
+  return Json{{"ok", true}, {"snapshot", snapshot_json(*s)}};
+}
+
+Json Daemon::snapshot_delete(const Json& req) {
+  auto id = resolve(req.value("snapshot", Json()));
+  if (!id.is_ok()) return control::error_answer(id.status());
+  bool force = req.value("force", false);
+  std::string name = "snapshot/" + std::to_string(*id);
+  auto matches = [name](std::string_view export_name) { return export_name == name; };
+  size_t clients = nbd_->count_connections(matches);
+  if (clients > 0 && !force)
+    return control::error_answer(make_error(Code::kBusy,
+                                            "snapshot {} has {} NBD client(s) connected; use --force to disconnect them",
+                                            *id, clients));
+  backend_->block_snapshot(*id);
+  size_t dropped = force ? nbd_->disconnect(matches) : 0;
+  Status s = engine_->delete_snapshot(*id);
+  // A client still negotiating may hold the volume for a moment.
+  for (int i = 0; i < 100 && s.code() == Code::kBusy && force; ++i) {
+    dropped += nbd_->disconnect(matches);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s = engine_->delete_snapshot(*id);
+  }
+  backend_->unblock_snapshot(*id);
+  if (!s.is_ok()) return control::error_answer(s);
+  return Json{{"ok", true}, {"deleted", *id}, {"disconnected", dropped}};
+}
+
+void Daemon::snapshot_list(control::Writer& out) {
+  // Streamed in pages: the daemon never holds the whole list.
+  std::string head = "{\"ok\":true,\"snapshots\":[";
+  if (!out.write(head)) return;
+  SnapshotId from = 0;
+  bool first = true;
+  for (;;) {
+    auto page = engine_->list_snapshots(from, 1024);
+    if (!page.is_ok()) break;  // the answer ends with what was listed
+    std::string chunk;
+    for (const SnapshotInfo& s : *page) {
+      if (!first) chunk += ',';
+      first = false;
+      chunk += snapshot_json(s).dump();
+    }
+    if (!out.write(chunk)) return;
+    if (page->size() < 1024) break;
+    from = page->back().id + 1;
+  }
+  out.write("]}\n");
+}
+
+Json Daemon::status() {
+  EngineStatus st = engine_->status();
+  const StoreStats& s = st.store;
+  const EngineCounters& c = st.counters;
+  nbd::ServerStats ns = nbd_->stats();
+  uint64_t chunk = s.chunk_size;
+  Json j;
+  j["version"] = MULTISNAP_VERSION;
+  j["format"] = s.format;
+  j["origin"] = {{"path", origin_->path()}, {"size", s.origin_size}};
+  j["store"] = {{"path", store_->path()},
+                {"size", store_->size()},
+                {"chunk_size", chunk},
+                {"data", {{"total_bytes", s.data_chunks_total * chunk},
+                          {"used_bytes", s.data_chunks_used * chunk},
+                          {"total_chunks", s.data_chunks_total},
+                          {"used_chunks", s.data_chunks_used}}},
+                {"metadata", {{"total_bytes", s.meta_blocks_total * 4096}, {"used_bytes", s.meta_blocks_used * 4096}}},
+                {"generation", s.generation}};
+  j["snapshots"] = s.snapshots;
+  if (s.snapshot_slots_free != UINT64_MAX) j["snapshot_slots_free"] = s.snapshot_slots_free;
+  j["exceptions"] = s.exceptions;
+  j["reclaim"] = {{"active", s.reclaim_active}, {"progress", s.reclaim_progress}};
+  j["io"] = {{"reads", c.reads},         {"writes", c.writes},       {"flushes", c.flushes},
+             {"trims", c.trims},         {"zeroes", c.zeroes},       {"bytes_read", c.bytes_read},
+             {"bytes_written", c.bytes_written}, {"errors", c.errors}, {"retries", c.retries},
+             {"in_flight", st.requests_in_flight}};
+  j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}};
+  j["commits"] = c.commits;
+  j["cache"] = {{"capacity_bytes", st.cache_capacity_blocks * 4096},
+                {"used_bytes", st.cache_blocks * 4096},
+                {"hits", st.cache_hits},
+                {"misses", st.cache_misses}};
+  j["nbd"] = {{"listen", nbd_->addresses()},
+              {"connections", ns.connections_now},
+              {"connections_total", ns.connections_total},
+              {"requests", ns.requests},
+              {"errors", ns.errors},
+              {"protocol_violations", ns.protocol_violations}};
+  j["open_volumes"] = st.open_volumes;
+  j["failure"] = st.failure.empty() ? Json(nullptr) : Json(st.failure);
+  return Json{{"ok", true}, {"status", j}};
+}
+
+}  // namespace multisnap

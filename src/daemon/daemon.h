@@ -1,0 +1,65 @@
+// Daemon: what `multisnap serve` runs. Opens the store and its origin (each
+// locked against a second multisnap), the engine, the NBD server over
+// EngineBackend and the control socket, and answers control requests
+// (docs/control.md). stop() is the orderly shutdown SIGINT/SIGTERM trigger:
+// stop listening, let in-flight requests finish, commit, flush, close.
+//
+// Thread-safe: handle() runs on control connection threads.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/control.h"
+#include "daemon/engine_backend.h"
+#include "engine/engine.h"
+#include "io/file_device.h"
+#include "nbd/server.h"
+
+namespace multisnap {
+
+struct DaemonOptions {
+  std::string store_path;
+  std::string origin_path;         // empty: the path the store remembers
+  std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
+  std::string control_path;
+  EngineOptions engine;
+};
+
+class Daemon {
+ public:
+  static Result<std::unique_ptr<Daemon>> start(const DaemonOptions& options);
+  ~Daemon();
+  Status stop();
+
+  std::optional<control::Json> handle(const control::Json& request, control::Writer& out);
+  std::vector<std::string> nbd_addresses() const { return nbd_->addresses(); }
+  Engine& engine() { return *engine_; }
+
+ private:
+  Daemon() = default;
+  Result<SnapshotId> resolve(const control::Json& ref);
+  control::Json snapshot_create(const control::Json& req);
+  control::Json snapshot_delete(const control::Json& req);
+  void snapshot_list(control::Writer& out);
+  control::Json status();
+
+  DaemonOptions options_;
+  std::unique_ptr<FileDevice> store_, origin_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<EngineBackend> backend_;
+  std::unique_ptr<nbd::Server> nbd_;
+  std::unique_ptr<control::ControlServer> control_;
+  std::mutex stop_mu_;
+  bool stopped_ = false;
+};
+
+// Locks a device file against another multisnap (flock). Shared for
+// read-only tools (check, dump), exclusive for serve and create.
+Status lock_device(const FileDevice& dev, bool exclusive);
+
+control::Json snapshot_json(const SnapshotInfo& s);
+std::string iso8601(uint64_t ns);
+
+}  // namespace multisnap

@@ -1,0 +1,143 @@
+#include "daemon/engine_backend.h"
+
+#include <ctime>
+
+namespace multisnap {
+
+namespace {
+
+std::string iso_time(uint64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1000000000ull);
+  tm t;
+  gmtime_r(&secs, &t);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
+  return buf;
+}
+
+class EngineExport final : public nbd::Export {
+ public:
+  EngineExport(Engine& engine, VolumeRef volume, nbd::ExportInfo info)
+      : engine_(engine), volume_(std::move(volume)), info_(std::move(info)) {}
+
+  const nbd::ExportInfo& info() const override { return info_; }
+
+  void read(uint64_t offset, uint32_t length, uint8_t* buf, nbd::Done done) override {
+    engine_.submit(volume_, {IoRequest::Op::kRead, offset, length, buf, false}, std::move(done));
+  }
+  void write(uint64_t offset, uint32_t length, const uint8_t* buf, bool fua, nbd::Done done) override {
+    engine_.submit(volume_, {IoRequest::Op::kWrite, offset, length, const_cast<uint8_t*>(buf), fua},
+                   std::move(done));
+  }
+  void flush(nbd::Done done) override {
+    engine_.submit(volume_, {IoRequest::Op::kFlush, 0, 0, nullptr, false}, std::move(done));
+  }
+  void trim(uint64_t offset, uint64_t length, bool fua, nbd::Done done) override {
+    engine_.submit(volume_, {IoRequest::Op::kTrim, offset, length, nullptr, fua}, std::move(done));
+  }
+  void write_zeroes(uint64_t offset, uint64_t length, bool fua, bool /*no_hole*/, bool /*fast_zero*/,
+                    nbd::Done done) override {
+    // Zeroing is never slower than writing zeros here (a hole punch or a
+    // zero entry for whole chunks), so FAST_ZERO needs no special case.
+    engine_.submit(volume_, {IoRequest::Op::kWriteZeroes, offset, length, nullptr, fua}, std::move(done));
+  }
+  void cache(uint64_t offset, uint64_t length, nbd::Done done) override {
+    engine_.submit(volume_, {IoRequest::Op::kCache, offset, length, nullptr, false}, std::move(done));
+  }
+  void block_status(uint64_t offset, uint64_t length, nbd::ExtentsDone done) override {
+    engine_.block_status(volume_, offset, length, [done = std::move(done)](Result<std::vector<AllocationExtent>> r) {
+      if (!r.is_ok()) return done(r.status());
+      std::vector<nbd::Extent> out;
+      for (const AllocationExtent& e : *r) {
+        uint64_t left = e.length;
+        while (left > 0) {  // NBD extents are 32-bit
+          uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(left, 0x80000000u));
+          out.push_back({n, e.hole, e.zero});
+          left -= n;
+        }
+      }
+      done(std::move(out));
+    });
+  }
+
+ private:
+  Engine& engine_;
+  VolumeRef volume_;
+  nbd::ExportInfo info_;
+};
+
+}  // namespace
+
+std::string EngineBackend::describe(const SnapshotInfo& s) {
+  std::string d = "snapshot " + std::to_string(s.id);
+  if (!s.name.empty()) d += " '" + s.name + "'";
+  d += s.parent == kOriginId ? " of the origin" : " of snapshot " + std::to_string(s.parent);
+  return d + ", taken " + iso_time(s.created_ns);
+}
+
+nbd::ExportInfo EngineBackend::info_for(const Volume& v, const std::string& description) const {
+  nbd::ExportInfo info;
+  info.name = v.name();
+  info.description = description;
+  info.size = v.size();
+  info.read_only = v.read_only();
+  // A flush commits and flushes everything, whichever connection sent it.
+  info.can_multi_conn = true;
+  info.min_block = 1;
+  info.preferred_block = 4096;
+  info.max_block = 32u << 20;
+  return info;
+}
+
+void EngineBackend::block_snapshot(SnapshotId id) {
+  std::lock_guard lock(mu_);
+  blocked_.insert(id);
+}
+
+void EngineBackend::unblock_snapshot(SnapshotId id) {
+  std::lock_guard lock(mu_);
+  blocked_.erase(id);
+}
+
+Result<VolumeRef> EngineBackend::open(std::string_view name) {
+  MS_ASSIGN_OR_RETURN(VolumeRef v, engine_.open_volume(name));
+  if (v->snapshot()) {
+    std::lock_guard lock(mu_);
+    if (blocked_.count(v->snapshot()->id))
+      return make_error(Code::kNotFound, "snapshot {} is being deleted", v->snapshot()->id);
+  }
+  return v;
+}
+
+Result<std::vector<nbd::ExportInfo>> EngineBackend::list_exports() {
+  std::vector<nbd::ExportInfo> out;
+  MS_ASSIGN_OR_RETURN(VolumeRef origin, engine_.open_volume("origin"));
+  out.push_back(info_for(*origin, "the origin volume (live data)"));
+  SnapshotId from = 0;
+  for (;;) {  // in pages, so the engine thread is not held for long
+    MS_ASSIGN_OR_RETURN(auto page, engine_.list_snapshots(from, 1024));
+    for (const SnapshotInfo& s : page) {
+      nbd::ExportInfo info = out.front();
+      info.name = "snapshot/" + std::to_string(s.id);
+      info.description = describe(s);
+      info.read_only = read_only_snapshots_;
+      out.push_back(std::move(info));
+    }
+    if (page.size() < 1024) break;
+    from = page.back().id + 1;
+  }
+  return out;
+}
+
+Result<nbd::ExportInfo> EngineBackend::export_info(std::string_view name) {
+  MS_ASSIGN_OR_RETURN(VolumeRef v, open(name));
+  return info_for(*v, v->snapshot() ? describe(*v->snapshot()) : "the origin volume (live data)");
+}
+
+Result<std::unique_ptr<nbd::Export>> EngineBackend::open_export(std::string_view name) {
+  MS_ASSIGN_OR_RETURN(VolumeRef v, open(name));
+  nbd::ExportInfo info = info_for(*v, v->snapshot() ? describe(*v->snapshot()) : "the origin volume (live data)");
+  return std::unique_ptr<nbd::Export>(new EngineExport(engine_, std::move(v), std::move(info)));
+}
+
+}  // namespace multisnap

@@ -1,0 +1,44 @@
+// EngineBackend: serves the engine's volumes as NBD exports.
+//
+// Export names: "" and "origin" are the origin; "snapshot/<id>" and
+// "snapshot/<name>" a snapshot. The canonical name of an open export is
+// "origin" or "snapshot/<id>". OPT_LIST shows the canonical names, with the
+// snapshot's name and time in the description.
+//
+// Thread-safe (the engine is).
+#pragma once
+
+#include <mutex>
+#include <set>
+
+#include "engine/engine.h"
+#include "nbd/backend.h"
+
+namespace multisnap {
+
+class EngineBackend final : public nbd::Backend {
+ public:
+  EngineBackend(Engine& engine, bool read_only_snapshots)
+      : engine_(engine), read_only_snapshots_(read_only_snapshots) {}
+
+  Result<std::vector<nbd::ExportInfo>> list_exports() override;
+  Result<nbd::ExportInfo> export_info(std::string_view name) override;
+  Result<std::unique_ptr<nbd::Export>> open_export(std::string_view name) override;
+
+  // While a snapshot is being deleted, new opens of it are refused.
+  void block_snapshot(SnapshotId id);
+  void unblock_snapshot(SnapshotId id);
+
+  static std::string describe(const SnapshotInfo& s);
+
+ private:
+  nbd::ExportInfo info_for(const Volume& v, const std::string& description) const;
+  Result<VolumeRef> open(std::string_view name);
+
+  Engine& engine_;
+  bool read_only_snapshots_;
+  std::mutex mu_;
+  std::set<SnapshotId> blocked_;
+};
+
+}  // namespace multisnap

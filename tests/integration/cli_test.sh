@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The multisnap command: create, serve, snapshot create/list/delete, status,
+# check, dump, and the errors users get.
+source "$(dirname "$0")/lib.sh"
+
+ms --version | grep -q "multisnap [0-9]"
+for c in create serve "snapshot create" "snapshot delete" "snapshot list" status check dump; do
+  ms $c --help | grep -q -i usage || fail "no help for $c"
+done
+
+# create: bad input is refused with one clear sentence and changes nothing.
+expect_fail "give --origin-size" ms create origin.img store.img
+expect_fail "unknown size suffix" ms create origin.img store.img --origin-size 12Q
+expect_fail "not a size" ms create origin.img store.img --origin-size lots
+expect_fail "power of two" ms create origin.img store.img --origin-size 64M --chunk-size 3000
+expect_fail "range or bitmask" ms create origin.img store.img --origin-size 64M --format btrfs
+[ ! -e store.img ] || [ ! -s store.img ] || fail "a failed create left a store behind"
+ms create origin.img store.img --origin-size 64M --chunk-size 64K | grep -q "range store"
+[ "$(stat -c %s origin.img)" = 67108864 ] || fail "origin size"
+[ "$(du -k origin.img | cut -f1)" -lt 1024 ] || fail "origin is not sparse"
+expect_fail "already holds a multisnap store" ms create origin.img store.img
+expect_fail "disagrees\|not the" ms create origin.img store2.img --origin-size 32M
+ms check store.img | grep -q clean
+
+# Online commands without a server say so.
+expect_fail "no multisnap is serving" ms snapshot list
+
+start_serve
+expect_fail "in use" ms check store.img
+expect_fail "in use\|already" "$MULTISNAP" serve store.img --nbd unix:$WORK/other.sock --control $WORK/other.ctl
+
+id1=$(ms snapshot create --name base)
+[ "$id1" = 1 ] || fail "first snapshot ID is $id1"
+id2=$(ms snapshot create)
+id3=$(ms snapshot create --of base --name clone)
+expect_fail "already exists" ms snapshot create --name base
+expect_fail "all digits" ms snapshot create --name 1234
+expect_fail "no snapshot" ms snapshot create --of nosuch
+expect_fail "one level" ms snapshot create --of clone
+
+ms snapshot list --json > list.json
+$PY - "$id1" "$id2" "$id3" <<'PY'
+import json, sys, datetime
+ids = [int(x) for x in sys.argv[1:]]
+snaps = json.load(open("list.json"))
+assert [s["id"] for s in snaps] == ids, snaps
+assert snaps[0]["name"] == "base" and snaps[1]["name"] is None and snaps[2]["name"] == "clone", snaps
+assert snaps[0]["of"] == "origin" and snaps[2]["of"] == ids[0], snaps
+for s in snaps:
+    datetime.datetime.fromisoformat(s["created"].replace("Z", "+00:00"))
+    assert s["export"] == "snapshot/%d" % s["id"]
+PY
+ms snapshot list | grep -q "clone"
+
+ms status --json > status.json
+$PY - <<'PY'
+import json
+s = json.load(open("status.json"))
+assert s["format"] == "range" and s["snapshots"] == 3, s
+assert s["store"]["chunk_size"] == 65536 and s["origin"]["size"] == 64 << 20, s
+for k in ("data", "metadata"):
+    assert s["store"][k]["total_bytes"] > 0
+assert "reclaim" in s and "io" in s and "copies" in s and s["failure"] is None
+PY
+ms status | grep -q "snapshots  3"
+
+# Deleting a snapshot a client uses is refused; --force disconnects it.
+nbdsh -u "$(uri snapshot/$id2)" -c 'import time; time.sleep(30)' &
+client=$!
+for _ in $(seq 100); do
+  [ "$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nbd"]["connections"])')" = 1 ] && break
+  sleep 0.05
+done
+expect_fail "use --force" ms snapshot delete "$id2"
+ms snapshot delete "$id2" --force | grep -q "disconnected 1 client"
+wait $client || true
+expect_fail "no snapshot" ms snapshot delete "$id2"
+ms snapshot delete clone >/dev/null
+[ "$(ms snapshot list --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] || fail "list after delete"
+nbdinfo --list "nbd+unix:///?socket=$SOCK" > exports.txt 2>/dev/null || true
+! grep -q "snapshot/$id2" exports.txt || fail "a deleted snapshot is still exported"
+
+# IDs are never reused.
+id4=$(ms snapshot create)
+[ "$id4" = 4 ] || fail "new ID after deletes is $id4, not 4"
+
+stop_serve
+ms check store.img | grep -q clean
+ms check --json store.img | $PY -c 'import json,sys; assert json.load(sys.stdin)["clean"]'
+ms dump store.img | grep -q "snapshot 1 base"
+ms dump --json store.img | $PY -c 'import json,sys; d=json.load(sys.stdin); assert len(d["snapshots"]) == 2, d["snapshots"]'
+
+# A damaged store: check reports it and exits non-zero.
+$PY - <<'PY'
+import struct
+with open("store.img", "r+b") as f:
+    sb = f.read(4096)
+    meta_start, meta_blocks = struct.unpack_from("<QQ", sb, 136)
+    for b in range(meta_start, meta_start + meta_blocks):  # every metadata block in use
+        f.seek(b * 4096)
+        if f.read(32).strip(b"\0"):
+            f.seek(b * 4096 + 100)
+            f.write(b"\xff" * 16)
+PY
+rc=0; ms check store.img > check.txt || rc=$?
+[ $rc -ne 0 ] || fail "check passed a damaged store"
+grep -q "^problem: .*checksum" check.txt || fail "check did not name the damage: $(cat check.txt)"
+echo "cli: ok"
