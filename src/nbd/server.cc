@@ -333,8 +333,11 @@ Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions op
   if (options.max_requests_per_connection == 0 || options.max_connections == 0) {
     return make_error(Code::kInvalidArgument, "NBD connection limits must be positive");
   }
-  if (options.max_option_length > Negotiation::kMaxSkippedOptionLength) {
-    return make_error(Code::kInvalidArgument, "NBD max_option_length is over {} bytes",
+  // Room for the longest legal name plus the rest of an option, and no more
+  // than the server is willing to skip.
+  if (options.max_option_length < 8192 ||
+      options.max_option_length > Negotiation::kMaxSkippedOptionLength) {
+    return make_error(Code::kInvalidArgument, "NBD max_option_length must be in [8 KiB, {}]",
                       Negotiation::kMaxSkippedOptionLength);
   }
   std::vector<Listener> listeners;

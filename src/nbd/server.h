@@ -26,16 +26,19 @@
 // socket at those bounds.
 //
 // Ownership: the Server borrows the Backend, which must stay valid until
-// stop() has returned. Each connection owns the Export it opened and
-// destroys it before it is counted as gone.
+// stop() has returned; connection threads call it concurrently. Each
+// connection owns the Export it opened and destroys it, on its own thread,
+// before it is counted as gone.
 //
 // Thread-safety: every method may be called from any thread, concurrently,
 // except from inside an on_connection callback, a predicate passed to this
 // class, or a Backend/Export callback (those run on server threads, and
 // stop()/disconnect() wait for them: deadlock).
-// Errors: start() returns kInvalidArgument for a bad address, kBusy when a
-// live server owns a unix socket path, kExists when the path is another kind
-// of file, and errno-based codes for socket errors. Nothing else fails.
+//
+// Errors: start() returns kInvalidArgument for a bad address or option,
+// kBusy when a live server owns a unix socket path, kExists when the path is
+// another kind of file, and errno-based codes for socket errors. Nothing
+// else fails.
 #pragma once
 
 #include <chrono>
@@ -70,8 +73,9 @@ struct ServerOptions {
   uint32_t max_connections = 1024;
   uint32_t max_requests_per_connection = 64;
   size_t max_bytes_per_connection = 64u << 20;
-  // Option payloads up to this are processed; longer ones are refused
-  // (NBD_REP_ERR_TOO_BIG) up to 1 MiB, and beyond that the client dropped.
+  // Option payloads up to this (8 KiB..1 MiB) are processed; longer ones are
+  // refused (NBD_REP_ERR_TOO_BIG) up to 1 MiB, and beyond that the client is
+  // dropped.
   uint32_t max_option_length = 64u << 10;
   // How long a closing connection (stop(), disconnect()) waits for its client
   // to take the replies of requests that were in flight. Those requests

@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/uio.h>
 
-#include <deque>
 #include <cstring>
+#include <deque>
 #include <functional>
 
 #include "nbd/raw_client.h"
@@ -173,9 +173,9 @@ TEST_F(TransmissionUnitTest, OneRequestLargerThanTheByteBoundStillRuns) {
 
 TEST_F(TransmissionUnitTest, BlockStatusMergesNeighboursAndStopsAtTheEnd) {
   start();
-  export_->extents = std::vector<Extent>{{4096, false, false}, {4096, false, false},
-                                         {8192, true, true},   {4096, true, true},
-                                         {4096, false, true},  {65536, false, false}};
+  export_->extents =
+      std::vector<Extent>{{4096, false, false}, {4096, false, false}, {8192, true, true},
+                          {4096, true, true},   {4096, false, true},  {65536, false, false}};
   send(request(wire::kBlockStatus, 1, 0, 16384));
   using D = std::vector<std::pair<uint32_t, uint32_t>>;
   EXPECT_EQ(descriptors(output()), (D{{8192, 0}, {8192, 3}}))
