@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   CLI::App app{"multisnap: a multi-snapshot block volume served over NBD", "multisnap"};
   app.set_version_flag("--version", std::string("multisnap ") + MULTISNAP_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // --log-level may come after the subcommand too
   std::string log_level;
   app.add_option("--log-level", log_level, "debug, info, warn, error or off (default: info for serve, warn otherwise)");
 
@@ -23,7 +24,7 @@ int main(int argc, char** argv) {
   create->add_option("--origin-size", ca.origin_size, "size of a new origin file (e.g. 10G)");
   create->add_option("--chunk-size", ca.chunk_size, "copy-on-write unit, 4K to 1M (default 64K)");
   create->add_option("--format", ca.format, "exception store: range or bitmask (default range)");
-  create->add_option("--store-size", ca.store_size, "size of a new store file (default: 2 x origin + 64M, sparse)");
+  create->add_option("--store-size", ca.store_size, "size of a new store file (default: 4 x origin + 1G, sparse)");
   create->add_option("--metadata-size", ca.metadata_size, "metadata area (default: 128 bytes per data chunk, at least 64M)");
   create->add_flag("--force", ca.force, "overwrite an existing store");
 
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   };
   auto* snapshot = app.add_subcommand("snapshot", "Create, delete and list snapshots of a running store");
   snapshot->require_subcommand(1);
+  snapshot->fallthrough();
   std::string of, name, target;
   bool force = false;
   auto* screate = snapshot->add_subcommand("create", "Take a snapshot; prints its ID");

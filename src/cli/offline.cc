@@ -72,8 +72,9 @@ Result<std::unique_ptr<FileDevice>> open_store_file(const CreateArgs& a, uint64_
     }
     return dev;
   }
-  // Default: room for every origin chunk twice, plus metadata. Sparse.
-  MS_ASSIGN_OR_RETURN(uint64_t size, optional_size(a.store_size, 2 * origin_size + (64ull << 20)));
+  // Default: room for every origin chunk four times over, plus metadata.
+  // The file is sparse: it takes disk space only as chunks are copied.
+  MS_ASSIGN_OR_RETURN(uint64_t size, optional_size(a.store_size, 4 * origin_size + (1ull << 30)));
   FileDeviceOptions o;
   o.create = true;
   o.create_size = size;

@@ -24,6 +24,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/clean_map.h"
+#include "engine/counters.h"
 #include "engine/engine.h"
 #include "io/io_context.h"
 
@@ -108,12 +110,18 @@ class EngineCore {
   BlockDevice& origin() { return origin_; }
   BlockDevice& store_device() { return store_dev_; }
   const EngineOptions& options() const { return options_; }
-  EngineCounters counters();
+  EngineCounters counters() { return counters_.snapshot(); }
   uint64_t requests_in_flight() const { return outstanding_.load(); }
   Status commit_now();  // engine thread only; no job may be in flight
+  // Shuts out direct origin writes, waits for those in flight and forgets
+  // which chunks are clean (engine thread, writes quiesced). open_gate()
+  // lets them in again.
+  void close_gate();
+  void open_gate() { gate_closed_.store(false); }
 
  private:
   // loop.cc
+  bool try_direct_write(const VolumeRef& volume, const IoRequest& io, IoDone& done);
   void thread_main();
   void step(bool may_block);
   void take_incoming();
@@ -178,8 +186,11 @@ class EngineCore {
   std::atomic<bool> stopping_{false};
   std::thread thread_;
   bool threaded_ = false;
-  std::mutex counters_mu_;
-  EngineCounters counters_;
+  AtomicCounters counters_;
+  CleanMap clean_;
+  std::atomic<bool> gate_closed_{false};
+  std::atomic<uint64_t> direct_in_flight_{0};
+  std::atomic<bool> store_failed_{false};
 
   // Engine thread only.
   std::deque<Request*> run_queue_;

@@ -70,8 +70,15 @@ void Engine::block_status(const VolumeRef& volume, uint64_t offset, uint64_t len
 Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::string name) {
   Result<SnapshotInfo> result = Status(Code::kShutdown, "not run");
   core_->run_control(true, [&] {
-    // Quiesced: no write in flight. Make every acknowledged origin write
-    // durable so the snapshot holds them after a crash too.
+    // Quiesced: no write in flight, and no direct write either once the
+    // gate is shut (the new snapshot makes every chunk need a copy again).
+    // Make every acknowledged origin write durable so the snapshot holds
+    // them after a crash too.
+    core_->close_gate();
+    struct Reopen {
+      EngineCore* core;
+      ~Reopen() { core->open_gate(); }
+    } reopen{core_.get()};
     Status s = core_->origin().flush();
     if (!s.is_ok()) {
       result = s.annotate("flushing the origin before the snapshot");

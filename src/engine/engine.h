@@ -4,7 +4,8 @@
 //
 // docs/design.md ("Request flow") describes what happens to each request.
 // In short:
-//  * origin reads go straight to the origin, on the caller's thread;
+//  * origin reads go straight to the origin, on the caller's thread, and so
+//    do origin writes to chunks already known to need no copy (clean_map.h);
 //  * everything else is queued to the engine thread, which asks the store
 //    what must be preserved or split, runs copy jobs (at most copy_slots
 //    chunks in flight, async I/O), commits their metadata in groups, and
@@ -44,6 +45,10 @@ struct EngineOptions {
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step
   bool read_only_snapshots = false;
   uint32_t commit_interval_ms = 1000;  // longest a metadata change waits for a commit
+  // Origin writes to chunks known to need no copy go straight to the origin
+  // from the caller's thread; this bounds the memory that knowledge takes
+  // (one bit per chunk, in 4 KiB pages). 0 disables the shortcut.
+  size_t clean_map_bytes = 8u << 20;
 };
 
 // An open volume: the origin or one snapshot. Obtained from open_volume();
@@ -94,6 +99,7 @@ struct EngineCounters {
   uint64_t copy_jobs = 0, chunks_copied = 0, commits = 0;
   uint64_t retries = 0;  // requests retried after waiting
   uint64_t errors = 0;
+  uint64_t direct_writes = 0;  // origin writes that took the shortcut
 };
 
 struct EngineStatus {

@@ -79,11 +79,8 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
   job->descriptors.push_back(plan.descriptor);
   chunk(c).jobs.push_back(job);
   ++jobs_in_flight_;
-  {
-    std::lock_guard lock(counters_mu_);
-    ++counters_.copy_jobs;
-    counters_.chunks_copied += job->dests.size();
-  }
+  AtomicCounters::add(counters_.copy_jobs);
+  AtomicCounters::add(counters_.chunks_copied, job->dests.size());
   if (job->dests.empty()) {  // metadata only: nothing to copy, only to commit
     job_io_done(job, Status::ok());
     return job;
@@ -149,6 +146,7 @@ void EngineCore::job_io_done(CopyJob* job, Status s) {
     job->status = s;
     MS_LOG_ERROR("copy for chunk {} failed, the store stops taking changes: {}", job->chunk, s.to_string());
     store_->tm().fail(s.annotate("copy job")).ignore();
+    store_failed_ = true;
   }
   jobs_done_.push_back(job);
   release(job_waiters_);
@@ -190,10 +188,8 @@ EngineCore::Prep EngineCore::prepare_writable(Request* r, uint64_t c, ChunkMappi
 Status EngineCore::commit_now() {
   Status s = store_->commit();
   last_commit_ = std::chrono::steady_clock::now();
-  {
-    std::lock_guard lock(counters_mu_);
-    ++counters_.commits;
-  }
+  AtomicCounters::add(counters_.commits);
+  if (!s.is_ok()) store_failed_ = true;
   if (!s.is_ok()) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());
   std::vector<CopyJob*> done;
   done.swap(jobs_done_);

@@ -16,7 +16,8 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
                        std::unique_ptr<IoContext> io, const EngineOptions& options)
     : origin_(origin), store_dev_(store_dev), store_(std::move(store)), io_(std::move(io)),
       options_(options), chunk_size_(store_->layout().chunk_size),
-      volume_size_(store_->layout().origin_size) {
+      volume_size_(store_->layout().origin_size),
+      clean_(store_->layout().origin_chunks(), options.clean_map_bytes) {
   if (options_.copy_slots == 0) options_.copy_slots = 1;
   for (uint32_t i = 0; i < options_.copy_slots; ++i) {
     auto* b = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
@@ -95,15 +96,13 @@ void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone don
   if (io.op == IoRequest::Op::kRead && volume->is_origin()) {
     // Origin reads touch no metadata: straight to the device, on this thread.
     Status s = origin_.read(io.offset, io.buf, io.length);
-    {
-      std::lock_guard lock(counters_mu_);
-      ++counters_.reads;
-      if (s.is_ok()) counters_.bytes_read += io.length;
-      else ++counters_.errors;
-    }
+    AtomicCounters::add(counters_.reads);
+    if (s.is_ok()) AtomicCounters::add(counters_.bytes_read, io.length);
+    else AtomicCounters::add(counters_.errors);
     done(std::move(s));
     return;
   }
+  if (io.op == IoRequest::Op::kWrite && volume->is_origin() && try_direct_write(volume, io, done)) return;
   auto* r = new Request;
   r->volume = volume;
   r->io = io;
@@ -114,6 +113,35 @@ void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone don
     incoming_.push_back(r);
   }
   io_->wake();
+}
+
+// The shortcut for origin writes to clean chunks. The gate is a Dekker-style
+// handshake with close_gate(): announce ourselves, then look at the gate;
+// close_gate() shuts it, then waits for the announced writers to leave.
+bool EngineCore::try_direct_write(const VolumeRef&, const IoRequest& io, IoDone& done) {
+  if (options_.clean_map_bytes == 0 || store_failed_.load(std::memory_order_relaxed)) return false;
+  direct_in_flight_.fetch_add(1);
+  bool clean = !gate_closed_.load();
+  for (uint64_t c = io.offset / chunk_size_; clean && c <= (io.offset + io.length - 1) / chunk_size_; ++c)
+    clean = clean_.test(c);
+  if (!clean) {
+    direct_in_flight_.fetch_sub(1);
+    return false;
+  }
+  Status s = io.fua ? origin_.write_fua(io.offset, io.buf, io.length) : origin_.write(io.offset, io.buf, io.length);
+  direct_in_flight_.fetch_sub(1);
+  AtomicCounters::add(counters_.writes);
+  AtomicCounters::add(counters_.direct_writes);
+  if (s.is_ok()) AtomicCounters::add(counters_.bytes_written, io.length);
+  else AtomicCounters::add(counters_.errors);
+  done(std::move(s));
+  return true;
+}
+
+void EngineCore::close_gate() {
+  gate_closed_.store(true);
+  while (direct_in_flight_.load() > 0) std::this_thread::yield();
+  clean_.clear();
 }
 
 void EngineCore::block_status(const VolumeRef& volume, uint64_t offset, uint64_t length, ExtentsDone done) {
@@ -221,11 +249,6 @@ uint64_t VolumeRegistry::open_count(SnapshotId id) {
 uint64_t EngineCore::open_volumes() {
   std::lock_guard lock(volumes_->mu);
   return volumes_->open_volumes;
-}
-
-EngineCounters EngineCore::counters() {
-  std::lock_guard lock(counters_mu_);
-  return counters_;
 }
 
 // ---------------------------------------------------------------- the loop

@@ -46,8 +46,7 @@ void add_op(std::deque<IoOp>& ops, IoOp::Kind kind, BlockDevice* dev, uint64_t d
 
 void EngineCore::process(Request* r) {
   if (r->retried) {
-    std::lock_guard lock(counters_mu_);
-    ++counters_.retries;
+    AtomicCounters::add(counters_.retries);
     r->retried = false;
   }
   if (r->extents_done) {
@@ -81,6 +80,7 @@ bool EngineCore::store_writable(Request* r) {
   if (failed.is_ok()) return true;
   // Without a working store nothing written could be preserved or remapped
   // safely, so writes stop; reads go on.
+  store_failed_ = true;
   finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + failed.to_string()));
   return false;
 }
@@ -130,6 +130,10 @@ void EngineCore::process_origin_write(Request* r) {
       CopyJob* job = start_job(c, plan);
       job->descriptors = std::move(descriptors);
       waiting_on = c;
+    } else if (error.is_ok() && !starved) {
+      // Nothing pending, nobody reading it from the origin, nothing to
+      // preserve: later writes to it may skip the engine (clean_map.h).
+      clean_.mark(c);
     }
     if (!error.is_ok()) {
       finish(r, error);
@@ -332,23 +336,20 @@ void EngineCore::op_done(Request* r, Status s) {
 }
 
 void EngineCore::finish(Request* r, Status s) {
-  {
-    std::lock_guard lock(counters_mu_);
-    if (!s.is_ok()) ++counters_.errors;
-    switch (r->io.op) {
-      case IoRequest::Op::kRead:
-        ++counters_.reads;
-        if (s.is_ok()) counters_.bytes_read += r->io.length;
-        break;
-      case IoRequest::Op::kWrite:
-        ++counters_.writes;
-        if (s.is_ok()) counters_.bytes_written += r->io.length;
-        break;
-      case IoRequest::Op::kFlush: ++counters_.flushes; break;
-      case IoRequest::Op::kTrim: ++counters_.trims; break;
-      case IoRequest::Op::kWriteZeroes: ++counters_.zeroes; break;
-      case IoRequest::Op::kCache: break;
-    }
+  if (!s.is_ok()) AtomicCounters::add(counters_.errors);
+  switch (r->io.op) {
+    case IoRequest::Op::kRead:
+      AtomicCounters::add(counters_.reads);
+      if (s.is_ok()) AtomicCounters::add(counters_.bytes_read, r->io.length);
+      break;
+    case IoRequest::Op::kWrite:
+      AtomicCounters::add(counters_.writes);
+      if (s.is_ok()) AtomicCounters::add(counters_.bytes_written, r->io.length);
+      break;
+    case IoRequest::Op::kFlush: AtomicCounters::add(counters_.flushes); break;
+    case IoRequest::Op::kTrim: AtomicCounters::add(counters_.trims); break;
+    case IoRequest::Op::kWriteZeroes: AtomicCounters::add(counters_.zeroes); break;
+    case IoRequest::Op::kCache: break;
   }
   if (r->done) r->done(std::move(s));
   delete r;
