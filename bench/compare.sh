@@ -6,17 +6,19 @@
 # times `snapshot create` as a whole command against `qemu-img snapshot -c`
 # at 100 and 10,000 existing snapshots, and prints every ratio with its goal.
 #
-# Usage: bench/compare.sh [--size 2G] [--create-at 100,10000] [--out DIR]
+# Usage: bench/compare.sh [--size 2G] [--create-at 100,10000] [--out DIR] [--reuse-anchors]
+#   --reuse-anchors: keep DIR/results.json from an earlier run, redo the rest
 # Builds build-release/multisnap if needed. Takes 10-25 minutes (most of it
 # qemu-img creating 10,000 qcow2 snapshots).
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
-size=2G create_at=100,10000 out=
+size=2G create_at=100,10000 out= reuse=
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
     --create-at) create_at=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --reuse-anchors) reuse=1; shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -33,13 +35,14 @@ PY=/usr/bin/python3
 
 echo "== fio workloads (anchors.sh, size $size, 64K chunks/clusters)"
 for attempt in 1 2 3; do
+  [ -n "$reuse" ] && [ -f "$out/results.json" ] && break
   if MULTISNAP=$M bash "$anchors" --size "$size" --chunk 64K --snaps 100 --out "$out" >"$out/anchors.log" 2>&1; then
     break
   fi
   echo "   anchors.sh failed (attempt $attempt), retrying: $(grep -m1 -E 'Assert|Abort|error' "$out/anchors.log" || true)"
   [ $attempt = 3 ] && { tail -20 "$out/anchors.log"; exit 1; }
 done
-grep -E "^(system|ceiling|qcow2|multisnap) " "$out/anchors.log"
+grep -E "^(system|ceiling|qcow2|multisnap) " "$out/anchors.log" || true
 
 # snapshot create as a whole command, after N existing snapshots.
 work=$(mktemp -d /tmp/multisnap-create-XXXXXX)
@@ -47,7 +50,12 @@ trap 'pkill -f "$work/ms.sock" 2>/dev/null || true; rm -rf "$work"' EXIT
 create_times() {  # prints "N qcow2_ms multisnap_ms" per N
   local n have_q=0 have_m=0 t0 t1 q m
   qemu-img create -q -f qcow2 -o cluster_size=64K "$work/q.qcow2" "$size"
-  qemu-io -f qcow2 -c "write -P 0x5a 0 $size" "$work/q.qcow2" >/dev/null
+  local bytes gib=$((1 << 30)) off=0 args=()
+  bytes=$(numfmt --from=iec "$size")
+  while [ $off -lt "$bytes" ]; do  # qemu-io writes at most 2 GiB - 1 at once
+    args+=(-c "write -P 0x5a $off $(( bytes - off < gib ? bytes - off : gib ))"); off=$((off + gib))
+  done
+  qemu-io -f qcow2 "${args[@]}" "$work/q.qcow2" >/dev/null
   "$M" create "$work/origin.img" "$work/store.img" --origin-size "$size" >/dev/null
   "$M" serve "$work/store.img" --nbd "unix:$work/ms.sock" --control "$work/ms.ctl" --log-level warn &
   local pid=$!

@@ -219,9 +219,9 @@ void EngineCore::process_snapshot_write(Request* r) {
     bool whole = lo == c * chunk_size_ && len == chunk_bytes_on_origin(c);
     if (zeroing && whole) {
       // A whole chunk trimmed or zeroed: S's mapping becomes a zero entry.
-      auto m = store_->lookup(c, s, true);
+      auto m = store_->lookup(c, s, false);
       if (!m.is_ok()) return finish(r, m.status());
-      if (m->kind == ChunkMapping::Kind::kZero && m->exclusive) continue;
+      if (m->kind == ChunkMapping::Kind::kZero) continue;  // reads zeros already (shared or not)
       if (!can_start_job(1)) {
         r->retried = true;
         job_waiters_.push_back(r);

@@ -53,6 +53,58 @@ Status validate_snapshot_name(std::string_view name) {
   return Status::ok();
 }
 
+CheckRefs::CheckRefs(const Layout& layout, CheckReport& report)
+    : l_(layout), report_(report), meta_refs_(layout.meta_blocks, 0), data_refs_(layout.data_chunks, false) {}
+
+void CheckRefs::meta(uint64_t b) {
+  if (b < l_.meta_start || b >= l_.meta_start + l_.meta_blocks) {
+    report_.problem(fmt::format("tree node at block {} lies outside the metadata area", b));
+    return;
+  }
+  uint8_t& n = meta_refs_[b - l_.meta_start];
+  if (n < 2 && ++n == 2) report_.problem(fmt::format("metadata block {} is referenced more than once", b));
+}
+
+void CheckRefs::data(uint64_t c, const std::string& where) {
+  if (c >= l_.data_chunks) report_.problem(fmt::format("{}: store chunk {} is past the data area", where, c));
+  else if (data_refs_[c]) report_.problem(fmt::format("{}: store chunk {} is referenced twice", where, c));
+  else data_refs_[c] = true;
+}
+
+void CheckRefs::compare(TransactionManager& tm) {
+  auto data_bits = tm.data_space().committed_bits();
+  auto meta_bits = tm.meta_space().committed_bits();
+  if (!data_bits.is_ok() || !meta_bits.is_ok()) {
+    report_.problem("cannot read the space bitmaps: " +
+                    (data_bits.is_ok() ? meta_bits.status() : data_bits.status()).to_string());
+    return;
+  }
+  uint64_t leaks = 0;
+  auto leak = [&](const std::string& text) {
+    if (++leaks <= 20) report_.problem(text);
+  };
+  for (uint64_t c = 0; c < l_.data_chunks; ++c) {
+    bool alloc = (*data_bits)[c];
+    data_used_ += alloc;
+    if (data_refs_[c] && !alloc) report_.problem(fmt::format("store chunk {} is in use but marked free", c));
+    if (!data_refs_[c] && alloc) leak(fmt::format("store chunk {} is allocated but unused (leaked)", c));
+  }
+  for (uint64_t b = 0; b < l_.meta_blocks; ++b) {
+    bool alloc = (*meta_bits)[b];
+    meta_used_ += alloc;
+    if (meta_refs_[b] && !alloc)
+      report_.problem(fmt::format("metadata block {} is in use but marked free", l_.meta_start + b));
+    if (!meta_refs_[b] && alloc) leak(fmt::format("metadata block {} is allocated but unused (leaked)", l_.meta_start + b));
+  }
+  if (leaks > 20) report_.problem(fmt::format("... {} leaked chunks and blocks in all", leaks));
+  if (data_used_ != tm.data_space().used())
+    report_.problem(fmt::format("data bitmap has {} chunks in use, the commit record says {}", data_used_,
+                                tm.data_space().used()));
+  if (meta_used_ != tm.meta_space().used())
+    report_.problem(fmt::format("metadata bitmap has {} blocks in use, the commit record says {}", meta_used_,
+                                tm.meta_space().used()));
+}
+
 StoreBase::StoreBase(std::unique_ptr<TransactionManager> tm) : tm_(std::move(tm)) {}
 
 uint64_t StoreBase::name_hash(std::string_view name) {

@@ -40,6 +40,28 @@ struct SnapshotTableTraits {
 };
 using NameTraits = PairKeyTraits<tree_kind::kNames, U64Value, 8>;
 
+// What check() collects while walking the trees, and the comparison with
+// the committed space maps at the end (leaks, double references, counters).
+class CheckRefs {
+ public:
+  CheckRefs(const Layout& layout, CheckReport& report);
+  // A tree node at `blocknr`.
+  void meta(uint64_t blocknr);
+  // A store chunk referenced by an exception (`where` names it).
+  void data(uint64_t chunk, const std::string& where);
+  // Reports leaks, blocks in use but free, and counter mismatches.
+  void compare(TransactionManager& tm);
+  uint64_t data_used() const { return data_used_; }
+  uint64_t meta_used() const { return meta_used_; }
+
+ private:
+  const Layout& l_;
+  CheckReport& report_;
+  std::vector<uint8_t> meta_refs_;
+  std::vector<bool> data_refs_;
+  uint64_t data_used_ = 0, meta_used_ = 0;
+};
+
 class StoreBase : public ExceptionStore {
  public:
   TransactionManager& tm() override { return *tm_; }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "store/bitmask/bitmask_store.h"
 #include "store/range/range_store.h"
 
 namespace multisnap {
@@ -24,8 +25,6 @@ std::array<uint8_t, 16> random_uuid() {
 }  // namespace
 
 Status format_store(BlockDevice& dev, const CreateOptions& options) {
-  if (options.format == StoreFormat::kBitmask)
-    return make_error(Code::kNotSupported, "the bitmask store is not supported yet");
   LayoutRequest req;
   req.store_size = dev.size();
   req.chunk_size = options.chunk_size;
@@ -44,8 +43,8 @@ Status format_store(BlockDevice& dev, const CreateOptions& options) {
   TmOptions tmo;
   tmo.cache_bytes = 4 << 20;
   MS_ASSIGN_OR_RETURN(auto tm, TransactionManager::open(dev, tmo));
-  MS_ASSIGN_OR_RETURN(auto store, RangeStore::create(std::move(tm)));
-  return Status::ok();
+  if (options.format == StoreFormat::kBitmask) return BitmaskStore::create(std::move(tm)).status();
+  return RangeStore::create(std::move(tm)).status();
 }
 
 Result<std::unique_ptr<ExceptionStore>> open_store(BlockDevice& dev, const TmOptions& options) {
@@ -55,8 +54,10 @@ Result<std::unique_ptr<ExceptionStore>> open_store(BlockDevice& dev, const TmOpt
       MS_ASSIGN_OR_RETURN(auto s, RangeStore::open(std::move(tm)));
       return std::unique_ptr<ExceptionStore>(std::move(s));
     }
-    case StoreFormat::kBitmask:
-      return make_error(Code::kNotSupported, "{}: the bitmask store is not supported yet", dev.describe());
+    case StoreFormat::kBitmask: {
+      MS_ASSIGN_OR_RETURN(auto s, BitmaskStore::open(std::move(tm)));
+      return std::unique_ptr<ExceptionStore>(std::move(s));
+    }
   }
   return make_error(Code::kCorruption, "{}: unknown store format", dev.describe());
 }

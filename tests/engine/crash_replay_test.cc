@@ -97,14 +97,16 @@ void load(MemoryDevice& dev, const Pages& pages) {
   for (auto& [off, bytes] : pages) dev.poke(off, bytes.data(), bytes.size());
 }
 
-class CrashReplay : public ::testing::TestWithParam<uint32_t> {};
+class CrashReplay : public ::testing::TestWithParam<std::tuple<StoreFormat, uint32_t>> {};
 
 TEST_P(CrashReplay, EveryPrefixRecovers) {
-  const uint32_t chunk = GetParam();
+  const StoreFormat format = std::get<0>(GetParam());
+  const uint32_t chunk = std::get<1>(GetParam());
   const uint64_t size = 16 * chunk;
   MemoryDevice origin_mem(size, "origin"), store_mem(16 << 20, "store");
   CreateOptions co;
   co.chunk_size = chunk;
+  co.format = format;
   co.origin_size = size;
   ASSERT_TRUE(format_store(store_mem, co).is_ok());
   ASSERT_TRUE(store_mem.flush().is_ok());
@@ -160,7 +162,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       } else if (r < 75 && vols.size() < 6) {  // a snapshot of the origin or of a snapshot
         std::optional<SnapshotId> of;
         auto pick = std::next(vols.begin(), static_cast<long>(rng() % vols.size()));
-        if (pick->first != 0 && parent[pick->first] == 0) of = pick->first;
+        if (pick->first != 0 && parent[pick->first] == 0 && format == StoreFormat::kRange) of = pick->first;
         cp.volumes = vols;
         auto s = engine->create_snapshot(of, "");
         ASSERT_TRUE(s.is_ok()) << s.status().to_string();
@@ -270,8 +272,13 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
           log.size(), rolled_back_cuts);
 }
 
-INSTANTIATE_TEST_SUITE_P(Chunks, CrashReplay, ::testing::Values(4096u, 65536u),
-                         [](const auto& info) { return std::to_string(info.param / 1024) + "K"; });
+INSTANTIATE_TEST_SUITE_P(Stores, CrashReplay,
+                         ::testing::Combine(::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
+                                            ::testing::Values(4096u, 65536u)),
+                         [](const auto& info) {
+                           return std::string(store_format_name(std::get<0>(info.param))) + "_" +
+                                  std::to_string(std::get<1>(info.param) / 1024) + "K";
+                         });
 
 }  // namespace
 }  // namespace multisnap

@@ -15,14 +15,18 @@ std::vector<uint8_t> bytes(size_t n, uint64_t seed) {
   return testing::random_bytes(rng, n);
 }
 
-class ErrorTest : public ::testing::Test {
+class ErrorTest : public ::testing::TestWithParam<StoreFormat> {
  protected:
   void SetUp() override {
     h_ = std::make_unique<EngineHarness>(params());
     h_->open();
     origin_ = h_->volume("origin");
   }
-  virtual EngineParams params() { return EngineParams{}; }
+  virtual EngineParams params() {
+    EngineParams p;
+    p.format = GetParam();
+    return p;
+  }
   void reopen() {
     origin_.reset();
     h_->close();
@@ -44,7 +48,7 @@ class ErrorTest : public ::testing::Test {
   VolumeRef origin_;
 };
 
-TEST_F(ErrorTest, CopyWriteFailureStopsChangesButNotReads) {
+TEST_P(ErrorTest, CopyWriteFailureStopsChangesButNotReads) {
   auto a = bytes(8192, 1);
   ASSERT_TRUE(h_->write(origin_, 0, a).is_ok());
   SnapshotId s = h_->snapshot();
@@ -68,14 +72,14 @@ TEST_F(ErrorTest, CopyWriteFailureStopsChangesButNotReads) {
   ASSERT_TRUE(h_->write(origin_, 0, bytes(100, 4)).is_ok());
 }
 
-TEST_F(ErrorTest, OriginReadFailureDuringCopy) {
+TEST_P(ErrorTest, OriginReadFailureDuringCopy) {
   h_->snapshot();
   h_->origin_dev().add_rule(rule(FaultOp::kRead));
   EXPECT_EQ(h_->write(origin_, 0, bytes(100, 5)).to_errno(), EIO);
   reopen();
 }
 
-TEST_F(ErrorTest, CommitFlushFailure) {
+TEST_P(ErrorTest, CommitFlushFailure) {
   h_->snapshot();
   h_->store_dev().add_rule(rule(FaultOp::kFlush));
   EXPECT_EQ(h_->write(origin_, 0, bytes(100, 6)).to_errno(), EIO);
@@ -83,20 +87,20 @@ TEST_F(ErrorTest, CommitFlushFailure) {
   EXPECT_EQ(h_->engine().list_snapshots()->size(), 1u);
 }
 
-TEST_F(ErrorTest, DataWriteFailureFailsOnlyThatRequest) {
+TEST_P(ErrorTest, DataWriteFailureFailsOnlyThatRequest) {
   h_->origin_dev().add_rule(rule(FaultOp::kWrite));
   EXPECT_EQ(h_->write(origin_, 0, bytes(100, 7)).to_errno(), EIO);
   EXPECT_TRUE(h_->write(origin_, 0, bytes(100, 8)).is_ok());
   EXPECT_TRUE(h_->engine().status().failure.empty());
 }
 
-TEST_F(ErrorTest, FlushFailureIsReported) {
+TEST_P(ErrorTest, FlushFailureIsReported) {
   h_->origin_dev().add_rule(rule(FaultOp::kFlush));
   EXPECT_EQ(h_->io(origin_, IoRequest::Op::kFlush, 0, 0).to_errno(), EIO);
   EXPECT_TRUE(h_->io(origin_, IoRequest::Op::kFlush, 0, 0).is_ok());
 }
 
-TEST_F(ErrorTest, ReadFailureOfASnapshotChunk) {
+TEST_P(ErrorTest, ReadFailureOfASnapshotChunk) {
   h_->snapshot();
   ASSERT_TRUE(h_->write(origin_, 0, bytes(4096, 9)).is_ok());
   auto snap = h_->volume("snapshot/1");
@@ -108,7 +112,7 @@ TEST_F(ErrorTest, ReadFailureOfASnapshotChunk) {
   EXPECT_TRUE(h_->io(snap, IoRequest::Op::kRead, 0, 4096, buf.data()).is_ok());
 }
 
-TEST_F(ErrorTest, RandomFaultsNeverCorruptTheStore) {
+TEST_P(ErrorTest, RandomFaultsNeverCorruptTheStore) {
   for (uint64_t seed = 1; seed <= 4; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     FaultRule r;
@@ -141,14 +145,14 @@ TEST_F(ErrorTest, RandomFaultsNeverCorruptTheStore) {
 class FullStoreTest : public ErrorTest {
  protected:
   EngineParams params() override {
-    EngineParams p;
+    EngineParams p = ErrorTest::params();
     p.origin_size = 4 << 20;
     p.store_size = 3 << 20;  // room for fewer chunks than the origin has
     return p;
   }
 };
 
-TEST_F(FullStoreTest, FullStoreRefusesCopiesAndRecoversAfterDelete) {
+TEST_P(FullStoreTest, FullStoreRefusesCopiesAndRecoversAfterDelete) {
   SnapshotId s = h_->snapshot();
   uint64_t total = h_->engine().status().store.data_chunks_total;
   ASSERT_LT(total * 4096, 4u << 20);
@@ -174,8 +178,10 @@ TEST_F(FullStoreTest, FullStoreRefusesCopiesAndRecoversAfterDelete) {
 
 // Damages each metadata block in use, one at a time: check must report it,
 // and reads of the snapshot must either fail or return the right data.
-TEST(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
+class DamagedMetadata : public ::testing::TestWithParam<StoreFormat> {};
+TEST_P(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
   EngineParams p;
+  p.format = GetParam();
   p.origin_size = 2 << 20;  // 512 chunks: exception tree of several leaves
   EngineHarness h(p);
   h.open();
@@ -253,6 +259,13 @@ TEST(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
   }
   EXPECT_GT(reads_refused, 0);
 }
+
+auto format_name = [](const auto& info) { return std::string(store_format_name(info.param)); };
+INSTANTIATE_TEST_SUITE_P(Stores, ErrorTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask), format_name);
+INSTANTIATE_TEST_SUITE_P(Stores, FullStoreTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
+                         format_name);
+INSTANTIATE_TEST_SUITE_P(Stores, DamagedMetadata, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
+                         format_name);
 
 }  // namespace
 }  // namespace multisnap

@@ -15,11 +15,12 @@ expect_fail "not a size" ms create origin.img store.img --origin-size lots
 expect_fail "power of two" ms create origin.img store.img --origin-size 64M --chunk-size 3000
 expect_fail "range or bitmask" ms create origin.img store.img --origin-size 64M --format btrfs
 [ ! -e store.img ] || [ ! -s store.img ] || fail "a failed create left a store behind"
-ms create origin.img store.img --origin-size 64M --chunk-size 64K | grep -q "range store"
+create_store origin.img store.img --origin-size 64M --chunk-size 64K | grep -q "$FORMAT store"
 [ "$(stat -c %s origin.img)" = 67108864 ] || fail "origin size"
 [ "$(du -k origin.img | cut -f1)" -lt 1024 ] || fail "origin is not sparse"
 expect_fail "already holds a multisnap store" ms create origin.img store.img
 expect_fail "disagrees\|not the" ms create origin.img store2.img --origin-size 32M
+expect_fail "already holds a multisnap store" create_store origin.img store.img
 ms check store.img | grep -q clean
 
 # Online commands without a server say so.
@@ -32,20 +33,26 @@ expect_fail "in use\|already" "$MULTISNAP" serve store.img --nbd unix:$WORK/othe
 id1=$(ms snapshot create --name base)
 [ "$id1" = 1 ] || fail "first snapshot ID is $id1"
 id2=$(ms snapshot create)
-id3=$(ms snapshot create --of base --name clone)
+if [ "$FORMAT" = range ]; then
+  id3=$(ms snapshot create --of base --name clone)
+  expect_fail "one level" ms snapshot create --of clone
+else
+  expect_fail "cannot take snapshots of snapshots" ms snapshot create --of base
+  id3=$(ms snapshot create --name clone)
+fi
 expect_fail "already exists" ms snapshot create --name base
 expect_fail "all digits" ms snapshot create --name 1234
 expect_fail "no snapshot" ms snapshot create --of nosuch
-expect_fail "one level" ms snapshot create --of clone
 
 ms snapshot list --json > list.json
-$PY - "$id1" "$id2" "$id3" <<'PY'
+$PY - "$FORMAT" "$id1" "$id2" "$id3" <<'PY'
 import json, sys, datetime
-ids = [int(x) for x in sys.argv[1:]]
+ids = [int(x) for x in sys.argv[2:]]
 snaps = json.load(open("list.json"))
 assert [s["id"] for s in snaps] == ids, snaps
 assert snaps[0]["name"] == "base" and snaps[1]["name"] is None and snaps[2]["name"] == "clone", snaps
-assert snaps[0]["of"] == "origin" and snaps[2]["of"] == ids[0], snaps
+assert snaps[0]["of"] == "origin", snaps
+assert snaps[2]["of"] == (ids[0] if sys.argv[1] == "range" else "origin"), snaps
 for s in snaps:
     datetime.datetime.fromisoformat(s["created"].replace("Z", "+00:00"))
     assert s["export"] == "snapshot/%d" % s["id"]
@@ -53,16 +60,19 @@ PY
 ms snapshot list | grep -q "clone"
 
 ms status --json > status.json
-$PY - <<'PY'
-import json
+$PY - "$FORMAT" <<'PY'
+import json, sys
 s = json.load(open("status.json"))
-assert s["format"] == "range" and s["snapshots"] == 3, s
+assert s["format"] == sys.argv[1] and s["snapshots"] == 3, s
+if sys.argv[1] == "bitmask":
+    assert s["snapshot_slots_free"] == 61, s
 assert s["store"]["chunk_size"] == 65536 and s["origin"]["size"] == 64 << 20, s
 for k in ("data", "metadata"):
     assert s["store"][k]["total_bytes"] > 0
 assert "reclaim" in s and "io" in s and "copies" in s and s["failure"] is None
 PY
 ms status | grep -q "snapshots  3"
+[ "$FORMAT" = range ] || ms status | grep -q "61 slots free" || fail "status does not show the free slots"
 
 # Deleting a snapshot a client uses is refused; --force disconnects it.
 nbdsh -u "$(uri snapshot/$id2)" -c 'import time; time.sleep(30)' &
@@ -73,7 +83,8 @@ for _ in $(seq 100); do
 done
 expect_fail "use --force" ms snapshot delete "$id2"
 ms snapshot delete "$id2" --force | grep -q "disconnected 1 client"
-wait $client || true
+kill $client 2>/dev/null || true
+wait $client 2>/dev/null || true
 expect_fail "no snapshot" ms snapshot delete "$id2"
 ms snapshot delete clone >/dev/null
 [ "$(ms snapshot list --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] || fail "list after delete"

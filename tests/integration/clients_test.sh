@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 need nbdinfo nbdcopy qemu-img qemu-io
 
-ms create origin.img store.img --origin-size 96M --chunk-size 64K >/dev/null
+create_store origin.img store.img --origin-size 96M --chunk-size 64K >/dev/null
 start_serve --nbd tcp:127.0.0.1:0
 
 # Every export is listed, with descriptions.

@@ -9,7 +9,7 @@ need nbdfuse losetup mkfs.ext4 e2fsck mount umount fsfreeze fusermount3
 [ -c /dev/fuse ] || skip "no /dev/fuse"
 [ -e /dev/loop-control ] || skip "no loop devices"
 
-ms create origin.img store.img --origin-size 256M --chunk-size 64K >/dev/null
+create_store origin.img store.img --origin-size 256M --chunk-size 64K >/dev/null
 start_serve
 
 attach() {  # name uri [ro] -> prints the loop device

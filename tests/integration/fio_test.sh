@@ -5,7 +5,7 @@ source "$(dirname "$0")/lib.sh"
 need fio nbdcopy qemu-img
 fio --enghelp=nbd >/dev/null 2>&1 || skip "this fio has no nbd engine"
 
-ms create origin.img store.img --origin-size 64M --chunk-size 64K >/dev/null
+create_store origin.img store.img --origin-size 64M --chunk-size 64K >/dev/null
 start_serve
 run_fio() {  # uri rw extra...
   local u=$1 rw=$2; shift 2

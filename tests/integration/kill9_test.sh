@@ -9,7 +9,7 @@ need fio
 $PY -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
 fio --enghelp=nbd >/dev/null 2>&1 || skip "this fio has no nbd engine"
 
-ms create origin.img store.img --origin-size 64M --chunk-size 64K --store-size 2G >/dev/null
+create_store origin.img store.img --origin-size 64M --chunk-size 64K --store-size 2G >/dev/null
 for round in 1 2; do
   start_serve --cache-size 2M
   ms snapshot create >/dev/null  # so that fio's writes need copies

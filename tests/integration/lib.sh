@@ -27,6 +27,9 @@ skip() { echo "SKIPPED: $*"; exit 77; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 need() { for t in "$@"; do command -v "$t" >/dev/null || skip "$t is not installed"; done; }
 ms() { "$MULTISNAP" "$@"; }
+# The exception store under test: MULTISNAP_FORMAT=range (default) or bitmask.
+FORMAT=${MULTISNAP_FORMAT:-range}
+create_store() { "$MULTISNAP" create "$@" --format "$FORMAT"; }
 export MULTISNAP_CONTROL=$WORK/ms.ctl
 SOCK=$WORK/ms.sock
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }

@@ -410,17 +410,10 @@ Status RangeStore::dump(const std::function<bool(const DumpEntry&)>& fn) {
 
 void RangeStore::check(CheckReport& report) {
   const Layout& l = tm_->layout();
-  std::vector<uint32_t> meta_refs(l.meta_blocks, 0);
-  auto meta_ref = [&](uint64_t b) {
-    if (b < l.meta_start || b >= l.meta_start + l.meta_blocks) {
-      report.problem(fmt::format("tree node at block {} lies outside the metadata area", b));
-      return;
-    }
-    if (++meta_refs[b - l.meta_start] == 2)
-      report.problem(fmt::format("metadata block {} is referenced more than once", b));
-  };
+  CheckRefs refs(l, report);
+  auto meta_ref = [&](uint64_t b) { refs.meta(b); };
   auto problem = [&](const std::string& p) { report.problem(p); };
-  auto on_node = [&](const NodeVisit& v) { meta_ref(v.blocknr); };
+  auto on_node = [&](const NodeVisit& v) { refs.meta(v.blocknr); };
 
   // Snapshot table, then the live keys it implies (R4).
   std::vector<std::pair<uint64_t, uint64_t>> table_keys;  // key, id
@@ -447,7 +440,6 @@ void RangeStore::check(CheckReport& report) {
   for (auto& [k, id] : table_keys) live_sorted.push_back(k);
 
   // Exceptions (R1, R2, R3, R5).
-  std::vector<bool> data_refs(l.data_chunks, false);
   uint64_t entries = 0;
   std::optional<Entry> prev;
   const uint64_t cap = key_cap();
@@ -472,11 +464,7 @@ void RangeStore::check(CheckReport& report) {
       report.problem(where + fmt::format(": overlaps the entry starting at {}", key_string(prev->key.lo)));
     if (!is_atom_start(k.lo) || !is_atom_end(v.to))
       report.problem(where + ": range does not start and end on snapshot boundaries");
-    if (v.store_chunk != kZeroChunk) {
-      if (v.store_chunk >= l.data_chunks) report.problem(where + fmt::format(": store chunk {} is past the data area", v.store_chunk));
-      else if (data_refs[v.store_chunk]) report.problem(where + fmt::format(": store chunk {} is referenced twice", v.store_chunk));
-      else data_refs[v.store_chunk] = true;
-    }
+    if (v.store_chunk != kZeroChunk) refs.data(v.store_chunk, where);
     if (!reclaim_pending()) {
       auto it = std::lower_bound(live_sorted.begin(), live_sorted.end(), k.lo);
       if (it == live_sorted.end() || *it > v.to) report.problem(where + ": serves no live snapshot (leaked)");
@@ -486,34 +474,9 @@ void RangeStore::check(CheckReport& report) {
   if (entries != exception_count_)
     report.problem(fmt::format("the tree holds {} exceptions but the commit record says {}", entries, exception_count_));
 
-  // Space maps against what the trees reference.
-  auto data_bits = tm_->data_space().committed_bits();
-  auto meta_bits = tm_->meta_space().committed_bits();
-  if (!data_bits.is_ok() || !meta_bits.is_ok()) {
-    report.problem("cannot read the space bitmaps: " +
-                   (data_bits.is_ok() ? meta_bits.status() : data_bits.status()).to_string());
-    return;
-  }
-  uint64_t data_used = 0, meta_used = 0, leaks = 0;
-  for (uint64_t c = 0; c < l.data_chunks; ++c) {
-    bool alloc = (*data_bits)[c];
-    data_used += alloc;
-    if (data_refs[c] && !alloc) report.problem(fmt::format("store chunk {} is in use but marked free", c));
-    if (!data_refs[c] && alloc && ++leaks <= 20) report.problem(fmt::format("store chunk {} is allocated but unused (leaked)", c));
-  }
-  for (uint64_t b = 0; b < l.meta_blocks; ++b) {
-    bool alloc = (*meta_bits)[b];
-    meta_used += alloc;
-    if (meta_refs[b] && !alloc) report.problem(fmt::format("metadata block {} is in use but marked free", l.meta_start + b));
-    if (!meta_refs[b] && alloc && ++leaks <= 20) report.problem(fmt::format("metadata block {} is allocated but unused (leaked)", l.meta_start + b));
-  }
-  if (leaks > 20) report.problem(fmt::format("... {} leaked chunks and blocks in all", leaks));
-  if (data_used != tm_->data_space().used())
-    report.problem(fmt::format("data bitmap has {} chunks in use, the commit record says {}", data_used, tm_->data_space().used()));
-  if (meta_used != tm_->meta_space().used())
-    report.problem(fmt::format("metadata bitmap has {} blocks in use, the commit record says {}", meta_used, tm_->meta_space().used()));
+  refs.compare(*tm_);
   report.note(fmt::format("range store: {} snapshots, {} exceptions, {} of {} data chunks, {} of {} metadata blocks",
-                          snapshot_count_, entries, data_used, l.data_chunks, meta_used, l.meta_blocks));
+                          snapshot_count_, entries, refs.data_used(), l.data_chunks, refs.meta_used(), l.meta_blocks));
 }
 
 }  // namespace multisnap

@@ -1,0 +1,348 @@
+#include "store/bitmask/bitmask_store.h"
+
+#include <bit>
+#include <map>
+
+namespace multisnap {
+
+// ---------------------------------------------------------------- lifecycle
+
+Result<std::unique_ptr<BitmaskStore>> BitmaskStore::create(std::unique_ptr<TransactionManager> tm) {
+  std::unique_ptr<BitmaskStore> s(new BitmaskStore(std::move(tm)));
+  MS_TRY(s->init_common());
+  MS_ASSIGN_OR_RETURN(s->exceptions_root_, ExceptionTree::create(*s->tm_));
+  MS_TRY(s->commit());
+  return s;
+}
+
+Result<std::unique_ptr<BitmaskStore>> BitmaskStore::open(std::unique_ptr<TransactionManager> tm) {
+  std::unique_ptr<BitmaskStore> s(new BitmaskStore(std::move(tm)));
+  s->load_common();
+  s->load_specific();
+  return s;
+}
+
+void BitmaskStore::load_specific() {
+  const uint8_t* a = tm_->store_area().data() + 64;
+  exceptions_root_ = load_le<uint64_t>(a);
+  exception_count_ = load_le<uint64_t>(a + 8);
+  live_ = load_le<uint64_t>(a + 16);
+  sweep_ = load_le<uint64_t>(a + 24);
+  pending_ = load_le<uint64_t>(a + 32);
+  cursor_ = {load_le<uint64_t>(a + 40), load_le<uint64_t>(a + 48)};
+}
+
+void BitmaskStore::save_specific(uint8_t* area) {
+  uint8_t* a = area + 64;
+  store_le(a, exceptions_root_);
+  store_le(a + 8, exception_count_);
+  store_le(a + 16, live_);
+  store_le(a + 24, sweep_);
+  store_le(a + 32, pending_);
+  store_le(a + 40, cursor_.hi);
+  store_le(a + 48, cursor_.lo);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+Result<uint64_t> BitmaskStore::allocate_key(SnapshotRecord* parent) {
+  if (parent)
+    return make_error(Code::kNotSupported,
+                      "the bitmask store cannot take snapshots of snapshots (a range store can: create it with "
+                      "--format range)");
+  uint64_t taken = live_ | sweep_ | pending_;
+  if (taken == ~uint64_t{0}) {
+    int reclaiming = std::popcount(sweep_ | pending_);
+    return make_error(Code::kNoSpace, "the bitmask store holds at most 64 snapshots ({} live{}); delete one first",
+                      std::popcount(live_),
+                      reclaiming ? fmt::format(", {} being reclaimed", reclaiming) : std::string());
+  }
+  return static_cast<uint64_t>(std::countr_one(taken));  // the lowest free bit
+}
+
+Status BitmaskStore::on_created(const SnapshotInfo& info) {
+  live_ |= bit(info);
+  tm_->mutable_store_area();
+  return Status::ok();
+}
+
+Status BitmaskStore::on_deleted(const SnapshotInfo& info) {
+  uint64_t b = bit(info);
+  live_ &= ~b;
+  if (sweep_ == 0) {
+    sweep_ = b;
+    cursor_ = {};
+  } else {
+    pending_ |= b;  // the running pass may be past some of its exceptions
+  }
+  tm_->mutable_store_area();
+  return Status::ok();
+}
+
+// ---------------------------------------------------------------- tree helpers
+
+Result<std::vector<BitmaskStore::Exception>> BitmaskStore::exceptions_of(uint64_t chunk) {
+  std::vector<Exception> out;
+  ExceptionTree ex(*tm_, exceptions_root_);
+  MS_TRY(ex.scan({chunk, 0}, [&](const PairKey& k, const MaskValue& v) {
+    if (k.hi != chunk) return false;
+    out.push_back({k.lo, v.mask});
+    return true;
+  }));
+  return out;
+}
+
+Status BitmaskStore::put(uint64_t chunk, uint64_t store_chunk, uint64_t mask) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  Status s = ex.insert({chunk, store_chunk}, {mask});
+  exceptions_root_ = ex.root();
+  return s;
+}
+
+Status BitmaskStore::erase(uint64_t chunk, uint64_t store_chunk) {
+  ExceptionTree ex(*tm_, exceptions_root_);
+  auto r = ex.remove({chunk, store_chunk});
+  exceptions_root_ = ex.root();
+  return r.status();
+}
+
+Status BitmaskStore::remove_bit(uint64_t chunk, const Exception& e, uint64_t b) {
+  uint64_t rest = e.mask & ~b;
+  if ((rest & live_) != 0) return put(chunk, e.store_chunk, rest);
+  // Nobody live reads it any more (deleted snapshots' bits don't count).
+  MS_TRY(erase(chunk, e.store_chunk));
+  --exception_count_;
+  if (e.store_chunk != kZeroChunk) MS_TRY(tm_->free_chunk(e.store_chunk));
+  return Status::ok();
+}
+
+// ---------------------------------------------------------------- reads
+
+Result<ChunkMapping> BitmaskStore::lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) {
+  MS_ASSIGN_OR_RETURN(auto list, exceptions_of(chunk));
+  ChunkMapping m;
+  for (const Exception& e : list) {
+    if (!(e.mask & bit(snap))) continue;
+    m.kind = e.store_chunk == kZeroChunk ? ChunkMapping::Kind::kZero : ChunkMapping::Kind::kStore;
+    m.store_chunk = e.store_chunk;
+    if (want_exclusive) m.exclusive = (e.mask & live_) == bit(snap);
+    return m;
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- origin writes
+
+void BitmaskStore::reset_query(uint64_t chunk) {
+  q_chunk_ = chunk;
+  q_done_ = false;
+}
+
+Result<bool> BitmaskStore::query_next_remap() {
+  if (q_done_) return false;
+  q_done_ = true;  // never more than one copy
+  MS_ASSIGN_OR_RETURN(auto list, exceptions_of(q_chunk_));
+  uint64_t have = 0;
+  for (const Exception& e : list) have |= e.mask;
+  q_needed_ = live_ & ~have;
+  return q_needed_ != 0;
+}
+
+Result<uint64_t> BitmaskStore::add_next_remap(CopyDescriptor* descriptor) {
+  MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+  MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
+  MS_TRY(put(q_chunk_, chunk, q_needed_));
+  ++exception_count_;
+  *descriptor = {q_needed_, 0};
+  return chunk;
+}
+
+// ---------------------------------------------------------------- snapshot writes
+
+Result<CopyPlan> BitmaskStore::make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(tm_->reserve_meta(3 * ExceptionTree::kOpReserve));
+  const uint64_t b = bit(snap);
+  MS_ASSIGN_OR_RETURN(auto list, exceptions_of(chunk));
+  const Exception* mine = nullptr;
+  for (const Exception& e : list)
+    if (e.mask & b) mine = &e;
+  CopyPlan plan;
+  if (mine && mine->store_chunk != kZeroChunk && (mine->mask & live_) == b) return plan;  // already its own
+  MS_ASSIGN_OR_RETURN(uint64_t own, tm_->allocate_chunk());
+  plan.dests = {own};
+  if (!mine) {
+    plan.source = CopyPlan::Source::kOrigin;
+    plan.descriptor = {b, 0};
+  } else {
+    // Leave the shared (or zero) exception, taking a copy of its data along.
+    plan.source = mine->store_chunk == kZeroChunk ? CopyPlan::Source::kZero : CopyPlan::Source::kStore;
+    plan.source_chunk = mine->store_chunk;
+    plan.descriptor = {mine->mask, 0};
+    Exception e = *mine;
+    Status s = remove_bit(chunk, e, b);
+    if (!s.is_ok()) {
+      tm_->free_chunk(own).ignore();
+      return s;
+    }
+  }
+  MS_TRY(put(chunk, own, b));
+  ++exception_count_;
+  return plan;
+}
+
+Result<std::optional<CopyPlan>> BitmaskStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(tm_->reserve_meta(3 * ExceptionTree::kOpReserve));
+  const uint64_t b = bit(snap);
+  MS_ASSIGN_OR_RETURN(auto list, exceptions_of(chunk));
+  uint64_t zero_mask = 0;
+  bool has_zero = false;
+  for (const Exception& e : list) {
+    if (e.store_chunk == kZeroChunk) {
+      has_zero = true;
+      zero_mask = e.mask;
+      if (e.mask & b) return std::optional<CopyPlan>();  // already zero
+    } else if (e.mask & b) {
+      MS_TRY(remove_bit(chunk, e, b));
+    }
+  }
+  MS_TRY(put(chunk, kZeroChunk, zero_mask | b));
+  if (!has_zero) ++exception_count_;
+  return std::optional<CopyPlan>();  // zeroing never needs a copy here
+}
+
+bool BitmaskStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const {
+  return (d.a & bit(snap)) != 0;
+}
+
+// ---------------------------------------------------------------- reclaim
+
+Status BitmaskStore::reclaim_step(uint32_t budget) {
+  if (sweep_ == 0) return Status::ok();
+  std::vector<std::pair<PairKey, uint64_t>> batch;
+  {
+    ExceptionTree ex(*tm_, exceptions_root_);
+    MS_TRY(ex.scan(cursor_, [&](const PairKey& k, const MaskValue& v) {
+      batch.emplace_back(k, v.mask);
+      return batch.size() < budget;
+    }));
+  }
+  for (auto& [k, mask] : batch) {
+    uint64_t keep = mask & live_;  // deleted bits go, pending ones too (harmless)
+    if (keep == mask) continue;
+    MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+    if (keep) {
+      MS_TRY(put(k.hi, k.lo, keep));
+    } else {
+      MS_TRY(erase(k.hi, k.lo));
+      --exception_count_;
+      if (k.lo != kZeroChunk) MS_TRY(tm_->free_chunk(k.lo));
+    }
+  }
+  if (batch.size() < budget) {
+    // The pass is over: its bits are free once this commits.
+    sweep_ = pending_;
+    pending_ = 0;
+    cursor_ = {};
+  } else {
+    const PairKey& last = batch.back().first;
+    cursor_ = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+  }
+  tm_->mutable_store_area();
+  return Status::ok();
+}
+
+// ---------------------------------------------------------------- introspection
+
+StoreStats BitmaskStore::stats() {
+  StoreStats s;
+  fill_common_stats(s);
+  s.format = "bitmask";
+  s.exceptions = exception_count_;
+  s.snapshot_slots_free = 64 - static_cast<uint64_t>(std::popcount(live_ | sweep_ | pending_));
+  s.reclaim_active = sweep_ != 0;
+  uint64_t chunks = std::max<uint64_t>(1, tm_->layout().origin_chunks());
+  s.reclaim_progress = s.reclaim_active ? std::min(1.0, double(cursor_.hi) / double(chunks)) : 1.0;
+  return s;
+}
+
+std::string BitmaskStore::mask_string(uint64_t mask) const { return fmt::format("{:#018x}", mask); }
+
+Status BitmaskStore::dump(const std::function<bool(const DumpEntry&)>& fn) {
+  std::map<uint64_t, SnapshotId> by_bit;
+  MS_TRY(list_snapshots(0, [&](const SnapshotInfo& s) {
+    by_bit[s.store_key] = s.id;
+    return true;
+  }));
+  ExceptionTree ex(*tm_, exceptions_root_);
+  PairKey from{};
+  std::vector<std::pair<PairKey, uint64_t>> batch;
+  for (;;) {
+    batch.clear();
+    MS_TRY(ex.scan(from, [&](const PairKey& k, const MaskValue& v) {
+      batch.emplace_back(k, v.mask);
+      return batch.size() < 256;
+    }));
+    for (auto& [k, mask] : batch) {
+      DumpEntry d;
+      d.chunk = k.hi;
+      d.snapshots = mask_string(mask);
+      d.zero = k.lo == kZeroChunk;
+      d.store_chunk = d.zero ? 0 : k.lo;
+      for (int i = 0; i < 64; ++i)
+        if ((mask >> i) & 1 && by_bit.count(i)) d.live.push_back(by_bit[i]);
+      if (!fn(d)) return Status::ok();
+    }
+    if (batch.size() < 256) return Status::ok();
+    const PairKey& last = batch.back().first;
+    from = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+  }
+}
+
+void BitmaskStore::check(CheckReport& report) {
+  const Layout& l = tm_->layout();
+  CheckRefs refs(l, report);
+  auto problem = [&](const std::string& p) { report.problem(p); };
+  auto on_node = [&](const NodeVisit& v) { refs.meta(v.blocknr); };
+  if ((live_ & sweep_) || (live_ & pending_) || (sweep_ & pending_))
+    report.problem(fmt::format("live {}, sweep {} and pending {} masks overlap", mask_string(live_),
+                               mask_string(sweep_), mask_string(pending_)));
+  if (!sweep_ && pending_) report.problem("bits wait for a sweep but none is running");
+  uint64_t table_bits = 0;
+  check_common(report, [&](uint64_t b) { refs.meta(b); }, [&](const SnapshotInfo& s) {
+    if (s.store_key >= 64) {
+      report.problem(fmt::format("snapshot {}: bit {} is not a bit of a 64-bit mask", s.id, s.store_key));
+      return;
+    }
+    if (table_bits & bit(s)) report.problem(fmt::format("snapshot {}: bit {} is used twice", s.id, s.store_key));
+    table_bits |= bit(s);
+    if (s.parent != kOriginId) report.problem(fmt::format("snapshot {} is a snapshot of a snapshot", s.id));
+  });
+  if (table_bits != live_)
+    report.problem(fmt::format("the snapshot table uses bits {} but the live mask is {}", mask_string(table_bits),
+                               mask_string(live_)));
+  const uint64_t allowed = live_ | sweep_ | pending_;
+  uint64_t entries = 0, chunk_seen = UINT64_MAX, chunk_bits = 0;
+  ExceptionTree ex(*tm_, exceptions_root_);
+  ex.walk(on_node, [&](const PairKey& k, const MaskValue& v) {
+    ++entries;
+    std::string where = fmt::format("exception (chunk {}, {} {})", k.hi,
+                                    k.lo == kZeroChunk ? std::string("zeros") : "store chunk " + std::to_string(k.lo),
+                                    mask_string(v.mask));
+    if (k.hi != chunk_seen) chunk_seen = k.hi, chunk_bits = 0;
+    if (k.hi >= l.origin_chunks()) report.problem(where + ": chunk is past the end of the origin");
+    if (v.mask == 0) report.problem(where + ": no snapshot in it");
+    if (v.mask & ~allowed) report.problem(where + ": holds bits of no snapshot");
+    if (v.mask & chunk_bits) report.problem(where + ": a snapshot is in two exceptions of this chunk");
+    chunk_bits |= v.mask;
+    if (k.lo != kZeroChunk) refs.data(k.lo, where);
+  }, problem);
+  if (entries != exception_count_)
+    report.problem(fmt::format("the tree holds {} exceptions but the commit record says {}", entries, exception_count_));
+  refs.compare(*tm_);
+  report.note(fmt::format("bitmask store: {} snapshots ({} slots free), {} exceptions, {} of {} data chunks, {} of {} "
+                          "metadata blocks",
+                          snapshot_count_, 64 - std::popcount(allowed), entries, refs.data_used(), l.data_chunks,
+                          refs.meta_used(), l.meta_blocks));
+}
+
+}  // namespace multisnap
