@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "daemon/daemon.h"
 #include "io/file_device.h"
+#include "util/clock.h"
 #include "util/units.h"
 
 namespace multisnap::cli {

@@ -2,24 +2,18 @@
 
 #include <sys/file.h>
 
+#include <climits>
+#include <cstdlib>
+
 #include <ctime>
 #include <thread>
 
+#include "util/clock.h"
 #include "util/log.h"
 
 namespace multisnap {
 
 using control::Json;
-
-std::string iso8601(uint64_t ns) {
-  time_t secs = static_cast<time_t>(ns / 1000000000ull);
-  tm t;
-  gmtime_r(&secs, &t);
-  char buf[40];
-  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
-  snprintf(buf + n, sizeof buf - n, ".%03uZ", static_cast<unsigned>((ns / 1000000) % 1000));
-  return buf;
-}
 
 Json snapshot_json(const SnapshotInfo& s) {
   Json j;
@@ -42,7 +36,9 @@ Status lock_device(const FileDevice& dev, bool exclusive) {
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   std::unique_ptr<Daemon> d(new Daemon);
   d->options_ = options;
-  MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(options.store_path));
+  char resolved[PATH_MAX];
+  std::string store_path = ::realpath(options.store_path.c_str(), resolved) ? resolved : options.store_path;
+  MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(store_path));
   MS_TRY(lock_device(*d->store_, true));
   MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(*d->store_));
   std::string origin_path = options.origin_path.empty() ? sb.origin_path : options.origin_path;

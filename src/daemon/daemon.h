@@ -60,6 +60,5 @@ class Daemon {
 Status lock_device(const FileDevice& dev, bool exclusive);
 
 control::Json snapshot_json(const SnapshotInfo& s);
-std::string iso8601(uint64_t ns);
 
 }  // namespace multisnap

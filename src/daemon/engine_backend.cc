@@ -1,19 +1,10 @@
 #include "daemon/engine_backend.h"
 
-#include <ctime>
+#include "util/clock.h"
 
 namespace multisnap {
 
 namespace {
-
-std::string iso_time(uint64_t ns) {
-  time_t secs = static_cast<time_t>(ns / 1000000000ull);
-  tm t;
-  gmtime_r(&secs, &t);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
-  return buf;
-}
 
 class EngineExport final : public nbd::Export {
  public:
@@ -72,7 +63,7 @@ std::string EngineBackend::describe(const SnapshotInfo& s) {
   std::string d = "snapshot " + std::to_string(s.id);
   if (!s.name.empty()) d += " '" + s.name + "'";
   d += s.parent == kOriginId ? " of the origin" : " of snapshot " + std::to_string(s.parent);
-  return d + ", taken " + iso_time(s.created_ns);
+  return d + ", taken " + iso8601(s.created_ns);
 }
 
 nbd::ExportInfo EngineBackend::info_for(const Volume& v, const std::string& description) const {

@@ -3,17 +3,12 @@
 #include <chrono>
 
 #include "engine/core.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 namespace multisnap {
 
 namespace {
-uint64_t wall_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 bool all_digits(std::string_view s) {
   return !s.empty() && s.size() <= 10 && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
@@ -84,7 +79,7 @@ Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::
       result = s.annotate("flushing the origin before the snapshot");
       return;
     }
-    result = core_->store().create_snapshot(of, name, wall_ns());
+    result = core_->store().create_snapshot(of, name, wall_clock_ns());
     if (!result.is_ok()) return;
     s = core_->commit_now();
     if (!s.is_ok()) result = s;

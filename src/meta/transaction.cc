@@ -4,17 +4,12 @@
 #include <chrono>
 #include <cstring>
 
+#include "util/clock.h"
 #include "util/units.h"
 
 namespace multisnap {
 
 namespace {
-uint64_t now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 size_t selector_bytes(const Layout& l) {
   return div_round_up(l.meta_bitmaps, 4) + div_round_up(l.data_bitmaps, 4);
 }
@@ -229,7 +224,7 @@ Status TransactionManager::commit() {
   // 2. The record, in the slot the previous commit did not use.
   std::vector<uint8_t> rec(size_t{l.commit_blocks} * kBlockSize, 0);
   auto* r = reinterpret_cast<CommitRecordDisk*>(rec.data());
-  uint64_t now = now_ns();
+  uint64_t now = wall_clock_ns();
   r->commit_time_ns = now;
   r->record_blocks = l.commit_blocks;
   r->bitmaps = l.meta_bitmaps + l.data_bitmaps;

@@ -58,6 +58,11 @@ struct PairKeyTraits {
   static std::string key_string(const Key& k) { return "(" + std::to_string(k.hi) + ", " + std::to_string(k.lo) + ")"; }
 };
 
+// The key right after k (for resuming a scan after k).
+inline PairKey next_key(const PairKey& k) {
+  return k.lo == UINT64_MAX ? PairKey{k.hi + 1, 0} : PairKey{k.hi, k.lo + 1};
+}
+
 struct U64Value {
   uint64_t v = 0;
   void encode(uint8_t* p) const { store_le(p, v); }

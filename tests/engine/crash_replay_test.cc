@@ -212,15 +212,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       crash.keep_probability = variant == 0 ? 0.5 : 0.0;
       o.crash(rng, crash);
       s.crash(rng, crash);
-      {
-        TmOptions ro;
-        ro.read_only = true;
-        auto st = open_store(s, ro);
-        ASSERT_TRUE(st.is_ok()) << st.status().to_string();
-        CheckReport report;
-        (*st)->check(report);
-        for (auto& p : report.problems()) ADD_FAILURE() << p;
-      }
+      for (auto& p : testing::check_store(s)) ADD_FAILURE() << p;
       EngineOptions eo;
       eo.threaded = false;
       eo.io = EngineOptions::Io::kSync;

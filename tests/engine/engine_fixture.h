@@ -8,6 +8,7 @@
 #include "engine/engine.h"
 #include "io/fault_device.h"
 #include "io/memory_device.h"
+#include "store/check_store.h"
 
 namespace multisnap::testing {
 
@@ -90,15 +91,7 @@ class EngineHarness {
   }
 
   // Opens the store read-only on the same devices and checks it.
-  std::vector<std::string> check() {
-    TmOptions ro;
-    ro.read_only = true;
-    auto st = open_store(store_mem_, ro);
-    if (!st.is_ok()) return {"open: " + st.status().to_string()};
-    CheckReport report;
-    (*st)->check(report);
-    return report.problems();
-  }
+  std::vector<std::string> check() { return check_store(store_mem_); }
 
   // Makes every later I/O fail (the power is off), as a crash sees it.
   void cut_power() {

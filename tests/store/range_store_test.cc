@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "io/memory_device.h"
+#include "store/check_store.h"
 
 namespace multisnap {
 namespace {
@@ -55,13 +56,7 @@ class RangeStoreTest : public ::testing::Test {
   }
   void expect_clean() {
     ASSERT_TRUE(store_->commit().is_ok());
-    TmOptions ro;
-    ro.read_only = true;
-    auto r = open_store(dev_, ro);
-    ASSERT_TRUE(r.is_ok());
-    CheckReport report;
-    (*r)->check(report);
-    for (auto& p : report.problems()) ADD_FAILURE() << p;
+    for (auto& p : testing::check_store(dev_)) ADD_FAILURE() << p;
   }
   ChunkMapping map(uint64_t chunk, const SnapshotInfo& s) {
     auto r = store_->lookup(chunk, s, true);

@@ -244,8 +244,7 @@ Status BitmaskStore::reclaim_step(uint32_t budget) {
     pending_ = 0;
     cursor_ = {};
   } else {
-    const PairKey& last = batch.back().first;
-    cursor_ = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+    cursor_ = next_key(batch.back().first);
   }
   tm_->mutable_store_area();
   return Status::ok();
@@ -293,8 +292,7 @@ Status BitmaskStore::dump(const std::function<bool(const DumpEntry&)>& fn) {
       if (!fn(d)) return Status::ok();
     }
     if (batch.size() < 256) return Status::ok();
-    const PairKey& last = batch.back().first;
-    from = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+    from = next_key(batch.back().first);
   }
 }
 

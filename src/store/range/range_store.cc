@@ -357,8 +357,7 @@ Status RangeStore::reclaim_step(uint32_t budget) {
     if (reclaim_flags_ & kReclaimAgain) reclaim_flags_ = kReclaimActive;
     else reclaim_flags_ = 0;
   } else {
-    const PairKey& last = batch.back().key;
-    reclaim_cursor_ = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+    reclaim_cursor_ = next_key(batch.back().key);
   }
   tm_->mutable_store_area();  // the cursor moved: worth a commit even if nothing was freed
   return Status::ok();
@@ -403,8 +402,7 @@ Status RangeStore::dump(const std::function<bool(const DumpEntry&)>& fn) {
       if (!fn(d)) return Status::ok();
     }
     if (batch.size() < 256) return Status::ok();
-    const PairKey& last = batch.back().key;
-    from = last.lo == UINT64_MAX ? PairKey{last.hi + 1, 0} : PairKey{last.hi, last.lo + 1};
+    from = next_key(batch.back().key);
   }
 }
 
