@@ -66,10 +66,11 @@ Result<std::unique_ptr<FileDevice>> open_store_file(const CreateArgs& a, uint64_
         return make_error(Code::kExists, "{} exists and is not empty; use --force to overwrite it", a.store);
     }
     if (!a.store_size.empty() && !S_ISBLK(st.st_mode)) {
+      // Resize only under the lock: it may be a store someone is serving.
+      MS_TRY(lock_device(*dev, true));
       MS_ASSIGN_OR_RETURN(uint64_t size, parse_size(a.store_size));
-      if (::truncate(a.store.c_str(), static_cast<off_t>(size)) != 0)
-        return errno_status(errno, "cannot size " + a.store);
-      return FileDevice::open(a.store);
+      if (::ftruncate(dev->fd(), static_cast<off_t>(size)) != 0) return errno_status(errno, "cannot size " + a.store);
+      return FileDevice::open(a.store);  // the lock stays with the first descriptor until exit
     }
     return dev;
   }

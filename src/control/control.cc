@@ -130,10 +130,12 @@ class ControlServer::Impl {
       if (live) return make_error(Code::kBusy, "another multisnap is already listening on {}", path_);
       ::unlink(path_.c_str());
     }
-    mode_t old = ::umask(0177);
-    int r = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    ::umask(old);
-    if (r != 0) return errno_status(errno, "cannot listen on " + path_);
+    // The mode set on the socket before bind() is the file's from the start
+    // (no process-wide umask change while other threads run).
+    ::fchmod(listen_fd_, mode);
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+      return errno_status(errno, "cannot listen on " + path_);
+    bound_ = true;
     ::chmod(path_.c_str(), mode);
     if (::listen(listen_fd_, 64) != 0) return errno_status(errno, "listen on " + path_);
     accept_thread_ = std::thread([this] { accept_loop(); });
@@ -144,10 +146,8 @@ class ControlServer::Impl {
     if (stopped_.exchange(true)) return;
     if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
     if (accept_thread_.joinable()) accept_thread_.join();
-    if (listen_fd_ >= 0) {
-      ::close(listen_fd_);
-      ::unlink(path_.c_str());
-    }
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (bound_) ::unlink(path_.c_str());  // only a file this server made
     std::list<Conn> conns;
     {
       std::lock_guard lock(mu_);
@@ -220,6 +220,7 @@ class ControlServer::Impl {
   std::string path_;
   Handler handler_;
   int listen_fd_ = -1;
+  bool bound_ = false;
   std::atomic<bool> stopped_{false};
   std::thread accept_thread_;
   std::mutex mu_;

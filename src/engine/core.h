@@ -12,8 +12,10 @@
 //      commit happens only when no job is in flight.
 //  E4. slots_used_ <= max(copy_slots, 2): copy I/O in flight is bounded (a
 //      split needing two chunks may run alone when copy_slots is 1).
-//  E5. A chunk's ChunkState exists only while it has jobs, origin readers
-//      or waiters.
+//  E5. A chunk's ChunkState exists only while it has jobs, origin readers,
+//      store I/O or waiters.
+//  E6. A store chunk a snapshot is reading or writing is not freed (a whole
+//      chunk zeroed waits for that I/O), so it cannot be reused under it.
 #pragma once
 
 #include <chrono>
@@ -58,13 +60,15 @@ struct Request {
   uint32_t pending = 0;
   Status status;
   std::vector<uint64_t> origin_read_chunks;  // registered as origin readers
+  std::vector<uint64_t> store_io_chunks;     // registered as store I/O
   bool is_write = false;                     // counts toward quiesce
   bool retried = false;
 };
 
 struct ChunkState {
   std::vector<CopyJob*> jobs;
-  uint32_t origin_readers = 0;
+  uint32_t origin_readers = 0;  // snapshot reads from the origin in flight
+  uint32_t store_io = 0;        // snapshot reads and writes of store chunks in flight
   std::vector<Request*> waiters;
 };
 
@@ -139,6 +143,7 @@ class EngineCore {
   void process_flush(Request* r);
   void process_block_status(Request* r);
   void issue(Request* r);
+  void register_store_io(Request* r, std::vector<uint64_t> chunks);
   void op_done(Request* r, Status s);
   void finish(Request* r, Status s);
   bool store_writable(Request* r);
@@ -201,6 +206,7 @@ class EngineCore {
   std::vector<Request*> quiesce_waiters_;
   std::vector<CopyJob*> jobs_done_;
   uint32_t slots_used_ = 0;
+  bool commit_due_ = false;  // metadata changed outside a job (reclaim): commit before new copies
   uint32_t jobs_in_flight_ = 0;
   uint64_t writes_in_flight_ = 0;
   std::vector<uint8_t*> free_buffers_;
@@ -208,6 +214,7 @@ class EngineCore {
   uint8_t* zero_buffer_ = nullptr;
   std::chrono::steady_clock::time_point last_commit_;
   std::chrono::steady_clock::time_point last_reclaim_;
+  std::chrono::milliseconds reclaim_pause_{0};  // backs off after a failed step
   bool loop_exit_ = false;
 };
 

@@ -90,7 +90,8 @@ Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::
 
 Status Engine::delete_snapshot(SnapshotId id) {
   Status result;
-  core_->run_control(false, [&] {
+  // Quiesced: its commit must not happen while a copy is in flight.
+  core_->run_control(true, [&] {
     if (core_->open_count(id) > 0) {
       result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
       return;

@@ -1,5 +1,6 @@
 // Copy jobs, chunk conflicts and the waiting lists (see core.h).
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 
 #include "engine/core.h"
@@ -10,7 +11,7 @@ namespace multisnap {
 void EngineCore::tidy_chunk(uint64_t c) {
   auto it = chunks_.find(c);
   if (it != chunks_.end() && it->second.jobs.empty() && it->second.origin_readers == 0 &&
-      it->second.waiters.empty())
+      it->second.store_io == 0 && it->second.waiters.empty())
     chunks_.erase(it);
 }
 
@@ -52,7 +53,7 @@ void EngineCore::release(std::vector<Request*>& waiters) {
 
 bool EngineCore::can_start_job(uint32_t slots) {
   // A commit that is due goes first: new copies would only delay it.
-  if (!jobs_done_.empty()) return false;
+  if (!jobs_done_.empty() || commit_due_) return false;
   // A job that needs two chunks (a split) may run alone even with one slot.
   return slots_used_ + slots <= options_.copy_slots || (slots_used_ == 0 && slots <= 2);
 }
@@ -186,11 +187,14 @@ EngineCore::Prep EngineCore::prepare_writable(Request* r, uint64_t c, ChunkMappi
 }
 
 Status EngineCore::commit_now() {
+  assert(jobs_in_flight_ == 0);  // E3
+  bool was_ok = store_->tm().status().is_ok();
+  commit_due_ = false;
   Status s = store_->commit();
   last_commit_ = std::chrono::steady_clock::now();
   AtomicCounters::add(counters_.commits);
   if (!s.is_ok()) store_failed_ = true;
-  if (!s.is_ok()) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());
+  if (!s.is_ok() && was_ok) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());
   std::vector<CopyJob*> done;
   done.swap(jobs_done_);
   for (CopyJob* job : done) {

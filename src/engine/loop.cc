@@ -278,26 +278,30 @@ void EngineCore::run_controls() {
 
 void EngineCore::maybe_commit() {
   if (jobs_in_flight_ > 0) return;  // E3: never commit a remap before its copy is done
-  bool due = !jobs_done_.empty() || !commit_waiters_.empty();
-  if (!due && store_->tm().has_changes() &&
+  bool due = !jobs_done_.empty() || !commit_waiters_.empty() || commit_due_;
+  if (!due && store_->tm().has_changes() && store_->tm().status().is_ok() &&
       std::chrono::steady_clock::now() - last_commit_ > std::chrono::milliseconds(options_.commit_interval_ms))
     due = true;
   if (due) commit_now().ignore();
 }
 
+// One bounded step of background reclaim, then a commit as soon as no copy
+// is in flight (copies in flight may finish first; new ones wait for it).
 void EngineCore::maybe_reclaim() {
-  if (!store_->reclaim_pending() || !store_->tm().status().is_ok()) return;
-  if (jobs_in_flight_ > 0 || !jobs_done_.empty()) return;
+  if (!store_->reclaim_pending() || !store_->tm().status().is_ok() || commit_due_) return;
   auto now = std::chrono::steady_clock::now();
   bool idle_now = run_queue_.empty() && writes_in_flight_ == 0 && io_->in_flight() == 0;
-  if (!idle_now && now - last_reclaim_ < kReclaimPacing) return;
+  if (now - last_reclaim_ < (idle_now ? reclaim_pause_ : std::max(reclaim_pause_, kReclaimPacing))) return;
   last_reclaim_ = now;
   Status s = store_->reclaim_step(options_.reclaim_budget);
+  commit_due_ = true;  // what the step did (maybe part of it) is committed either way
   if (!s.is_ok()) {
-    MS_LOG_WARN("background reclaim: {}", s.to_string());
+    if (reclaim_pause_ == std::chrono::milliseconds(0)) MS_LOG_WARN("background reclaim paused: {}", s.to_string());
+    reclaim_pause_ = std::chrono::seconds(5);
     return;
   }
-  commit_now().ignore();
+  reclaim_pause_ = std::chrono::milliseconds(0);
+  maybe_commit();
 }
 
 void EngineCore::step(bool may_block) {
@@ -321,6 +325,7 @@ void EngineCore::step(bool may_block) {
     busy = busy || !incoming_.empty() || !incoming_controls_.empty();
   }
   int timeout = store_->reclaim_pending() ? 100 : static_cast<int>(options_.commit_interval_ms);
+  if (commit_due_) timeout = 10;
   io_->run(may_block && !busy && !loop_exit_, timeout);
 }
 
@@ -338,7 +343,7 @@ void EngineCore::check_invariants() const {
   assert(slots_used_ <= std::max<uint32_t>(options_.copy_slots, 2));  // E4
   for (const auto& [c, cs] : chunks_) {
     (void)c;
-    assert(!cs.jobs.empty() || cs.origin_readers > 0 || !cs.waiters.empty());  // E5
+    assert(!cs.jobs.empty() || cs.origin_readers > 0 || cs.store_io > 0 || !cs.waiters.empty());  // E5
   }
 }
 

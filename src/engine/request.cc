@@ -183,7 +183,7 @@ void EngineCore::process_snapshot_read(Request* r) {
     maps.emplace_back(c, m);
   }
   const Layout& l = store_->layout();
-  std::vector<uint64_t> from_origin;
+  std::vector<uint64_t> from_origin, from_store;
   for (auto& [c, m] : maps) {
     auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
     uint8_t* dst = r->io.buf + (lo - r->io.offset);
@@ -193,15 +193,18 @@ void EngineCore::process_snapshot_read(Request* r) {
         add_op(r->ops, IoOp::Kind::kRead, &origin_, lo, dst, len, false);
         break;
       case ChunkMapping::Kind::kStore:
+        from_store.push_back(c);
         add_op(r->ops, IoOp::Kind::kRead, &store_dev_, l.data_offset(m.store_chunk) + (lo - c * chunk_size_),
                dst, len, false);
         break;
       case ChunkMapping::Kind::kZero: std::memset(dst, 0, len); break;
     }
   }
-  // Origin writes to these chunks wait until the reads are done.
+  // Origin writes to these chunks wait until the reads are done (E2), and
+  // so does zeroing a chunk being read from the store (E6).
   for (uint64_t c : from_origin) ++chunk(c).origin_readers;
   r->origin_read_chunks = std::move(from_origin);
+  register_store_io(r, std::move(from_store));
   issue(r);
 }
 
@@ -222,6 +225,10 @@ void EngineCore::process_snapshot_write(Request* r) {
       auto m = store_->lookup(c, s, false);
       if (!m.is_ok()) return finish(r, m.status());
       if (m->kind == ChunkMapping::Kind::kZero) continue;  // reads zeros already (shared or not)
+      if (auto it = chunks_.find(c); it != chunks_.end() && it->second.store_io > 0) {
+        park_on_chunk(r, c);  // E6: the chunk may be freed; let its I/O finish first
+        return;
+      }
       if (!can_start_job(1)) {
         r->retried = true;
         job_waiters_.push_back(r);
@@ -229,7 +236,7 @@ void EngineCore::process_snapshot_write(Request* r) {
       }
       auto plan = store_->zero_chunk(c, s);
       if (!plan.is_ok()) return finish(r, plan.status());
-      start_job(c, plan->value_or(CopyPlan{}));
+      start_job(c, *plan);
       waiting_on = c;
       continue;
     }
@@ -246,17 +253,20 @@ void EngineCore::process_snapshot_write(Request* r) {
     park_on_chunk(r, *waiting_on);
     return;
   }
+  std::vector<uint64_t> touched;
   for (auto& [c, m] : ready) {
     auto [lo, len] = part_in_chunk(r->io.offset, r->io.length, c, chunk_size_);
     uint64_t dev_off = l.data_offset(m.store_chunk) + (lo - c * chunk_size_);
-    if (zeroing) add_op(r->ops, IoOp::Kind::kWriteZeroes, &store_dev_, dev_off, nullptr, len, false);
+    if (zeroing) add_op(r->ops, IoOp::Kind::kWriteZeroes, &store_dev_, dev_off, nullptr, len, r->io.fua);
     else add_op(r->ops, IoOp::Kind::kWrite, &store_dev_, dev_off, r->io.buf + (lo - r->io.offset), len, r->io.fua);
+    touched.push_back(c);
   }
   r->is_write = true;
   if (r->ops.empty()) {
     finish(r, Status::ok());  // nothing left to write: only zero entries, now committed
     return;
   }
+  register_store_io(r, std::move(touched));
   issue(r);
 }
 
@@ -309,6 +319,11 @@ void EngineCore::process_block_status(Request* r) {
   finish(r, Status::ok());
 }
 
+void EngineCore::register_store_io(Request* r, std::vector<uint64_t> chunks) {
+  for (uint64_t c : chunks) ++chunk(c).store_io;
+  r->store_io_chunks = std::move(chunks);
+}
+
 void EngineCore::issue(Request* r) {
   r->pending = static_cast<uint32_t>(r->ops.size());
   if (r->is_write) ++writes_in_flight_;
@@ -331,6 +346,12 @@ void EngineCore::op_done(Request* r, Status s) {
     tidy_chunk(c);
   }
   r->origin_read_chunks.clear();
+  for (uint64_t c : r->store_io_chunks) {
+    ChunkState& cs = chunk(c);
+    if (--cs.store_io == 0) release(cs.waiters);
+    tidy_chunk(c);
+  }
+  r->store_io_chunks.clear();
   if (r->is_write) --writes_in_flight_;
   finish(r, r->status);
 }

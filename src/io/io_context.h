@@ -36,6 +36,12 @@ struct IoOp {
 
 // Runs the op synchronously on its device.
 Status execute_sync(IoOp& op);
+// Calls op's done callback. The callback is moved out first: it may destroy
+// the op (and the object holding it) while it runs.
+inline void complete(IoOp* op, Status status) {
+  auto done = std::move(op->done);
+  done(std::move(status));
+}
 
 class IoContext {
  public:

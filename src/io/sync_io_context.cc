@@ -18,8 +18,13 @@ Status execute_sync(IoOp& op) {
       return op.fua ? op.dev->write_fua(op.offset, op.buf, op.len)
                     : op.dev->write(op.offset, op.buf, op.len);
     case IoOp::Kind::kFlush: return op.dev->flush();
-    case IoOp::Kind::kDiscard: return op.dev->discard(op.offset, op.len);
-    case IoOp::Kind::kWriteZeroes: return op.dev->write_zeroes(op.offset, op.len);
+    case IoOp::Kind::kDiscard:
+    case IoOp::Kind::kWriteZeroes: {
+      Status s = op.kind == IoOp::Kind::kDiscard ? op.dev->discard(op.offset, op.len)
+                                                 : op.dev->write_zeroes(op.offset, op.len);
+      if (s.is_ok() && op.fua) s = op.dev->flush();  // durable when done
+      return s;
+    }
   }
   return make_error(Code::kInvalidArgument, "unknown I/O kind");
 }
@@ -59,7 +64,7 @@ class SyncIoContext final : public IoContext {
       auto [op, status] = std::move(ready_.front());
       ready_.pop_front();
       ++n;
-      op->done(std::move(status));
+      complete(op, std::move(status));
     }
     return n;
   }
@@ -91,7 +96,7 @@ class ReorderingIoContext final : public IoContext {
     std::vector<Status> results;
     results.reserve(batch.size());
     for (IoOp* op : batch) results.push_back(execute_sync(*op));
-    for (size_t i = 0; i < batch.size(); ++i) batch[i]->done(std::move(results[i]));
+    for (size_t i = 0; i < batch.size(); ++i) complete(batch[i], std::move(results[i]));
     return batch.size();
   }
   void wake() override { waiter_.wake(); }

@@ -126,7 +126,7 @@ class UringIoContext final : public IoContext {
       auto [op, status] = std::move(ready_.front());
       ready_.pop_front();
       ++n;
-      op->done(std::move(status));
+      complete(op, std::move(status));
     }
     return n;
   }

@@ -147,17 +147,20 @@ Result<BlockRef> TransactionManager::read(uint64_t blocknr, BlockType type) {
 
 Status TransactionManager::reserve_meta(uint64_t blocks) {
   MS_TRY(writable());
-  if (meta_->total() - meta_->used() < blocks)
+  // Blocks freed in this transaction are not reusable before it commits.
+  uint64_t unavailable = meta_->used() + meta_->freed_this_transaction();
+  if (unavailable >= meta_->total() || meta_->total() - unavailable < blocks)
     return make_error(Code::kNoSpace,
-                      "the store's metadata area is full ({} of {} blocks in use, this update needs {} free)",
-                      meta_->used(), meta_->total(), blocks);
+                      "the store's metadata area is full ({} of {} blocks in use, {} more freed but not reusable "
+                      "before the next commit; this update needs {})",
+                      meta_->used(), meta_->total(), meta_->freed_this_transaction(), blocks);
   return Status::ok();
 }
 
 Result<BlockRef> TransactionManager::new_block(BlockType type) {
   MS_TRY(writable());
   auto unit = meta_->allocate();
-  if (!unit.is_ok()) return unit.status();
+  if (!unit.is_ok()) return unit.status().code() == Code::kNoSpace ? unit.status() : fail(unit.status());
   uint64_t blocknr = sb_.layout.meta_start + *unit;
   auto ref = cache_->create(blocknr);
   if (!ref.is_ok()) return fail(ref.status());
@@ -188,7 +191,8 @@ Status TransactionManager::free_block(uint64_t blocknr) {
   MS_TRY(writable());
   if (!in_meta_pool(blocknr))
     return make_error(Code::kCorruption, "freeing block {} outside the metadata area", blocknr);
-  MS_TRY(meta_->free(blocknr - sb_.layout.meta_start));
+  Status s = meta_->free(blocknr - sb_.layout.meta_start);
+  if (!s.is_ok()) return fail(s);
   cache_->forget(blocknr);
   changed_ = true;
   return Status::ok();
@@ -196,14 +200,16 @@ Status TransactionManager::free_block(uint64_t blocknr) {
 
 Result<uint64_t> TransactionManager::allocate_chunk() {
   MS_TRY(writable());
-  MS_ASSIGN_OR_RETURN(uint64_t chunk, data_->allocate());
+  auto chunk = data_->allocate();
+  if (!chunk.is_ok()) return chunk.status().code() == Code::kNoSpace ? chunk.status() : fail(chunk.status());
   changed_ = true;
   return chunk;
 }
 
 Status TransactionManager::free_chunk(uint64_t chunk) {
   MS_TRY(writable());
-  MS_TRY(data_->free(chunk));
+  Status s = data_->free(chunk);
+  if (!s.is_ok()) return fail(s);
   changed_ = true;
   return Status::ok();
 }

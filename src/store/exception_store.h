@@ -147,9 +147,11 @@ class ExceptionStore {
   // For a mapping that is not exclusive (or a zero mapping about to be
   // partly written): records S's own chunk and says how to fill it.
   virtual Result<CopyPlan> make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) = 0;
-  // Makes the whole chunk read as zeros for S, freeing S's own copy. May
-  // need a copy to keep sharers intact (returned), or none.
-  virtual Result<std::optional<CopyPlan>> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) = 0;
+  // Makes the whole chunk read as zeros for S, freeing S's own copy. The
+  // plan may need a copy to keep sharers intact (dests), or none; either way
+  // its descriptor covers every snapshot whose mapping or sharing changed,
+  // which must not write in place before the change is committed.
+  virtual Result<CopyPlan> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) = 0;
 
   // ---- conflicts
   virtual bool conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const = 0;

@@ -131,6 +131,17 @@ void StoreBase::load_common() {
   snapshot_count_ = load_le<uint32_t>(a + 20);
 }
 
+Status StoreBase::apply(const std::function<Status()>& change) {
+  Status s = change();
+  if (!s.is_ok()) return tm_->fail(s.annotate("updating the store"));
+  return s;
+}
+
+Status StoreBase::reserve(uint64_t tree_ops) {
+  // Every tree here has kOpReserve 16: the bound for any of them.
+  return tm_->reserve_meta(tree_ops * BTree<SnapshotTableTraits>::kOpReserve);
+}
+
 Status StoreBase::commit() {
   StoreArea next{};
   uint8_t* a = next.data();
@@ -153,10 +164,10 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
   }
   if (next_id_ == UINT32_MAX)
     return make_error(Code::kNoSpace, "all 2^32-1 snapshot IDs have been used");
-  MS_TRY(tm_->reserve_meta(3 * BTree<SnapshotTableTraits>::kOpReserve));
-  SnapshotTree snaps(*tm_, snapshots_root_);
+  MS_TRY(reserve(5));  // records (new and parent), name, the format's own index
   std::optional<SnapshotRecord> parent_record;
   if (parent && *parent != kOriginId) {
+    SnapshotTree snaps(*tm_, snapshots_root_);
     MS_ASSIGN_OR_RETURN(auto pr, snaps.lookup(*parent));
     if (!pr) return make_error(Code::kNotFound, "there is no snapshot {}", *parent);
     parent_record = std::move(*pr);
@@ -168,35 +179,44 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
   rec.parent = parent.value_or(kOriginId);
   rec.name = name;
   SnapshotId id = next_id_;
-  if (parent_record) MS_TRY(snaps.insert(*parent, *parent_record));
-  MS_TRY(snaps.insert(id, rec));
-  snapshots_root_ = snaps.root();
-  if (!name.empty()) {
-    NameTree names(*tm_, names_root_);
-    MS_TRY(names.insert({name_hash(name), id}, {id}));
-    names_root_ = names.root();
-  }
-  ++next_id_;
-  ++snapshot_count_;
   SnapshotInfo info = to_info(id, rec);
-  MS_TRY(on_created(info));
+  MS_TRY(apply([&]() -> Status {
+    SnapshotTree snaps(*tm_, snapshots_root_);
+    if (parent_record) MS_TRY(snaps.insert(*parent, *parent_record));
+    Status s = snaps.insert(id, rec);
+    snapshots_root_ = snaps.root();
+    MS_TRY(s);
+    if (!name.empty()) {
+      NameTree names(*tm_, names_root_);
+      s = names.insert({name_hash(name), id}, {id});
+      names_root_ = names.root();
+      MS_TRY(s);
+    }
+    ++next_id_;
+    ++snapshot_count_;
+    return on_created(info);
+  }));
   return info;
 }
 
 Status StoreBase::delete_snapshot(SnapshotId id) {
   MS_ASSIGN_OR_RETURN(auto found, find_snapshot(id));
   if (!found) return make_error(Code::kNotFound, "there is no snapshot {}", id);
-  MS_TRY(tm_->reserve_meta(3 * BTree<SnapshotTableTraits>::kOpReserve));
-  SnapshotTree snaps(*tm_, snapshots_root_);
-  MS_TRY(snaps.remove(id).status());
-  snapshots_root_ = snaps.root();
-  if (!found->name.empty()) {
-    NameTree names(*tm_, names_root_);
-    MS_TRY(names.remove({name_hash(found->name), id}).status());
-    names_root_ = names.root();
-  }
-  --snapshot_count_;
-  return on_deleted(*found);
+  MS_TRY(reserve(3));
+  return apply([&]() -> Status {
+    SnapshotTree snaps(*tm_, snapshots_root_);
+    Status s = snaps.remove(id).status();
+    snapshots_root_ = snaps.root();
+    MS_TRY(s);
+    if (!found->name.empty()) {
+      NameTree names(*tm_, names_root_);
+      s = names.remove({name_hash(found->name), id}).status();
+      names_root_ = names.root();
+      MS_TRY(s);
+    }
+    --snapshot_count_;
+    return on_deleted(*found);
+  });
 }
 
 Result<std::optional<SnapshotInfo>> StoreBase::find_snapshot(SnapshotId id) {

@@ -89,6 +89,15 @@ class StoreBase : public ExceptionStore {
   // Writes the format's roots and counters into the store area (bytes 64..).
   virtual void save_specific(uint8_t* area) = 0;
 
+  // Runs the part of an update that changes metadata, after everything that
+  // may fail cleanly (checks, space reservations, chunk allocations) has been
+  // done. If it still fails (an I/O error, or a reservation that fell short)
+  // the in-memory state may be half changed, so the transaction manager is
+  // failed and none of it can be committed: the store reopens as it was.
+  Status apply(const std::function<Status()>& change);
+  // Reserves metadata blocks for `tree_ops` B-tree inserts or removes.
+  Status reserve(uint64_t tree_ops);
+
   void fill_common_stats(StoreStats& s);
   // Checks the snapshot and name trees; records their blocks in `meta_refs`.
   void check_common(CheckReport& report, const std::function<void(uint64_t)>& meta_ref,

@@ -142,6 +142,66 @@ TEST_P(ErrorTest, RandomFaultsNeverCorruptTheStore) {
   }
 }
 
+// Deleting a snapshot commits; that commit must not include the remap of a
+// copy still in flight (whose write then fails here).
+TEST_P(ErrorTest, DeleteDoesNotCommitARemapWhoseCopyIsInFlight) {
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    EngineParams p = params();
+    p.io = EngineOptions::Io::kReordering;
+    p.seed = seed;
+    EngineHarness h(p);
+    h.open();
+    auto origin = h.volume("origin");
+    std::vector<uint8_t> aa(4096, 0xaa), bb(4096, 0xbb);
+    ASSERT_TRUE(h.write(origin, 0, aa).is_ok());
+    SnapshotId s1 = h.snapshot();
+    SnapshotId s2 = h.snapshot();
+    bool done = false;
+    h.engine().submit(origin, {IoRequest::Op::kWrite, 0, 4096, bb.data(), false}, [&](Status) { done = true; });
+    h.engine().poll();  // the copy job starts
+    FaultRule fr;
+    fr.op = FaultOp::kWrite;
+    fr.window_offset = h.engine().layout().data_start;
+    h.store_dev().add_rule(fr);  // its write to the new chunk fails
+    // The delete waits for the copy; it then fails with the store.
+    EXPECT_EQ(h.engine().delete_snapshot(s2).code(), Code::kFailed);
+    while (!done) h.engine().poll();
+    origin.reset();
+    h.close();
+    h.store_dev().clear_rules();
+    for (auto& pr : h.check()) ADD_FAILURE() << pr;
+    h.open();
+    EXPECT_EQ(h.read(h.volume("snapshot/" + std::to_string(s1)), 0, 4096), aa) << "seed " << seed;
+    h.close();
+  }
+}
+
+// Zeroing S2's view of a chunk it shares with S1 leaves S1 alone on it; S1
+// must not write into it in place before that is committed, or a failed
+// commit would leave S2 showing S1's data.
+TEST_P(ErrorTest, ZeroingASharedChunkMakesTheOtherSharerWait) {
+  std::vector<uint8_t> aa(4096, 0xaa), cc(4096, 0xcc), bb(4096, 0xbb);
+  ASSERT_TRUE(h_->write(origin_, 0, aa).is_ok());
+  SnapshotId s1 = h_->snapshot();
+  SnapshotId s2 = h_->snapshot();
+  ASSERT_TRUE(h_->write(origin_, 0, cc).is_ok());  // one chunk, shared by s1 and s2, committed
+  auto v1 = h_->volume("snapshot/" + std::to_string(s1));
+  auto v2 = h_->volume("snapshot/" + std::to_string(s2));
+  FaultRule fr;
+  fr.op = FaultOp::kFlush;
+  fr.sticky = true;
+  h_->store_dev().add_rule(fr);  // every commit from now on fails
+  int done = 0;
+  h_->engine().submit(v2, {IoRequest::Op::kTrim, 0, 4096, nullptr, false}, [&](Status) { ++done; });
+  h_->engine().submit(v1, {IoRequest::Op::kWrite, 0, 4096, bb.data(), false}, [&](Status) { ++done; });
+  while (done < 2) h_->engine().poll();
+  v1.reset();
+  v2.reset();
+  reopen();
+  EXPECT_EQ(h_->read(h_->volume("snapshot/" + std::to_string(s2)), 0, 4096), aa);
+  EXPECT_EQ(h_->read(h_->volume("snapshot/" + std::to_string(s1)), 0, 4096), aa);
+}
+
 class FullStoreTest : public ErrorTest {
  protected:
   EngineParams params() override {

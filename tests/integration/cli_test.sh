@@ -29,6 +29,17 @@ expect_fail "no multisnap is serving" ms snapshot list
 start_serve
 expect_fail "in use" ms check store.img
 expect_fail "in use\|already" "$MULTISNAP" serve store.img --nbd unix:$WORK/other.sock --control $WORK/other.ctl
+# Nothing a refused command touches is harmed: the running store, its
+# control socket, a file given by mistake.
+size_before=$(stat -c %s store.img)
+expect_fail "in use" ms create other-origin.img store.img --origin-size 1M --force --store-size 1M
+[ "$(stat -c %s store.img)" = "$size_before" ] || fail "a refused create resized the served store"
+create_store o2.img s2.img --origin-size 8M >/dev/null
+expect_fail "already listening" "$MULTISNAP" serve s2.img --nbd unix:$WORK/s2.sock --control "$MULTISNAP_CONTROL"
+ms status >/dev/null || fail "the first serve lost its control socket"
+echo "keep me" > notes.txt
+expect_fail "not a socket" "$MULTISNAP" serve s2.img --nbd unix:$WORK/s2.sock --control notes.txt
+[ "$(cat notes.txt)" = "keep me" ] || fail "serve removed a file given as --control"
 
 id1=$(ms snapshot create --name base)
 [ "$id1" = 1 ] || fail "first snapshot ID is $id1"

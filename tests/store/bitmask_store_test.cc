@@ -123,15 +123,17 @@ TEST_F(BitmaskStoreTest, ZeroingNeverCopies) {
   SnapshotInfo a = snap(), b = snap();
   EXPECT_EQ(origin_write(1), 1u);  // {a, b} share one chunk
   uint64_t used = store_->stats().data_chunks_used;
-  ASSERT_FALSE(store_->zero_chunk(1, a)->has_value());
+  auto z = store_->zero_chunk(1, a);
+  ASSERT_TRUE(z->dests.empty());
+  EXPECT_TRUE(store_->conflicts(z->descriptor, b));  // b now owns the chunk alone: it waits for the commit
   EXPECT_EQ(map(1, a).kind, ChunkMapping::Kind::kZero);
   EXPECT_EQ(map(1, b).kind, ChunkMapping::Kind::kStore);
   EXPECT_TRUE(map(1, b).exclusive);
-  ASSERT_FALSE(store_->zero_chunk(1, b)->has_value());
+  ASSERT_TRUE(store_->zero_chunk(1, b)->dests.empty());
   EXPECT_EQ(store_->stats().data_chunks_used, used - 1);  // nobody left on it
   EXPECT_EQ(map(1, a).kind, ChunkMapping::Kind::kZero);
   // An unremapped chunk zeroed for a: origin writes preserve it for b only.
-  ASSERT_FALSE(store_->zero_chunk(2, a)->has_value());
+  ASSERT_TRUE(store_->zero_chunk(2, a)->dests.empty());
   EXPECT_EQ(origin_write(2), 1u);
   EXPECT_TRUE(map(2, b).exclusive);
   // A partial write to a's zero chunk: a chunk filled with zeros.

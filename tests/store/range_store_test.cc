@@ -178,12 +178,14 @@ TEST_F(RangeStoreTest, ZeroChunkVariants) {
   SnapshotInfo s1 = snap();
   SnapshotInfo s2 = snap();
   // Unremapped: a zero entry, no copy, and the origin write skips it.
-  ASSERT_FALSE(store_->zero_chunk(1, s1)->has_value());
+  ASSERT_TRUE(store_->zero_chunk(1, s1)->dests.empty());
   EXPECT_EQ(map(1, s1).kind, ChunkMapping::Kind::kZero);
   EXPECT_EQ(origin_write(1).size(), 1u);  // for snapshot 2 only
   // Exclusive real chunk: freed.
   uint64_t used = store_->stats().data_chunks_used;
-  ASSERT_FALSE(store_->zero_chunk(1, s2)->has_value());
+  auto freed = store_->zero_chunk(1, s2);
+  ASSERT_TRUE(freed->dests.empty());
+  EXPECT_TRUE(store_->conflicts(freed->descriptor, s2));
   EXPECT_EQ(store_->stats().data_chunks_used, used - 1);
   // A partial write to a zero chunk needs a chunk filled with zeros.
   auto plan = store_->make_chunk_writeable(1, s2);
@@ -195,10 +197,12 @@ TEST_F(RangeStoreTest, ZeroChunkVariants) {
   origin_write(2);  // [1..3]
   auto z = store_->zero_chunk(2, s2);
   ASSERT_TRUE(z.is_ok());
-  ASSERT_TRUE(z->has_value());
-  EXPECT_EQ((*z)->dests.size(), 1u);
+  ASSERT_EQ(z->dests.size(), 1u);
   EXPECT_EQ(map(2, s2).kind, ChunkMapping::Kind::kZero);
-  EXPECT_EQ(map(2, s3).store_chunk, (*z)->dests[0]);
+  EXPECT_EQ(map(2, s3).store_chunk, z->dests[0]);
+  // Every sharer must wait for the change to be committed.
+  EXPECT_TRUE(store_->conflicts(z->descriptor, s1));
+  EXPECT_TRUE(store_->conflicts(z->descriptor, s3));
   expect_clean();
 }
 
@@ -310,6 +314,50 @@ TEST_F(RangeStoreTest, CheckFindsADamagedNodeAndALeak) {
   bool saw = false;
   for (auto& p : report.problems()) saw |= p.find("checksum") != std::string::npos;
   EXPECT_TRUE(saw);
+}
+
+// Metadata running out in the middle of a transaction must never leave a
+// half-done update to be committed: either the update is refused before it
+// changes anything, or the store fails and reopens as it was.
+TEST(RangeStoreMetadata, RunningOutMidTransactionNeverCommitsHalfAnUpdate) {
+  MemoryDevice dev(512ull << 20);
+  CreateOptions o;
+  o.chunk_size = 4096;
+  o.origin_size = 1ull << 30;
+  o.metadata_size = 2 << 20;
+  ASSERT_TRUE(format_store(dev, o).is_ok());
+  auto st = std::move(open_store(dev, {})).value();
+  TransactionManager& tm = st->tm();
+  SnapshotInfo s[3];
+  for (auto& x : s) x = *st->create_snapshot(std::nullopt, "", 1);
+  uint64_t chunks = 0;
+  for (; tm.meta_space().total() - tm.meta_space().used() > 200; ++chunks) {  // [1..3] entries
+    st->reset_query(chunks);
+    ASSERT_TRUE(*st->query_next_remap());
+    CopyDescriptor d;
+    ASSERT_TRUE(st->add_next_remap(&d).is_ok());
+    if (chunks % 500 == 499) ASSERT_TRUE(st->commit().is_ok());
+  }
+  ASSERT_TRUE(st->commit().is_ok());
+  std::vector<uint64_t> before(chunks);
+  for (uint64_t c = 0; c < chunks; ++c) before[c] = st->lookup(c, s[0], false)->store_chunk;
+  // Snapshot 2 writes everywhere, in one transaction, until something gives.
+  Status failure;
+  for (uint64_t c = 0; c < chunks && failure.is_ok(); c += 3) failure = st->make_chunk_writeable(c, s[1]).status();
+  ASSERT_FALSE(failure.is_ok());
+  EXPECT_EQ(failure.code(), Code::kNoSpace) << failure.to_string();
+  Status committed = st->commit();
+  EXPECT_TRUE(committed.is_ok() || committed.code() == Code::kFailed) << committed.to_string();
+  st.reset();
+  EXPECT_TRUE(testing::check_store(dev).empty());
+  auto again = std::move(open_store(dev, {})).value();
+  for (uint64_t c = 0; c < chunks; ++c) {
+    auto m1 = *again->lookup(c, **again->find_snapshot(s[0].id), false);
+    auto m3 = *again->lookup(c, **again->find_snapshot(s[2].id), false);
+    ASSERT_EQ(m1.kind, ChunkMapping::Kind::kStore) << "chunk " << c;
+    ASSERT_EQ(m3.kind, ChunkMapping::Kind::kStore) << "chunk " << c << ": snapshot 3 lost its preserved data";
+    ASSERT_EQ(m1.store_chunk, before[c]);
+  }
 }
 
 TEST_F(RangeStoreTest, FullStoreIsACleanError) {

@@ -149,10 +149,13 @@ Result<bool> BitmaskStore::query_next_remap() {
 }
 
 Result<uint64_t> BitmaskStore::add_next_remap(CopyDescriptor* descriptor) {
-  MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+  MS_TRY(reserve(1));
   MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
-  MS_TRY(put(q_chunk_, chunk, q_needed_));
-  ++exception_count_;
+  MS_TRY(apply([&]() -> Status {
+    MS_TRY(put(q_chunk_, chunk, q_needed_));
+    ++exception_count_;
+    return Status::ok();
+  }));
   *descriptor = {q_needed_, 0};
   return chunk;
 }
@@ -160,12 +163,12 @@ Result<uint64_t> BitmaskStore::add_next_remap(CopyDescriptor* descriptor) {
 // ---------------------------------------------------------------- snapshot writes
 
 Result<CopyPlan> BitmaskStore::make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) {
-  MS_TRY(tm_->reserve_meta(3 * ExceptionTree::kOpReserve));
+  MS_TRY(reserve(3));
   const uint64_t b = bit(snap);
   MS_ASSIGN_OR_RETURN(auto list, exceptions_of(chunk));
-  const Exception* mine = nullptr;
+  std::optional<Exception> mine;
   for (const Exception& e : list)
-    if (e.mask & b) mine = &e;
+    if (e.mask & b) mine = e;
   CopyPlan plan;
   if (mine && mine->store_chunk != kZeroChunk && (mine->mask & live_) == b) return plan;  // already its own
   MS_ASSIGN_OR_RETURN(uint64_t own, tm_->allocate_chunk());
@@ -178,36 +181,42 @@ Result<CopyPlan> BitmaskStore::make_chunk_writeable(uint64_t chunk, const Snapsh
     plan.source = mine->store_chunk == kZeroChunk ? CopyPlan::Source::kZero : CopyPlan::Source::kStore;
     plan.source_chunk = mine->store_chunk;
     plan.descriptor = {mine->mask, 0};
-    Exception e = *mine;
-    Status s = remove_bit(chunk, e, b);
-    if (!s.is_ok()) {
-      tm_->free_chunk(own).ignore();
-      return s;
-    }
   }
-  MS_TRY(put(chunk, own, b));
-  ++exception_count_;
+  MS_TRY(apply([&]() -> Status {
+    if (mine) MS_TRY(remove_bit(chunk, *mine, b));
+    MS_TRY(put(chunk, own, b));
+    ++exception_count_;
+    return Status::ok();
+  }));
   return plan;
 }
 
-Result<std::optional<CopyPlan>> BitmaskStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
-  MS_TRY(tm_->reserve_meta(3 * ExceptionTree::kOpReserve));
+Result<CopyPlan> BitmaskStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(reserve(3));
   const uint64_t b = bit(snap);
   MS_ASSIGN_OR_RETURN(auto list, exceptions_of(chunk));
+  CopyPlan plan;  // zeroing never needs a copy here
+  plan.descriptor = {b, 0};
   uint64_t zero_mask = 0;
   bool has_zero = false;
+  std::optional<Exception> mine;
   for (const Exception& e : list) {
     if (e.store_chunk == kZeroChunk) {
       has_zero = true;
       zero_mask = e.mask;
-      if (e.mask & b) return std::optional<CopyPlan>();  // already zero
+      if (e.mask & b) return plan;  // already zero
     } else if (e.mask & b) {
-      MS_TRY(remove_bit(chunk, e, b));
+      mine = e;
+      plan.descriptor.a |= e.mask;  // its sharers see their sharing change
     }
   }
-  MS_TRY(put(chunk, kZeroChunk, zero_mask | b));
-  if (!has_zero) ++exception_count_;
-  return std::optional<CopyPlan>();  // zeroing never needs a copy here
+  MS_TRY(apply([&]() -> Status {
+    if (mine) MS_TRY(remove_bit(chunk, *mine, b));
+    MS_TRY(put(chunk, kZeroChunk, zero_mask | b));
+    if (!has_zero) ++exception_count_;
+    return Status::ok();
+  }));
+  return plan;
 }
 
 bool BitmaskStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const {
@@ -226,28 +235,34 @@ Status BitmaskStore::reclaim_step(uint32_t budget) {
       return batch.size() < budget;
     }));
   }
-  for (auto& [k, mask] : batch) {
+  const bool pass_done = batch.size() < budget;
+  Status stopped;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto [k, mask] = batch[i];
     uint64_t keep = mask & live_;  // deleted bits go, pending ones too (harmless)
     if (keep == mask) continue;
-    MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
-    if (keep) {
-      MS_TRY(put(k.hi, k.lo, keep));
-    } else {
+    stopped = reserve(1);
+    if (!stopped.is_ok()) {  // out of metadata space: resume here after a commit
+      batch.resize(i);
+      break;
+    }
+    MS_TRY(apply([&]() -> Status {
+      if (keep) return put(k.hi, k.lo, keep);
       MS_TRY(erase(k.hi, k.lo));
       --exception_count_;
-      if (k.lo != kZeroChunk) MS_TRY(tm_->free_chunk(k.lo));
-    }
+      return k.lo == kZeroChunk ? Status::ok() : tm_->free_chunk(k.lo);
+    }));
   }
-  if (batch.size() < budget) {
+  if (pass_done && stopped.is_ok()) {
     // The pass is over: its bits are free once this commits.
     sweep_ = pending_;
     pending_ = 0;
     cursor_ = {};
-  } else {
+  } else if (!batch.empty()) {
     cursor_ = next_key(batch.back().first);
   }
   tm_->mutable_store_area();
-  return Status::ok();
+  return stopped;
 }
 
 // ---------------------------------------------------------------- introspection

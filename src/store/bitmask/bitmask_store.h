@@ -61,7 +61,7 @@ class BitmaskStore final : public StoreBase {
   Result<bool> query_next_remap() override;
   Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) override;
   Result<CopyPlan> make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) override;
-  Result<std::optional<CopyPlan>> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) override;
+  Result<CopyPlan> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) override;
   bool conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const override;
   bool reclaim_pending() const override { return sweep_ != 0; }
   Status reclaim_step(uint32_t budget) override;

@@ -204,10 +204,13 @@ Result<bool> RangeStore::query_next_remap() {
 }
 
 Result<uint64_t> RangeStore::add_next_remap(CopyDescriptor* descriptor) {
-  MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
+  MS_TRY(reserve(1));
   MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
-  MS_TRY(put(q_chunk_, q_found_.lo, q_found_.hi, chunk));
-  ++exception_count_;
+  MS_TRY(apply([&]() -> Status {
+    MS_TRY(put(q_chunk_, q_found_.lo, q_found_.hi, chunk));
+    ++exception_count_;
+    return Status::ok();
+  }));
   *descriptor = {q_found_.lo, q_found_.hi};
   if (q_found_.hi >= key_cap()) q_done_ = true;
   else q_next_ = q_found_.hi + 1;
@@ -223,50 +226,50 @@ Result<uint64_t> RangeStore::add_next_remap(CopyDescriptor* descriptor) {
 //                         [atom]     (left to the caller)
 //                                [b+1 .. e.to] -> D, or a new chunk when
 //                                                 the left part kept D
-Status RangeStore::carve(uint64_t chunk, const Entry& e, Range atom, std::optional<uint64_t>* extra_dest) {
-  std::optional<Range> left, right;
-  if (e.key.lo < atom.lo) left = Range{e.key.lo, atom.lo - 1};
-  if (atom.hi < e.value.to) right = Range{atom.hi + 1, e.value.to};
-  bool left_live = false, right_live = false;
-  if (left) {
-    MS_ASSIGN_OR_RETURN(auto f, first_live(left->lo, left->hi));
-    left_live = f.has_value();
+Result<RangeStore::Carve> RangeStore::plan_carve(const Entry& e, Range atom) {
+  Carve c;
+  if (e.key.lo < atom.lo) {
+    c.left = Range{e.key.lo, atom.lo - 1};
+    MS_ASSIGN_OR_RETURN(auto f, first_live(c.left->lo, c.left->hi));
+    if (!f) c.left.reset();
   }
-  if (right) {
-    MS_ASSIGN_OR_RETURN(auto f, first_live(right->lo, right->hi));
-    right_live = f.has_value();
+  if (atom.hi < e.value.to) {
+    c.right = Range{atom.hi + 1, e.value.to};
+    MS_ASSIGN_OR_RETURN(auto f, first_live(c.right->lo, c.right->hi));
+    if (!f) c.right.reset();
   }
+  c.copy_right = c.left && c.right && e.value.store_chunk != kZeroChunk;
+  return c;
+}
+
+Status RangeStore::apply_carve(uint64_t chunk, const Entry& e, const Carve& c, uint64_t right_chunk) {
   uint64_t data = e.value.store_chunk;
-  bool copy_right = left_live && right_live && data != kZeroChunk;
-  uint64_t right_chunk = data;
-  if (copy_right) {
-    MS_ASSIGN_OR_RETURN(right_chunk, tm_->allocate_chunk());
-    *extra_dest = right_chunk;
-  }
-  // From here on only tree updates, for which space was reserved.
   MS_TRY(erase(chunk, e.key.lo));
   --exception_count_;
-  if (left_live) {
-    MS_TRY(put(chunk, left->lo, left->hi, data));
+  if (c.left) {
+    MS_TRY(put(chunk, c.left->lo, c.left->hi, data));
     ++exception_count_;
   }
-  if (right_live) {
-    MS_TRY(put(chunk, right->lo, right->hi, right_chunk));
+  if (c.right) {
+    MS_TRY(put(chunk, c.right->lo, c.right->hi, c.copy_right ? right_chunk : data));
     ++exception_count_;
   }
-  if (!left_live && !right_live && data != kZeroChunk) MS_TRY(tm_->free_chunk(data));
+  if (!c.left && !c.right && data != kZeroChunk) MS_TRY(tm_->free_chunk(data));
   return Status::ok();
 }
 
 Result<CopyPlan> RangeStore::make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) {
-  MS_TRY(tm_->reserve_meta(4 * ExceptionTree::kOpReserve));
+  MS_TRY(reserve(4));
   MS_ASSIGN_OR_RETURN(Range atom, atom_of(snap));
   MS_ASSIGN_OR_RETURN(auto e, covering(chunk, snap.store_key));
   CopyPlan plan;
   if (!e) {
     MS_ASSIGN_OR_RETURN(uint64_t n, tm_->allocate_chunk());
-    MS_TRY(put(chunk, atom.lo, atom.hi, n));
-    ++exception_count_;
+    MS_TRY(apply([&]() -> Status {
+      MS_TRY(put(chunk, atom.lo, atom.hi, n));
+      ++exception_count_;
+      return Status::ok();
+    }));
     plan.source = CopyPlan::Source::kOrigin;
     plan.dests = {n};
     plan.descriptor = {atom.lo, atom.hi};
@@ -277,55 +280,78 @@ Result<CopyPlan> RangeStore::make_chunk_writeable(uint64_t chunk, const Snapshot
   if (exclusive) {
     if (e->value.store_chunk != kZeroChunk) return plan;  // already writable: nothing to do
     MS_ASSIGN_OR_RETURN(uint64_t n, tm_->allocate_chunk());
-    MS_TRY(put(chunk, e->key.lo, e->value.to, n));
+    MS_TRY(apply([&] { return put(chunk, e->key.lo, e->value.to, n); }));
     plan.source = CopyPlan::Source::kZero;
     plan.dests = {n};
     return plan;
   }
+  MS_ASSIGN_OR_RETURN(Carve carve, plan_carve(*e, atom));
   MS_ASSIGN_OR_RETURN(uint64_t own, tm_->allocate_chunk());
-  std::optional<uint64_t> extra;
-  Status s = carve(chunk, *e, atom, &extra);
-  if (!s.is_ok()) {
-    tm_->free_chunk(own).ignore();
-    return s;
+  uint64_t extra = 0;
+  if (carve.copy_right) {
+    auto r = tm_->allocate_chunk();
+    if (!r.is_ok()) {
+      tm_->free_chunk(own).ignore();  // undoes the allocation: nothing changed
+      return r.status();
+    }
+    extra = *r;
   }
-  MS_TRY(put(chunk, atom.lo, atom.hi, own));
-  ++exception_count_;
+  MS_TRY(apply([&]() -> Status {
+    MS_TRY(apply_carve(chunk, *e, carve, extra));
+    MS_TRY(put(chunk, atom.lo, atom.hi, own));
+    ++exception_count_;
+    return Status::ok();
+  }));
   plan.source = e->value.store_chunk == kZeroChunk ? CopyPlan::Source::kZero : CopyPlan::Source::kStore;
   plan.source_chunk = e->value.store_chunk;
   plan.dests = {own};
-  if (extra) plan.dests.push_back(*extra);
+  if (carve.copy_right) plan.dests.push_back(extra);
   return plan;
 }
 
-Result<std::optional<CopyPlan>> RangeStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
-  MS_TRY(tm_->reserve_meta(4 * ExceptionTree::kOpReserve));
+Result<CopyPlan> RangeStore::zero_chunk(uint64_t chunk, const SnapshotInfo& snap) {
+  MS_TRY(reserve(4));
   MS_ASSIGN_OR_RETURN(Range atom, atom_of(snap));
   MS_ASSIGN_OR_RETURN(auto e, covering(chunk, snap.store_key));
+  CopyPlan plan;  // no copy unless a shared chunk must be split three ways
   if (!e) {
-    MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
-    ++exception_count_;
-    return std::optional<CopyPlan>();
+    MS_TRY(apply([&]() -> Status {
+      MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
+      ++exception_count_;
+      return Status::ok();
+    }));
+    plan.descriptor = {atom.lo, atom.hi};
+    return plan;
   }
+  // Everyone who shared e sees its sharing change.
+  plan.descriptor = {e->key.lo, e->value.to};
   MS_ASSIGN_OR_RETURN(bool exclusive, only_live(e->key.lo, e->value.to, snap.store_key));
   if (exclusive) {
     if (e->value.store_chunk != kZeroChunk) {
-      MS_TRY(tm_->free_chunk(e->value.store_chunk));
-      MS_TRY(put(chunk, e->key.lo, e->value.to, kZeroChunk));
+      MS_TRY(apply([&]() -> Status {
+        MS_TRY(tm_->free_chunk(e->value.store_chunk));
+        return put(chunk, e->key.lo, e->value.to, kZeroChunk);
+      }));
     }
-    return std::optional<CopyPlan>();
+    return plan;
   }
-  std::optional<uint64_t> extra;
-  MS_TRY(carve(chunk, *e, atom, &extra));
-  MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
-  ++exception_count_;
-  if (!extra) return std::optional<CopyPlan>();
-  CopyPlan plan;
-  plan.source = CopyPlan::Source::kStore;
-  plan.source_chunk = e->value.store_chunk;
-  plan.dests = {*extra};
-  plan.descriptor = {e->key.lo, e->value.to};
-  return std::optional<CopyPlan>(plan);
+  MS_ASSIGN_OR_RETURN(Carve carve, plan_carve(*e, atom));
+  uint64_t extra = 0;
+  if (carve.copy_right) {
+    MS_ASSIGN_OR_RETURN(extra, tm_->allocate_chunk());
+  }
+  MS_TRY(apply([&]() -> Status {
+    MS_TRY(apply_carve(chunk, *e, carve, extra));
+    MS_TRY(put(chunk, atom.lo, atom.hi, kZeroChunk));
+    ++exception_count_;
+    return Status::ok();
+  }));
+  if (carve.copy_right) {
+    plan.source = CopyPlan::Source::kStore;
+    plan.source_chunk = e->value.store_chunk;
+    plan.dests = {extra};
+  }
+  return plan;
 }
 
 bool RangeStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const {
@@ -344,23 +370,32 @@ Status RangeStore::reclaim_step(uint32_t budget) {
       return batch.size() < budget;
     }));
   }
-  for (const Entry& e : batch) {
+  const bool pass_done = batch.size() < budget;
+  Status stopped;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Entry& e = batch[i];
     MS_ASSIGN_OR_RETURN(auto live, first_live(e.key.lo, e.value.to));
     if (live) continue;
-    MS_TRY(tm_->reserve_meta(ExceptionTree::kOpReserve));
-    MS_TRY(erase(e.key.hi, e.key.lo));
-    --exception_count_;
-    if (e.value.store_chunk != kZeroChunk) MS_TRY(tm_->free_chunk(e.value.store_chunk));
+    stopped = reserve(1);
+    if (!stopped.is_ok()) {  // out of metadata space: resume here after a commit
+      batch.resize(i);
+      break;
+    }
+    MS_TRY(apply([&]() -> Status {
+      MS_TRY(erase(e.key.hi, e.key.lo));
+      --exception_count_;
+      return e.value.store_chunk == kZeroChunk ? Status::ok() : tm_->free_chunk(e.value.store_chunk);
+    }));
   }
-  if (batch.size() < budget) {
+  if (pass_done && stopped.is_ok()) {
     reclaim_cursor_ = {};
     if (reclaim_flags_ & kReclaimAgain) reclaim_flags_ = kReclaimActive;
     else reclaim_flags_ = 0;
-  } else {
+  } else if (!batch.empty()) {
     reclaim_cursor_ = next_key(batch.back().key);
   }
   tm_->mutable_store_area();  // the cursor moved: worth a commit even if nothing was freed
-  return Status::ok();
+  return stopped;
 }
 
 // ---------------------------------------------------------------- introspection

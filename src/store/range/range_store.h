@@ -54,7 +54,7 @@ class RangeStore final : public StoreBase {
   Result<bool> query_next_remap() override;
   Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) override;
   Result<CopyPlan> make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) override;
-  Result<std::optional<CopyPlan>> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) override;
+  Result<CopyPlan> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) override;
   bool conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const override;
   bool reclaim_pending() const override { return reclaim_flags_ & kReclaimActive; }
   Status reclaim_step(uint32_t budget) override;
@@ -94,11 +94,16 @@ class RangeStore final : public StoreBase {
   Result<bool> only_live(uint64_t lo, uint64_t hi, uint64_t key);
   Status put(uint64_t chunk, uint64_t from, uint64_t to, uint64_t store_chunk);
   Status erase(uint64_t chunk, uint64_t from);
-  // Cuts `atom` out of entry `e` (which covers it and is shared): the parts
-  // left and right of it that still serve live snapshots keep e's data, one
-  // of them in e's chunk and the other (if both exist) in a new chunk,
-  // returned in *extra_dest. The atom itself is left uncovered.
-  Status carve(uint64_t chunk, const Entry& e, Range atom, std::optional<uint64_t>* extra_dest);
+  // Cutting `atom` out of entry `e` (which covers it and is shared): the
+  // parts left and right of it that still serve live snapshots keep e's
+  // data, one in e's chunk and the other (if both exist) in a new chunk.
+  struct Carve {
+    std::optional<Range> left, right;  // the parts that still serve live snapshots
+    bool copy_right = false;           // the right part needs a chunk of its own
+  };
+  Result<Carve> plan_carve(const Entry& e, Range atom);
+  // Applies a plan (the atom is left uncovered); right_chunk if copy_right.
+  Status apply_carve(uint64_t chunk, const Entry& e, const Carve& c, uint64_t right_chunk);
 
   uint64_t exceptions_root_ = 0;
   uint64_t live_root_ = 0;
