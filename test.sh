@@ -21,4 +21,13 @@ if [ "${1:-}" != "--quick" ]; then
 fi
 echo "== Release"
 run build-release -DCMAKE_BUILD_TYPE=Release
+if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
+  echo "== libFuzzer: NBD handshake and request parser (${MULTISNAP_FUZZ_SECONDS:-30} s)"
+  CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMULTISNAP_FUZZ=ON \
+    -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF >/dev/null
+  ninja -C build-fuzz nbd_fuzz
+  [ -d build-fuzz/corpus ] || /usr/bin/python3 tests/nbd/make_fuzz_corpus.py build-fuzz/corpus
+  build-fuzz/src/nbd/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+    build-fuzz/corpus 2>&1 | tail -3
+fi
 echo "all tests passed"

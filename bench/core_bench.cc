@@ -22,6 +22,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "engine/engine.h"
 #include "io/file_device.h"
@@ -62,13 +63,15 @@ struct Setup {
   VolumeRef vol;
 };
 
-Setup make_memory_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk) {
+Setup make_memory_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk,
+                         StoreFormat format = StoreFormat::kRange) {
   Setup s;
   s.origin = std::make_unique<MemoryDevice>(origin_size, "origin");
   s.store = std::make_unique<MemoryDevice>(store_size, "store");
   CreateOptions o;
   o.chunk_size = chunk;
   o.origin_size = origin_size;
+  o.format = format;
   die(format_store(*s.store, o), "format");
   EngineOptions eo;
   eo.io = EngineOptions::Io::kSync;
@@ -173,6 +176,56 @@ nlohmann::json create_cost(const std::vector<uint64_t>& counts, const std::strin
   return out;
 }
 
+// The two exception stores on the same workloads: origin first-write cost
+// with 1, 16 and 64 live snapshots; snapshot delete (the command, and the
+// background reclaim it starts); metadata bytes per exception.
+nlohmann::json compare_stores(int writes) {
+  nlohmann::json out = nlohmann::json::array();
+  const uint32_t chunk = 64 * 1024;
+  const uint64_t origin = uint64_t(writes) * 4 * chunk;
+  printf("  %-8s %12s %12s %12s %14s %14s %12s\n", "store", "write@1 us", "write@16 us", "write@64 us",
+         "delete us", "reclaim ms", "meta B/exc");
+  for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
+    nlohmann::json row{{"store", store_format_name(f)}};
+    std::vector<uint8_t> buf(4096, 0x5a);
+    // A warm-up engine, discarded: the first one pays for a cold heap.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (uint64_t n : {1, 16, 64}) {
+        Setup s = make_memory_engine(origin, origin * 3 + (256 << 20), chunk, f);
+        for (uint64_t i = 0; i < n; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+        std::vector<double> t;
+        for (int i = 0; i < writes; ++i) {
+          auto w0 = Clock::now();
+          die(sync_write(*s.engine, s.vol, uint64_t(i) * chunk, buf), "write");
+          t.push_back(us_since(w0));
+        }
+        row["first_write_us_" + std::to_string(n)] = median(t);
+        if (n != 16) continue;
+        // Writes to every other snapshot, so chunks have several exceptions.
+        for (uint64_t id = 1; id <= 16; id += 2) {
+          auto v = *s.engine->open_volume("snapshot/" + std::to_string(id));
+          for (int i = 0; i < writes / 4; ++i) die(sync_write(*s.engine, v, uint64_t(i) * chunk, buf), "write");
+        }
+        auto st = s.engine->status().store;
+        row["meta_bytes_per_exception"] = double(st.meta_blocks_used) * 4096 / double(st.exceptions);
+        row["exceptions"] = st.exceptions;
+        auto d0 = Clock::now();
+        die(s.engine->delete_snapshot(2), "delete");
+        row["delete_us"] = us_since(d0);
+        auto r0 = Clock::now();
+        while (s.engine->status().store.reclaim_active) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        row["reclaim_ms"] = us_since(r0) / 1000;
+      }
+    }
+    printf("  %-8s %12.1f %12.1f %12.1f %14.1f %14.1f %12.1f\n", store_format_name(f),
+           row["first_write_us_1"].get<double>(), row["first_write_us_16"].get<double>(),
+           row["first_write_us_64"].get<double>(), row["delete_us"].get<double>(), row["reclaim_ms"].get<double>(),
+           row["meta_bytes_per_exception"].get<double>());
+    out.push_back(row);
+  }
+  return out;
+}
+
 // Grows a range store on a sparse file to `total` exceptions (one snapshot,
 // one exception per chunk) and samples the RSS on the way.
 nlohmann::json rss_growth(uint64_t total, const std::string& dir) {
@@ -253,6 +306,9 @@ int main(int argc, char** argv) {
   }
   printf("origin first-write cost (4 KiB writes, 64 KiB chunks, in memory):\n");
   out["first_write"] = first_write_cost(snaps, writes);
+  printf("range store vs bitmask store (64 KiB chunks, in memory, %d first writes each; 16 snapshots,\n"
+         "  every other one also written, for delete and metadata):\n", writes);
+  out["stores"] = compare_stores(writes);
   printf("snapshot create (in-process, median):\n");
   std::vector<uint64_t> counts = {0};
   for (uint64_t n : snaps)

@@ -336,7 +336,9 @@ TEST(RangeStoreMetadata, RunningOutMidTransactionNeverCommitsHalfAnUpdate) {
     ASSERT_TRUE(*st->query_next_remap());
     CopyDescriptor d;
     ASSERT_TRUE(st->add_next_remap(&d).is_ok());
-    if (chunks % 500 == 499) ASSERT_TRUE(st->commit().is_ok());
+    if (chunks % 500 == 499) {
+      ASSERT_TRUE(st->commit().is_ok());
+    }
   }
   ASSERT_TRUE(st->commit().is_ok());
   std::vector<uint64_t> before(chunks);
