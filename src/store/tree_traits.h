@@ -2,6 +2,8 @@
 // kTreeKind values are persisted in every node: never renumber.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <string>
 
 #include "btree/btree.h"
@@ -55,7 +57,7 @@ struct PairKeyTraits {
   static void encode_value(const Value& v, uint8_t* p) { v.encode(p); }
   static Value decode_value(const uint8_t* p) { return Value::decode(p); }
   static bool less(const Key& a, const Key& b) { return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo; }
-  static std::string key_string(const Key& k) { return "(" + std::to_string(k.hi) + ", " + std::to_string(k.lo) + ")"; }
+  static std::string key_string(const Key& k) { return fmt::format("({}, {})", k.hi, k.lo); }
 };
 
 // The key right after k (for resuming a scan after k).
