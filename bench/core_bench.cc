@@ -1,15 +1,18 @@
 // core_bench: the figures issue #2 asks for, in one run.
 //
 //  1. Origin first-write cost with 1, 10,000 and 100,000 live snapshots
-//     (engine, in-process, in-memory devices so the disk's flush latency does
-//     not hide the algorithm): goal flat within 10%.
+//     (engine, in-process, sparse files on tmpfs so the disk's flush latency
+//     does not hide the algorithm): goal flat within 10%. Then the same for
+//     both stores at 1, 16 and 64 snapshots, with delete, reclaim and
+//     metadata bytes per exception (issue #4).
 //  2. Snapshot create cost, in-process, at 0 / 10,000 / 100,000 existing
 //     snapshots (in memory, and on a real file where fdatasync dominates).
 //  3. Peak RSS while a range store on a sparse file grows to 10 million
 //     exceptions, with a 64 MiB metadata cache: goal cache + a constant.
 //
 // Usage: core_bench [--snapshots 1,10000,100000] [--writes 2000]
-//                   [--exceptions 10000000] [--dir DIR] [--skip-rss] [--json FILE]
+//                   [--exceptions 10000000] [--dir DIR] [--io-dir /dev/shm|memory]
+//                   [--skip-rss] [--json FILE]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,11 +66,34 @@ struct Setup {
   VolumeRef vol;
 };
 
-Setup make_memory_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk,
-                         StoreFormat format = StoreFormat::kRange) {
+// Where the first-write and store-comparison runs keep their devices: sparse
+// files in this directory (default /dev/shm: real syscalls and page cache,
+// no disk latency), or "memory" for MemoryDevice. MemoryDevice's own page
+// allocation (a malloc and page faults per 4 KiB) dominates its figures, so
+// files on tmpfs measure the engine and store more faithfully.
+std::string g_io_dir = "/dev/shm";
+
+Setup make_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk, StoreFormat format = StoreFormat::kRange,
+                  const std::string& io_dir = g_io_dir) {
   Setup s;
-  s.origin = std::make_unique<MemoryDevice>(origin_size, "origin");
-  s.store = std::make_unique<MemoryDevice>(store_size, "store");
+  if (io_dir == "memory") {
+    s.origin = std::make_unique<MemoryDevice>(origin_size, "origin");
+    s.store = std::make_unique<MemoryDevice>(store_size, "store");
+  } else {
+    static int seq = 0;
+    auto open = [&](const char* what, uint64_t size) {
+      std::string path = fmt::format("{}/core-bench-{}-{}-{}.img", io_dir, getpid(), what, seq++);
+      FileDeviceOptions fo;
+      fo.create = true;
+      fo.create_size = size;
+      auto d = FileDevice::open(path, fo);
+      die(d.status(), "open a device file");
+      unlink(path.c_str());  // gone when closed
+      return std::move(d).value();
+    };
+    s.origin = open("origin", origin_size);
+    s.store = open("store", store_size);
+  }
   CreateOptions o;
   o.chunk_size = chunk;
   o.origin_size = origin_size;
@@ -91,7 +117,8 @@ Status sync_write(Engine& e, const VolumeRef& v, uint64_t off, std::vector<uint8
 
 // Median microseconds of a 4 KiB write into a chunk not written since the
 // last snapshot (a copy and a commit each), with `snaps` live snapshots.
-nlohmann::json first_write_cost(std::vector<uint64_t> counts, int writes) {
+nlohmann::json first_write_cost(std::vector<uint64_t> counts, int writes, StoreFormat format = StoreFormat::kRange,
+                                bool quiet = false) {
   nlohmann::json out = nlohmann::json::array();
   const uint32_t chunk = 64 * 1024;
   // The first run pays for a cold heap (page faults): run it twice and
@@ -99,7 +126,8 @@ nlohmann::json first_write_cost(std::vector<uint64_t> counts, int writes) {
   counts.insert(counts.begin(), counts.front());
   bool warmup = true;
   for (uint64_t n : counts) {
-    Setup s = make_memory_engine(uint64_t(writes) * 4 * chunk, uint64_t(writes) * 4 * chunk + (256 << 20), chunk);
+    Setup s =
+        make_engine(uint64_t(writes) * 4 * chunk, uint64_t(writes) * 4 * chunk + (256 << 20), chunk, format);
     auto t0 = Clock::now();
     for (uint64_t i = 0; i < n; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
     double create_s = us_since(t0) / 1e6;
@@ -121,8 +149,9 @@ nlohmann::json first_write_cost(std::vector<uint64_t> counts, int writes) {
       warmup = false;
       continue;
     }
-    printf("  %7llu snapshots: first write %7.1f us (median of 3 x %d), %llu copies; creating them took %.1f s\n",
-           (unsigned long long)n, us, writes, (unsigned long long)st.counters.chunks_copied, create_s);
+    if (!quiet)
+      printf("  %7llu snapshots: first write %7.1f us (median of 3 x %d), %llu copies; creating them took %.1f s\n",
+             (unsigned long long)n, us, writes, (unsigned long long)st.counters.chunks_copied, create_s);
     out.push_back({{"snapshots", n}, {"first_write_us", us}, {"chunks_copied", st.counters.chunks_copied}});
   }
   return out;
@@ -147,7 +176,7 @@ nlohmann::json create_cost(const std::vector<uint64_t>& counts, const std::strin
       die(format_store(*s.store, o), "format");
       s.engine = std::move(Engine::open(*s.origin, *s.store, EngineOptions{})).value();
     } else {
-      s = make_memory_engine(1 << 30, 2ull << 30, 65536);
+      s = make_engine(1 << 30, 2ull << 30, 65536, StoreFormat::kRange, "memory");
     }
     uint64_t have = 0;
     for (uint64_t n : counts) {
@@ -187,36 +216,28 @@ nlohmann::json compare_stores(int writes) {
          "delete us", "reclaim ms", "meta B/exc");
   for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
     nlohmann::json row{{"store", store_format_name(f)}};
+    // The same measurement as first_write_cost, for this store.
+    for (const auto& r : first_write_cost({1, 16, 64}, writes, f, true))
+      row["first_write_us_" + std::to_string(r["snapshots"].get<uint64_t>())] = r["first_write_us"];
+    // 16 snapshots, every other one also written, so chunks have several
+    // exceptions; then delete one and let the background reclaim run.
     std::vector<uint8_t> buf(4096, 0x5a);
-    // A warm-up engine, discarded: the first one pays for a cold heap.
-    for (int pass = 0; pass < 2; ++pass) {
-      for (uint64_t n : {1, 16, 64}) {
-        Setup s = make_memory_engine(origin, origin * 3 + (256 << 20), chunk, f);
-        for (uint64_t i = 0; i < n; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
-        std::vector<double> t;
-        for (int i = 0; i < writes; ++i) {
-          auto w0 = Clock::now();
-          die(sync_write(*s.engine, s.vol, uint64_t(i) * chunk, buf), "write");
-          t.push_back(us_since(w0));
-        }
-        row["first_write_us_" + std::to_string(n)] = median(t);
-        if (n != 16) continue;
-        // Writes to every other snapshot, so chunks have several exceptions.
-        for (uint64_t id = 1; id <= 16; id += 2) {
-          auto v = *s.engine->open_volume("snapshot/" + std::to_string(id));
-          for (int i = 0; i < writes / 4; ++i) die(sync_write(*s.engine, v, uint64_t(i) * chunk, buf), "write");
-        }
-        auto st = s.engine->status().store;
-        row["meta_bytes_per_exception"] = double(st.meta_blocks_used) * 4096 / double(st.exceptions);
-        row["exceptions"] = st.exceptions;
-        auto d0 = Clock::now();
-        die(s.engine->delete_snapshot(2), "delete");
-        row["delete_us"] = us_since(d0);
-        auto r0 = Clock::now();
-        while (s.engine->status().store.reclaim_active) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        row["reclaim_ms"] = us_since(r0) / 1000;
-      }
+    Setup s = make_engine(origin, origin * 3 + (256 << 20), chunk, f);
+    for (uint64_t i = 0; i < 16; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+    for (int i = 0; i < writes; ++i) die(sync_write(*s.engine, s.vol, uint64_t(i) * chunk, buf), "write");
+    for (uint64_t id = 1; id <= 16; id += 2) {
+      auto v = *s.engine->open_volume("snapshot/" + std::to_string(id));
+      for (int i = 0; i < writes / 4; ++i) die(sync_write(*s.engine, v, uint64_t(i) * chunk, buf), "write");
     }
+    auto st = s.engine->status().store;
+    row["meta_bytes_per_exception"] = double(st.meta_blocks_used) * 4096 / double(st.exceptions);
+    row["exceptions"] = st.exceptions;
+    auto d0 = Clock::now();
+    die(s.engine->delete_snapshot(2), "delete");
+    row["delete_us"] = us_since(d0);
+    auto r0 = Clock::now();
+    while (s.engine->status().store.reclaim_active) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    row["reclaim_ms"] = us_since(r0) / 1000;
     printf("  %-8s %12.1f %12.1f %12.1f %14.1f %14.1f %12.1f\n", store_format_name(f),
            row["first_write_us_1"].get<double>(), row["first_write_us_16"].get<double>(),
            row["first_write_us_64"].get<double>(), row["delete_us"].get<double>(), row["reclaim_ms"].get<double>(),
@@ -292,7 +313,8 @@ int main(int argc, char** argv) {
   app.add_option("--snapshots", snaps, "live snapshot counts")->delimiter(',');
   app.add_option("--writes", writes, "first writes per measurement");
   app.add_option("--exceptions", exceptions, "exceptions for the RSS run");
-  app.add_option("--dir", dir, "directory for the sparse files");
+  app.add_option("--dir", dir, "directory for the sparse files of the create and RSS runs");
+  app.add_option("--io-dir", g_io_dir, "directory for the first-write runs' sparse files, or 'memory'");
   app.add_flag("--skip-rss", skip_rss, "skip the 10M exception RSS run");
   bool rss_only = false;
   app.add_flag("--rss-only", rss_only, "only the RSS run (what the full run starts in a fresh process)");
@@ -304,10 +326,10 @@ int main(int argc, char** argv) {
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
     return 0;
   }
-  printf("origin first-write cost (4 KiB writes, 64 KiB chunks, in memory):\n");
+  printf("origin first-write cost (4 KiB writes, 64 KiB chunks, devices in %s):\n", g_io_dir.c_str());
   out["first_write"] = first_write_cost(snaps, writes);
-  printf("range store vs bitmask store (64 KiB chunks, in memory, %d first writes each; 16 snapshots,\n"
-         "  every other one also written, for delete and metadata):\n", writes);
+  printf("range store vs bitmask store (64 KiB chunks, devices in %s, %d first writes each; 16 snapshots,\n"
+         "  every other one also written, for delete and metadata):\n", g_io_dir.c_str(), writes);
   out["stores"] = compare_stores(writes);
   printf("snapshot create (in-process, median):\n");
   std::vector<uint64_t> counts = {0};
