@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real NBD clients against multisnap serve: nbdinfo (--list, --map), nbdcopy,
-# qemu-img compare and qemu-io, over Unix and TCP sockets.
+# qemu-img compare and qemu-io, over Unix and TCP sockets; a snapshot taken
+# under load from four libnbd clients.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo nbdcopy qemu-img qemu-io
 
@@ -65,6 +66,57 @@ def cb(meta, offset, entries, err):
 h.block_status(65536, 10 << 20, cb)
 assert seen[1] & 3 == 3, seen   # NBD_STATE_HOLE|NBD_STATE_ZERO
 assert h.pread(65536, 10 << 20) == bytes(65536)
+h.shutdown()
+PY
+
+# A snapshot taken while four clients write is atomic with respect to their
+# writes: every write acknowledged before `snapshot create` started is in
+# it, nothing issued after the command returned is, and each block holds one
+# whole write.
+$PY - "$SOCK" "$MULTISNAP" <<'PY'
+import nbd, struct, subprocess, sys, threading, time
+sock, multisnap = sys.argv[1], sys.argv[2]
+BLOCK, PER_WRITER, WRITERS, BASE = 4096, 256, 4, 48 << 20
+log = [[] for _ in range(WRITERS * PER_WRITER)]   # per block: (gen, issued, acked)
+stop = threading.Event()
+def writer(w):
+    h = nbd.NBD()
+    h.connect_uri(f"nbd+unix:///origin?socket={sock}")
+    gen = 0
+    while not stop.is_set():
+        gen += 1
+        for j in range(PER_WRITER):
+            b = w * PER_WRITER + j
+            issued = time.monotonic()
+            h.pwrite(struct.pack("<QQ", b, gen) * (BLOCK // 16), BASE + b * BLOCK)
+            log[b].append((gen, issued, time.monotonic()))
+    h.shutdown()
+threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+for t in threads: t.start()
+time.sleep(0.5)
+start = time.monotonic()
+sid = subprocess.run([multisnap, "snapshot", "create", "--name", "under-load"], check=True,
+                     capture_output=True, text=True).stdout.strip()
+end = time.monotonic()
+time.sleep(0.3)
+stop.set()
+for t in threads: t.join()
+h = nbd.NBD()
+h.connect_uri(f"nbd+unix:///snapshot/{sid}?socket={sock}")
+data = h.pread(WRITERS * PER_WRITER * BLOCK, BASE)
+before = after = 0
+for b in range(WRITERS * PER_WRITER):
+    blk = data[b * BLOCK:(b + 1) * BLOCK]
+    assert blk == blk[:16] * (BLOCK // 16), f"block {b} is torn"
+    bb, gen = struct.unpack("<QQ", blk[:16])
+    acked_before = [g for g, i, a in log[b] if a < start]
+    issued_after = [g for g, i, a in log[b] if i > end]
+    if acked_before:
+        assert bb == b and gen >= max(acked_before), f"block {b}: gen {gen}, but gen {max(acked_before)} was acknowledged before the create"
+    if issued_after:
+        assert gen < min(issued_after) or (bb, gen) == (0, 0), f"block {b}: gen {gen} was written after the create returned"
+    before += bool(acked_before); after += bool(issued_after)
+assert before == len(log) and after == len(log), (before, after)
 h.shutdown()
 PY
 
