@@ -57,7 +57,11 @@ def main():
         f.write(json.dumps({"execute": "quit"}) + "\n")
         f.flush()
     finally:
-        daemon.wait(timeout=60)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # quit never sent or not obeyed
+            daemon.kill()
+            daemon.wait()
 
 
 if __name__ == "__main__":

@@ -5,67 +5,14 @@
 #include <gtest/gtest.h>
 
 #include "io/memory_device.h"
-#include "store/check_store.h"
+#include "store/store_fixture.h"
 
 namespace multisnap {
 namespace {
 
-constexpr uint32_t kChunk = 4096;
-
-class RangeStoreTest : public ::testing::Test {
+class RangeStoreTest : public testing::StoreFixture {
  protected:
-  void SetUp() override {
-    CreateOptions o;
-    o.chunk_size = kChunk;
-    o.origin_size = 1 << 30;
-    o.origin_path = "/dev/null";
-    ASSERT_TRUE(format_store(dev_, o).is_ok());
-    reopen();
-  }
-  void reopen() {
-    store_.reset();
-    auto r = open_store(dev_, {});
-    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-    store_ = std::move(r).value();
-  }
-  SnapshotInfo snap(std::optional<SnapshotId> parent = std::nullopt, std::string name = "") {
-    auto r = store_->create_snapshot(parent, name, 1);
-    EXPECT_TRUE(r.is_ok()) << r.status().to_string();
-    return *r;
-  }
-  SnapshotInfo fresh(const SnapshotInfo& s) { return **store_->find_snapshot(s.id); }
-  // Runs the origin-write loop for a chunk; returns the number of copies.
-  std::vector<uint64_t> origin_write(uint64_t chunk) {
-    std::vector<uint64_t> dests;
-    store_->reset_query(chunk);
-    for (;;) {
-      auto more = store_->query_next_remap();
-      EXPECT_TRUE(more.is_ok());
-      if (!*more) break;
-      CopyDescriptor d;
-      auto c = store_->add_next_remap(&d);
-      EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-      dests.push_back(*c);
-    }
-    return dests;
-  }
-  std::vector<DumpEntry> dump() {
-    std::vector<DumpEntry> all;
-    EXPECT_TRUE(store_->dump([&](const DumpEntry& e) { all.push_back(e); return true; }).is_ok());
-    return all;
-  }
-  void expect_clean() {
-    ASSERT_TRUE(store_->commit().is_ok());
-    for (auto& p : testing::check_store(dev_)) ADD_FAILURE() << p;
-  }
-  ChunkMapping map(uint64_t chunk, const SnapshotInfo& s) {
-    auto r = store_->lookup(chunk, s, true);
-    EXPECT_TRUE(r.is_ok());
-    return *r;
-  }
-
-  MemoryDevice dev_{256 << 20};
-  std::unique_ptr<ExceptionStore> store_;
+  void SetUp() override { format(StoreFormat::kRange); }
 };
 
 TEST_F(RangeStoreTest, SeedExampleWithoutSnapshotWriteMakesOneCopy) {
