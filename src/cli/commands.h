@@ -22,6 +22,7 @@ struct ServeArgs {
   std::vector<std::string> nbd;
   uint32_t copy_slots = 8;
   bool read_only_snapshots = false;
+  bool use_older_commit = false;
 };
 int run_serve(const ServeArgs& a);
 

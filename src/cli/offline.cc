@@ -149,6 +149,10 @@ int run_check(const std::string& path, bool json) {
     if (store.status().code() != Code::kCorruption) return fail(store.status());
     report.problem(store.status().to_string());
   } else {
+    for (const CommitRecordFinding& f : (*store)->tm().commit_findings()) {
+      if (f.serious) report.problem(f.text);
+      else report.warning(f.text);
+    }
     (*store)->check(report);
     const Superblock& sb = (*store)->tm().superblock();
     struct stat st;
@@ -156,12 +160,16 @@ int run_check(const std::string& path, bool json) {
   }
   if (json) {
     nlohmann::json j{{"store", path}, {"clean", report.clean()}, {"problems", report.problems()},
-                     {"notes", report.notes()}};
+                     {"warnings", report.warnings()}, {"notes", report.notes()}};
     printf("%s\n", j.dump(2).c_str());
   } else {
     for (const auto& p : report.problems()) printf("problem: %s\n", p.c_str());
+    for (const auto& w : report.warnings()) printf("WARNING: %s\n", w.c_str());
     for (const auto& n : report.notes()) printf("%s\n", n.c_str());
-    if (report.clean()) printf("%s: clean\n", path.c_str());
+    if (report.clean() && !report.warnings().empty())
+      printf("%s: clean, with %zu warning%s (nothing is lost; `serve` rewrites damaged commit record copies)\n",
+             path.c_str(), report.warnings().size(), report.warnings().size() == 1 ? "" : "s");
+    else if (report.clean()) printf("%s: clean\n", path.c_str());
     else printf("%s: %zu problem%s found\n", path.c_str(), report.problems().size(),
                 report.problems().size() == 1 ? "" : "s");
   }

@@ -21,6 +21,8 @@ Json snapshot_json(const SnapshotInfo& s) {
   j["name"] = s.name.empty() ? Json(nullptr) : Json(s.name);
   j["of"] = s.parent == kOriginId ? Json("origin") : Json(s.parent);
   j["created"] = iso8601(s.created_ns);
+  j["uuid"] = s.uuid.to_string();
+  j["written"] = (s.flags & kSnapshotWritten) != 0;
   j["export"] = "snapshot/" + std::to_string(s.id);
   return j;
 }

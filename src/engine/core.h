@@ -25,6 +25,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "engine/clean_map.h"
 #include "engine/counters.h"
@@ -204,6 +205,7 @@ class EngineCore {
   std::vector<Request*> job_waiters_;
   std::vector<Request*> commit_waiters_;
   std::vector<Request*> quiesce_waiters_;
+  std::unordered_set<SnapshotId> written_;  // snapshots known marked written
   std::vector<CopyJob*> jobs_done_;
   uint32_t slots_used_ = 0;
   bool commit_due_ = false;  // metadata changed outside a job (reclaim): commit before new copies

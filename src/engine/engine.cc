@@ -25,7 +25,16 @@ Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& s
                                              const EngineOptions& options) {
   TmOptions tmo;
   tmo.cache_bytes = options.cache_bytes;
+  tmo.use_older_commit = options.use_older_commit;
   MS_ASSIGN_OR_RETURN(auto st, open_store(store, tmo));
+  for (const CommitRecordFinding& f : st->tm().commit_findings()) {
+    if (f.serious) MS_LOG_ERROR("{}: {}", store.describe(), f.text);
+    else MS_LOG_WARN("{}: {}", store.describe(), f.text);
+  }
+  if (!st->tm().commit_findings().empty()) {
+    MS_ASSIGN_OR_RETURN(int repaired, st->tm().repair_commit_copies());
+    if (repaired > 0) MS_LOG_WARN("{}: rewrote {} damaged copy(ies) of the newest commit record", store.describe(), repaired);
+  }
   const Layout& l = st->layout();
   if (origin.size() < l.origin_size)
     return make_error(Code::kInvalidArgument,
@@ -62,7 +71,8 @@ void Engine::block_status(const VolumeRef& volume, uint64_t offset, uint64_t len
   core_->block_status(volume, offset, length, std::move(done));
 }
 
-Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::string name) {
+Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::string name,
+                                             std::optional<Uuid> uuid) {
   Result<SnapshotInfo> result = Status(Code::kShutdown, "not run");
   core_->run_control(true, [&] {
     // Quiesced: no write in flight, and no direct write either once the
@@ -79,7 +89,7 @@ Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::
       result = s.annotate("flushing the origin before the snapshot");
       return;
     }
-    result = core_->store().create_snapshot(of, name, wall_clock_ns());
+    result = core_->store().create_snapshot(of, name, wall_clock_ns(), uuid);
     if (!result.is_ok()) return;
     s = core_->commit_now();
     if (!s.is_ok()) result = s;

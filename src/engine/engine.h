@@ -49,6 +49,8 @@ struct EngineOptions {
   // from the caller's thread; this bounds the memory that knowledge takes
   // (one bit per chunk, in 4 KiB pages). 0 disables the shortcut.
   size_t clean_map_bytes = 8u << 20;
+  // Open the older commit if both copies of a possibly newer one are damaged.
+  bool use_older_commit = false;
 };
 
 // An open volume: the origin or one snapshot. Obtained from open_volume();
@@ -129,7 +131,8 @@ class Engine {
   // Durable when they return. create: O(1); writes acknowledged before the
   // call are in the snapshot. delete: kBusy while the snapshot has open
   // volumes; its space is reclaimed in the background afterwards.
-  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> of, std::string name);
+  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> of, std::string name,
+                                       std::optional<Uuid> uuid = std::nullopt);
   Status delete_snapshot(SnapshotId id);
   // "<id>" or "<name>".
   Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view id_or_name);

@@ -88,6 +88,13 @@ bool EngineCore::store_writable(Request* r) {
 // Origin write, trim or write-zeroes: preserve what snapshots still need,
 // wait for that to be committed, then write the origin.
 void EngineCore::process_origin_write(Request* r) {
+  // Replication needs to know whether the origin changed since the newest
+  // snapshot; that must be durable before the origin changes.
+  if (store_->record_origin_change() || store_->origin_change_uncommitted()) {
+    r->retried = true;
+    commit_waiters_.push_back(r);
+    return;
+  }
   ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
   for (uint64_t c = span.first; c <= span.last; ++c) {
     if (origin_blocked(c)) {
@@ -210,6 +217,19 @@ void EngineCore::process_snapshot_read(Request* r) {
 
 void EngineCore::process_snapshot_write(Request* r) {
   const SnapshotInfo& s = *r->volume->snapshot();
+  // A snapshot written to is no longer what was sent from it: it is marked
+  // (durably, before the write) so that it is refused as a replication base.
+  if (!(s.flags & kSnapshotWritten) && !written_.count(s.id)) {
+    auto changed = store_->mark_written(s.id);
+    if (!changed.is_ok()) return finish(r, changed.status());
+    if (written_.size() >= 4096) written_.clear();  // bounded; a miss only costs a lookup
+    written_.insert(s.id);
+    if (*changed) {
+      r->retried = true;
+      commit_waiters_.push_back(r);
+      return;
+    }
+  }
   ChunkSpan span = span_of(r->io.offset, r->io.length, chunk_size_);
   for (uint64_t c = span.first; c <= span.last; ++c)
     if (wait_for_conflicts(r, c)) return;

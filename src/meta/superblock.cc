@@ -6,6 +6,7 @@
 
 #include "util/checksum.h"
 #include "util/units.h"
+#include "util/uuid.h"
 
 namespace multisnap {
 
@@ -73,7 +74,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
     uint64_t meta_bitmaps = div_round_up(meta_blocks, kBitsPerBitmap);
     uint64_t data_bitmaps = std::max<uint64_t>(1, div_round_up(data_chunks, kBitsPerBitmap));
     uint32_t cblocks = commit_blocks_for(meta_bitmaps, data_bitmaps);
-    uint64_t fixed = 1 + 2ull * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
+    uint64_t fixed = 1 + 2ull * kCommitCopies * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
     uint64_t data_start_block = round_up(fixed + meta_blocks, chunk_blocks);
     if (data_start_block >= total_blocks)
       return make_error(Code::kNoSpace, "the store ({}) is too small to hold metadata and data",
@@ -81,7 +82,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
     uint64_t chunks = (total_blocks - data_start_block) / chunk_blocks;
     l.commit_start = 1;
     l.commit_blocks = cblocks;
-    l.meta_bitmap_start = 1 + 2ull * cblocks;
+    l.meta_bitmap_start = 1 + 2ull * kCommitCopies * cblocks;
     l.meta_bitmaps = static_cast<uint32_t>(meta_bitmaps);
     l.data_bitmap_start = l.meta_bitmap_start + 2 * meta_bitmaps;
     l.data_bitmaps = static_cast<uint32_t>(data_bitmaps);
@@ -102,14 +103,7 @@ uint64_t Superblock::checksum_seed() const {
   return checksum64(uuid.data(), uuid.size(), kSuperblockSeed);
 }
 
-std::string Superblock::uuid_string() const {
-  std::string s;
-  for (size_t i = 0; i < uuid.size(); ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
-    s += fmt::format("{:02x}", uuid[i]);
-  }
-  return s;
-}
+std::string Superblock::uuid_string() const { return Uuid{uuid}.to_string(); }
 
 Status write_superblock(BlockDevice& dev, const Superblock& sb) {
   std::vector<uint8_t> buf(kBlockSize, 0);
@@ -165,6 +159,13 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
                       dev.describe());
   MS_TRY(validate_block(buf.data(), 0, BlockType::kSuperblock, kSuperblockSeed, 0)
              .annotate(dev.describe()));
+  if (d->version == 1)
+    return make_error(Code::kNotSupported,
+                      "{} has store format version 1 (multisnap 0.1), which this multisnap does not open: it keeps "
+                      "one copy of each commit record and no snapshot uuids. To upgrade, serve it with multisnap "
+                      "0.1 and copy the origin and each snapshot you keep out with nbdcopy, then `multisnap create` "
+                      "a new store and copy them back in",
+                      dev.describe());
   if (d->version != kFormatVersion)
     return make_error(Code::kNotSupported, "{}: store format version {} is not supported (this is {})",
                       dev.describe(), d->version, kFormatVersion);
@@ -199,7 +200,7 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
   // The layout must be self-consistent and inside the device.
   bool sane = is_power_of_two(l.chunk_size) && l.chunk_size >= kMinChunkSize &&
               l.chunk_size <= kMaxChunkSize && l.commit_start == 1 && l.commit_blocks >= 1 &&
-              l.meta_bitmap_start == 1 + 2ull * l.commit_blocks &&
+              l.meta_bitmap_start == 1 + 2ull * kCommitCopies * l.commit_blocks &&
               l.data_bitmap_start == l.meta_bitmap_start + 2ull * l.meta_bitmaps &&
               l.meta_start == l.data_bitmap_start + 2ull * l.data_bitmaps &&
               l.commit_blocks == commit_blocks_for(l.meta_bitmaps, l.data_bitmaps) &&

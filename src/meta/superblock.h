@@ -17,7 +17,11 @@ enum class StoreFormat : uint32_t { kRange = 1, kBitmask = 2 };
 const char* store_format_name(StoreFormat f);
 std::optional<StoreFormat> parse_store_format(std::string_view name);
 
-constexpr uint32_t kFormatVersion = 1;
+// Version 2: every commit record kept twice; snapshot records carry a uuid
+// and flags; the store area records origin changes and a pending receive.
+constexpr uint32_t kFormatVersion = 2;
+// Copies of each commit record (docs/format.md, section 4).
+constexpr int kCommitCopies = 2;
 constexpr uint32_t kMinChunkSize = 4096;
 constexpr uint32_t kMaxChunkSize = 1u << 20;
 // Units (metadata blocks or data chunks) tracked by one bitmap block.
@@ -31,8 +35,8 @@ struct Layout {
   uint32_t chunk_size = 0;
   uint64_t origin_size = 0;  // bytes
   uint64_t store_size = 0;   // bytes of the store device used
-  uint64_t commit_start = 0;       // block of commit slot 0; slot 1 follows
-  uint32_t commit_blocks = 0;      // blocks per commit slot
+  uint64_t commit_start = 0;       // first block of the commit records
+  uint32_t commit_blocks = 0;      // blocks per commit record
   uint64_t meta_bitmap_start = 0;  // block; bitmap i slot s at start + 2*i + s
   uint32_t meta_bitmaps = 0;
   uint64_t data_bitmap_start = 0;
@@ -44,6 +48,11 @@ struct Layout {
 
   uint64_t origin_chunks() const { return (origin_size + chunk_size - 1) / chunk_size; }
   uint64_t data_offset(uint64_t chunk) const { return data_start + chunk * chunk_size; }
+  // First block of copy `copy` of commit slot `slot` (copies of both slots
+  // alternate: slot 0 copy 0, slot 1 copy 0, slot 0 copy 1, slot 1 copy 1).
+  uint64_t commit_record_block(int slot, int copy) const {
+    return commit_start + uint64_t(copy * 2 + slot) * commit_blocks;
+  }
 };
 
 struct LayoutRequest {

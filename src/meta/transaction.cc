@@ -1,5 +1,6 @@
 #include "meta/transaction.h"
 
+#include <algorithm>
 #include <cassert>
 #include <chrono>
 #include <cstring>
@@ -54,7 +55,7 @@ Status TransactionManager::format(BlockDevice& dev, const Superblock& sb) {
   // Generation 1 in slot 1, all bitmaps unwritten, store area zero; slot 0
   // is zeroed so no stale record from an earlier store survives there.
   const Layout& l = sb.layout;
-  std::vector<uint8_t> zeros(size_t{l.commit_blocks} * kBlockSize, 0);
+  std::vector<uint8_t> zeros(size_t{l.commit_blocks} * 2 * kCommitCopies * kBlockSize, 0);
   MS_TRY(dev.write(l.commit_start * kBlockSize, zeros.data(), zeros.size()));
   TmOptions opts;
   opts.cache_bytes = 1 << 20;
@@ -72,9 +73,9 @@ Result<std::unique_ptr<TransactionManager>> TransactionManager::open(BlockDevice
   return tm;
 }
 
-Result<uint64_t> TransactionManager::read_slot(int slot, std::vector<uint8_t>* out) {
+Result<uint64_t> TransactionManager::read_copy(int slot, int copy, std::vector<uint8_t>* out) {
   const Layout& l = sb_.layout;
-  uint64_t first = l.commit_start + uint64_t{static_cast<unsigned>(slot)} * l.commit_blocks;
+  uint64_t first = l.commit_record_block(slot, copy);
   out->assign(size_t{l.commit_blocks} * kBlockSize, 0);
   MS_TRY(dev_.read(first * kBlockSize, out->data(), out->size()));
   uint64_t gen = 0;
@@ -84,27 +85,95 @@ Result<uint64_t> TransactionManager::read_slot(int slot, std::vector<uint8_t>* o
     uint64_t g = block_header(blk)->generation;
     if (b == 0) gen = g;
     else if (g != gen)
-      return make_error(Code::kCorruption, "commit slot {}: block {} is from generation {}, not {}",
-                        slot, first + b, g, gen);
+      return make_error(Code::kCorruption, "commit record at block {}: block {} is from generation {}, not {}",
+                        first, first + b, g, gen);
   }
   const auto* rec = reinterpret_cast<const CommitRecordDisk*>(out->data());
   if (rec->record_blocks != l.commit_blocks || rec->bitmaps != l.meta_bitmaps + l.data_bitmaps)
-    return make_error(Code::kCorruption, "commit slot {}: record shape does not match the superblock", slot);
+    return make_error(Code::kCorruption, "commit record at block {}: its shape does not match the superblock",
+                      first);
   return gen;
 }
 
+namespace {
+bool all_zero(const std::vector<uint8_t>& v) {
+  return std::all_of(v.begin(), v.end(), [](uint8_t b) { return b == 0; });
+}
+}  // namespace
+
 Status TransactionManager::load_commit_record() {
-  std::vector<uint8_t> rec[2];
-  Result<uint64_t> gen[2] = {read_slot(0, &rec[0]), read_slot(1, &rec[1])};
-  int best = -1;
+  // Four copies: two per slot. Take the newest generation any valid copy
+  // holds; report every copy that is damaged or stale.
+  struct Copy {
+    std::vector<uint8_t> bytes;
+    Result<uint64_t> gen = Status(Code::kCorruption, "unread");
+    bool blank = false;  // never written (a new store's slot 0)
+    uint64_t block = 0;
+  };
+  Copy c[2][kCommitCopies];
+  int best_slot = -1, best_copy = -1;
   for (int s = 0; s < 2; ++s)
-    if (gen[s].is_ok() && (best < 0 || *gen[s] > *gen[best])) best = s;
-  if (best < 0)
-    return make_error(Code::kCorruption, "{}: no valid commit record ({}; {})", dev_.describe(),
-                      gen[0].status().to_string(), gen[1].status().to_string());
-  const auto* r = reinterpret_cast<const CommitRecordDisk*>(rec[best].data());
+    for (int k = 0; k < kCommitCopies; ++k) {
+      Copy& x = c[s][k];
+      x.block = sb_.layout.commit_record_block(s, k);
+      x.gen = read_copy(s, k, &x.bytes);
+      if (!x.gen.is_ok() && x.gen.status().code() == Code::kIoError) return x.gen.status();
+      x.blank = !x.gen.is_ok() && all_zero(x.bytes);
+      if (x.gen.is_ok() && (best_slot < 0 || *x.gen > *c[best_slot][best_copy].gen)) {
+        best_slot = s;
+        best_copy = k;
+      }
+    }
+  if (best_slot < 0)
+    return make_error(Code::kCorruption, "{}: no valid commit record: {}; {}; {}; {}", dev_.describe(),
+                      c[0][0].gen.status().to_string(), c[1][0].gen.status().to_string(),
+                      c[0][1].gen.status().to_string(), c[1][1].gen.status().to_string());
+  const uint64_t best = *c[best_slot][best_copy].gen;
+  findings_.clear();
+  for (int k = 0; k < kCommitCopies; ++k) {
+    const Copy& x = c[best_slot][k];
+    if (k == best_copy) continue;
+    if (!x.gen.is_ok())
+      findings_.push_back({false, fmt::format("copy {} of the newest commit record (generation {}) at block {} is "
+                                              "damaged ({}); copy {} at block {} is intact",
+                                              k, best, x.block, x.gen.status().to_string(), best_copy,
+                                              c[best_slot][best_copy].block)});
+    else if (*x.gen != best)
+      findings_.push_back({false, fmt::format("copy {} of the newest commit record at block {} holds generation "
+                                              "{}, not {} (a commit interrupted after its first copy)",
+                                              k, x.block, *x.gen, best)});
+  }
+  // The other slot holds the commit before (or, if both its copies are
+  // damaged, perhaps a newer one that is lost).
+  const int other = 1 - best_slot;
+  int damaged = 0, newer_claims = 0;
+  for (int k = 0; k < kCommitCopies; ++k) {
+    const Copy& x = c[other][k];
+    if (x.gen.is_ok() || x.blank) continue;
+    ++damaged;
+    const BlockHeaderDisk* h = block_header(x.bytes.data());
+    bool plausible_old = h->type == static_cast<uint32_t>(BlockType::kCommit) && h->blocknr == x.block &&
+                         h->generation < best;
+    if (!plausible_old) ++newer_claims;
+    findings_.push_back({false, fmt::format("copy {} of the older commit record at block {} is damaged ({}): an "
+                                            "interrupted commit, or damage; the next commit rewrites it",
+                                            k, x.block, x.gen.status().to_string())});
+  }
+  if (damaged == kCommitCopies && newer_claims > 0) {
+    std::string text = fmt::format(
+        "both copies of the commit record at blocks {} and {} are damaged and may have held a commit newer than "
+        "generation {}, which is the newest intact one; its changes would be lost",
+        c[other][0].block, c[other][1].block, best);
+    if (!options_.use_older_commit)
+      return make_error(Code::kCorruption, "{}: {} (to open generation {} anyway, serve with --use-older-commit)",
+                        dev_.describe(), text, best);
+    findings_.push_back({true, text + "; opened at generation " + std::to_string(best) + " as asked"});
+  }
+
+  const std::vector<uint8_t>& chosen = c[best_slot][best_copy].bytes;
+  const auto* r = reinterpret_cast<const CommitRecordDisk*>(chosen.data());
   const Layout& l = sb_.layout;
-  std::vector<uint8_t> sel = gather_selectors(rec[best], selector_bytes(l));
+  std::vector<uint8_t> sel = gather_selectors(chosen, selector_bytes(l));
   size_t meta_bytes = div_round_up(l.meta_bitmaps, 4);
   meta_->load(std::vector<uint8_t>(sel.begin(), sel.begin() + static_cast<long>(meta_bytes)),
               r->meta_used, r->meta_cursor);
@@ -114,9 +183,40 @@ Status TransactionManager::load_commit_record() {
     return make_error(Code::kCorruption, "commit record: usage counters exceed the store");
   std::memcpy(area_.data(), r->store_area, kStoreAreaSize);
   committed_area_ = area_;
-  generation_ = *gen[best] + 1;
+  generation_ = best + 1;
   commit_time_ns_ = r->commit_time_ns;
+  newest_record_ = chosen;
+  newest_slot_ = best_slot;
   return Status::ok();
+}
+
+Status TransactionManager::write_copy(int slot, int copy, std::vector<uint8_t> rec) {
+  const Layout& l = sb_.layout;
+  uint64_t first = l.commit_record_block(slot, copy);
+  for (uint32_t b = 0; b < l.commit_blocks; ++b) {
+    uint8_t* blk = rec.data() + size_t{b} * kBlockSize;
+    block_header(blk)->blocknr = first + b;
+    seal_block(blk, sb_.checksum_seed());
+  }
+  return dev_.write(first * kBlockSize, rec.data(), rec.size());
+}
+
+Result<int> TransactionManager::repair_commit_copies() {
+  MS_TRY(writable());
+  int repaired = 0;
+  for (int k = 0; k < kCommitCopies; ++k) {
+    std::vector<uint8_t> bytes;
+    auto gen = read_copy(newest_slot_, k, &bytes);
+    if (gen.is_ok() && *gen == generation_ - 1) continue;
+    Status s = write_copy(newest_slot_, k, newest_record_);
+    if (!s.is_ok()) return fail(s.annotate("repairing a commit record copy"));
+    ++repaired;
+  }
+  if (repaired > 0) {
+    Status s = dev_.flush();
+    if (!s.is_ok()) return fail(s.annotate("repairing a commit record copy"));
+  }
+  return repaired;
 }
 
 Status TransactionManager::writable() const {
@@ -244,16 +344,14 @@ Status TransactionManager::commit() {
   sel.insert(sel.end(), dsel.begin(), dsel.end());
   scatter_selectors(rec, sel);
   int slot = static_cast<int>(generation_ % 2);
-  uint64_t first = l.commit_start + uint64_t{static_cast<unsigned>(slot)} * l.commit_blocks;
   for (uint32_t b = 0; b < l.commit_blocks; ++b) {
-    uint8_t* blk = rec.data() + size_t{b} * kBlockSize;
-    BlockHeaderDisk* h = block_header(blk);
+    BlockHeaderDisk* h = block_header(rec.data() + size_t{b} * kBlockSize);
     h->type = static_cast<uint32_t>(BlockType::kCommit);
-    h->blocknr = first + b;
     h->generation = generation_;
-    seal_block(blk, sb_.checksum_seed());
   }
-  s = dev_.write(first * kBlockSize, rec.data(), rec.size());
+  // Two copies, two writes, one barrier: a power cut tears at most the write
+  // in progress, and media damage to one copy leaves the other.
+  for (int k = 0; k < kCommitCopies && s.is_ok(); ++k) s = write_copy(slot, k, rec);
   if (s.is_ok()) s = dev_.flush();
   if (!s.is_ok()) return fail(s.annotate("commit record"));
   // 3. Durable: the new state is the committed one.
@@ -261,6 +359,8 @@ Status TransactionManager::commit() {
   data_->commit_done();
   committed_area_ = area_;
   commit_time_ns_ = now;
+  newest_record_ = std::move(rec);
+  newest_slot_ = slot;
   ++generation_;
   changed_ = false;
   return Status::ok();

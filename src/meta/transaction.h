@@ -5,7 +5,10 @@
 // asserts 2 and 5 in debug builds):
 //  1. The store is described by the valid commit record with the highest
 //     generation. Everything it references was durable before it was written
-//     (commit: write dirty blocks, flush, write record, flush).
+//     (commit: write dirty blocks, flush, write the record's two copies,
+//     flush). Every record is kept twice, so one damaged block never loses
+//     a commit; a newest record with both copies damaged is refused unless
+//     the caller asks for the older one (TmOptions::use_older_commit).
 //  2. A block written in transaction G carries generation G in its header.
 //     The open transaction is generation committed+1; a block carrying it is
 //     referenced by no commit, so it may be changed in place or written out
@@ -36,6 +39,18 @@ namespace multisnap {
 struct TmOptions {
   size_t cache_bytes = 64ull << 20;
   bool read_only = false;
+  // Open the older commit when both copies of what may be a newer one are
+  // damaged (`serve --use-older-commit`). Without it such a store is refused.
+  bool use_older_commit = false;
+};
+
+// What open found wrong with the commit records' copies. A damaged copy
+// whose twin is intact loses nothing (and a power cut in the middle of a
+// commit leaves one), so it is a warning; `serious` marks a commit that may
+// be lost (both copies of a record that could be newer are damaged).
+struct CommitRecordFinding {
+  bool serious = false;
+  std::string text;
 };
 
 struct CommitRecordDisk {
@@ -100,12 +115,19 @@ class TransactionManager {
   const Status& status() const { return failure_; }
   Status fail(Status why);
 
+  // Damaged or stale commit record copies seen by open (empty when all is well).
+  const std::vector<CommitRecordFinding>& commit_findings() const { return findings_; }
+  // Rewrites damaged copies of the newest commit record from the intact one
+  // (serve does this at open; read-write only). Returns how many it rewrote.
+  Result<int> repair_commit_copies();
+
   void check_invariants() const;
 
  private:
   TransactionManager(BlockDevice& dev, Superblock sb, TmOptions options);
   Status load_commit_record();
-  Result<uint64_t> read_slot(int slot, std::vector<uint8_t>* out);
+  Result<uint64_t> read_copy(int slot, int copy, std::vector<uint8_t>* out);
+  Status write_copy(int slot, int copy, std::vector<uint8_t> record);
   Status writable() const;
   bool in_meta_pool(uint64_t blocknr) const;
 
@@ -121,6 +143,9 @@ class TransactionManager {
   StoreArea committed_area_{};
   bool changed_ = false;
   Status failure_;
+  std::vector<CommitRecordFinding> findings_;
+  std::vector<uint8_t> newest_record_;  // as read at open, for repair
+  int newest_slot_ = 0;
 };
 
 }  // namespace multisnap

@@ -35,12 +35,16 @@
 #include <vector>
 
 #include "meta/transaction.h"
+#include "util/uuid.h"
 
 namespace multisnap {
 
 using SnapshotId = uint32_t;  // user-visible, never reused; 0 stands for the origin
 constexpr SnapshotId kOriginId = 0;
 constexpr size_t kMaxSnapshotName = 64;
+
+// SnapshotInfo::flags (persisted in the snapshot record: never renumber).
+constexpr uint32_t kSnapshotWritten = 1;  // written to since it was created
 
 struct SnapshotInfo {
   SnapshotId id = 0;
@@ -49,6 +53,18 @@ struct SnapshotInfo {
   uint64_t created_ns = 0;        // wall clock, ns since the epoch
   uint64_t store_key = 0;         // the store's own handle (range key ID, or bit)
   uint32_t children = 0;          // snapshots ever made of this one
+  Uuid uuid;                      // random at create, or the sender's (receive); never changes
+  uint32_t flags = 0;             // kSnapshot*
+};
+
+// A receive in progress (docs/replication.md): committed before the first
+// origin write of the stream, cleared when its snapshot is created or the
+// receive is aborted.
+struct PendingReceive {
+  Uuid target;                      // the snapshot it will create
+  SnapshotId base = kOriginId;      // kOriginId: a full stream
+  SnapshotId origin_changed_before = 0;  // to restore on abort
+  bool active() const { return !target.is_nil(); }
 };
 
 struct ChunkMapping {
@@ -105,12 +121,16 @@ class CheckReport {
  public:
   void problem(std::string text) { problems_.push_back(std::move(text)); }
   void note(std::string text) { notes_.push_back(std::move(text)); }
+  // Damage that lost nothing (a commit record copy whose twin is intact).
+  void warning(std::string text) { warnings_.push_back(std::move(text)); }
   bool clean() const { return problems_.empty(); }
   const std::vector<std::string>& problems() const { return problems_; }
+  const std::vector<std::string>& warnings() const { return warnings_; }
   const std::vector<std::string>& notes() const { return notes_; }
 
  private:
   std::vector<std::string> problems_;
+  std::vector<std::string> warnings_;
   std::vector<std::string> notes_;
 };
 
@@ -123,8 +143,10 @@ class ExceptionStore {
 
   // ---- snapshots
   // O(1) in the number of chunks and snapshots (a few B-tree operations).
+  // `uuid`: the new snapshot's identity (receive gives the sender's);
+  // random when absent.
   virtual Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name,
-                                               uint64_t now_ns) = 0;
+                                               uint64_t now_ns, std::optional<Uuid> uuid = std::nullopt) = 0;
   // The ID disappears at once; its space is reclaimed by reclaim_step().
   virtual Status delete_snapshot(SnapshotId id) = 0;
   virtual Result<std::optional<SnapshotInfo>> find_snapshot(SnapshotId id) = 0;
@@ -132,6 +154,27 @@ class ExceptionStore {
   // Calls fn for each live snapshot with id >= from, in ID order, until it returns false.
   virtual Status list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) = 0;
   virtual uint64_t snapshot_count() const = 0;
+  // The highest ID ever given (0: none yet). "Newest" snapshot = highest live ID.
+  virtual SnapshotId last_snapshot_id() const = 0;
+  // Marks a snapshot written since its creation (kSnapshotWritten); false if
+  // it already was. A metadata change: commit before the write is let in.
+  virtual Result<bool> mark_written(SnapshotId id) = 0;
+
+  // ---- origin changes, for replication: the highest snapshot ID that
+  // existed when the origin last changed. The origin has not changed since
+  // snapshot B was created iff origin_changed_at() < B.
+  virtual SnapshotId origin_changed_at() const = 0;
+  // Records an origin change now, if not already recorded for the newest ID;
+  // true when that changed metadata (which must commit before the write).
+  virtual bool record_origin_change() = 0;
+  // True when the committed state lags the recorded origin change.
+  virtual bool origin_change_uncommitted() const = 0;
+
+  // ---- a receive in progress (persisted in the store area)
+  virtual const PendingReceive& pending_receive() const = 0;
+  virtual void set_pending_receive(const PendingReceive& p) = 0;
+  // Restores origin_changed_at (receive --abort).
+  virtual void set_origin_changed_at(SnapshotId id) = 0;
 
   // ---- reads
   virtual Result<ChunkMapping> lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) = 0;

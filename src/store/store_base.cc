@@ -14,24 +14,30 @@ using NameTree = BTree<NameTraits>;
 }  // namespace
 
 void SnapshotRecord::encode(uint8_t* p) const {
-  std::memset(p, 0, 96);
-  store_le(p, store_key);
-  store_le(p + 8, created_ns);
-  store_le(p + 16, parent);
-  store_le(p + 20, children);
+  SnapshotRecordDisk d{};
+  d.store_key = store_key;
+  d.created_ns = created_ns;
+  d.parent = parent;
+  d.children = children;
   size_t n = std::min(name.size(), kMaxSnapshotName);
-  p[24] = static_cast<uint8_t>(n);
-  std::memcpy(p + 32, name.data(), n);
+  d.name_len = static_cast<uint8_t>(n);
+  d.flags = flags;
+  std::memcpy(d.uuid, uuid.bytes.data(), 16);
+  std::memcpy(d.name, name.data(), n);
+  std::memcpy(p, &d, sizeof d);
 }
 
 SnapshotRecord SnapshotRecord::decode(const uint8_t* p) {
+  SnapshotRecordDisk d;
+  std::memcpy(&d, p, sizeof d);
   SnapshotRecord r;
-  r.store_key = load_le<uint64_t>(p);
-  r.created_ns = load_le<uint64_t>(p + 8);
-  r.parent = load_le<uint32_t>(p + 16);
-  r.children = load_le<uint32_t>(p + 20);
-  size_t n = std::min<size_t>(p[24], kMaxSnapshotName);
-  r.name.assign(reinterpret_cast<const char*>(p + 32), n);
+  r.store_key = d.store_key;
+  r.created_ns = d.created_ns;
+  r.parent = d.parent;
+  r.children = d.children;
+  r.flags = d.flags;
+  std::memcpy(r.uuid.bytes.data(), d.uuid, 16);
+  r.name.assign(d.name, std::min<size_t>(d.name_len, kMaxSnapshotName));
   return r;
 }
 
@@ -112,7 +118,7 @@ uint64_t StoreBase::name_hash(std::string_view name) {
 }
 
 SnapshotInfo StoreBase::to_info(uint64_t id, const SnapshotRecord& r) {
-  return {static_cast<SnapshotId>(id), r.parent, r.name, r.created_ns, r.store_key, r.children};
+  return {static_cast<SnapshotId>(id), r.parent, r.name, r.created_ns, r.store_key, r.children, r.uuid, r.flags};
 }
 
 Status StoreBase::init_common() {
@@ -129,6 +135,47 @@ void StoreBase::load_common() {
   names_root_ = load_le<uint64_t>(a + 8);
   next_id_ = load_le<uint32_t>(a + 16);
   snapshot_count_ = load_le<uint32_t>(a + 20);
+  origin_changed_at_ = load_le<uint32_t>(a + 24);
+  receive_.base = load_le<uint32_t>(a + 28);
+  std::memcpy(receive_.target.bytes.data(), a + 32, 16);
+  receive_.origin_changed_before = load_le<uint32_t>(a + 48);
+}
+
+bool StoreBase::record_origin_change() {
+  if (next_id_ == 1 || origin_changed_at_ == next_id_ - 1) return false;
+  origin_changed_at_ = next_id_ - 1;
+  tm_->mutable_store_area();  // a change worth a commit
+  return true;
+}
+
+bool StoreBase::origin_change_uncommitted() const {
+  return load_le<uint32_t>(tm_->committed_store_area().data() + 24) != origin_changed_at_;
+}
+
+void StoreBase::set_pending_receive(const PendingReceive& p) {
+  receive_ = p;
+  tm_->mutable_store_area();
+}
+
+void StoreBase::set_origin_changed_at(SnapshotId id) {
+  origin_changed_at_ = id;
+  tm_->mutable_store_area();
+}
+
+Result<bool> StoreBase::mark_written(SnapshotId id) {
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  MS_ASSIGN_OR_RETURN(auto rec, snaps.lookup(id));
+  if (!rec) return make_error(Code::kNotFound, "there is no snapshot {}", id);
+  if (rec->flags & kSnapshotWritten) return false;
+  MS_TRY(reserve(1));
+  rec->flags |= kSnapshotWritten;
+  MS_TRY(apply([&]() -> Status {
+    SnapshotTree t(*tm_, snapshots_root_);
+    Status s = t.insert(id, *rec);
+    snapshots_root_ = t.root();
+    return s;
+  }));
+  return true;
 }
 
 Status StoreBase::apply(const std::function<Status()>& change) {
@@ -149,13 +196,21 @@ Status StoreBase::commit() {
   store_le(a + 8, names_root_);
   store_le(a + 16, next_id_);
   store_le(a + 20, snapshot_count_);
+  store_le(a + 24, origin_changed_at_);
+  store_le(a + 28, receive_.base);
+  std::memcpy(a + 32, receive_.target.bytes.data(), 16);
+  store_le(a + 48, receive_.origin_changed_before);
   save_specific(a);
   if (next != tm_->store_area()) tm_->mutable_store_area() = next;
   return tm_->commit();
 }
 
 Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent, std::string name,
-                                                uint64_t now_ns) {
+                                                uint64_t now_ns, std::optional<Uuid> uuid) {
+  if (!uuid) {
+    MS_ASSIGN_OR_RETURN(Uuid fresh, random_uuid());
+    uuid = fresh;
+  }
   if (!name.empty()) {
     MS_TRY(validate_snapshot_name(name));
     MS_ASSIGN_OR_RETURN(auto existing, find_snapshot(std::string_view(name)));
@@ -178,6 +233,7 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
   rec.created_ns = now_ns;
   rec.parent = parent.value_or(kOriginId);
   rec.name = name;
+  rec.uuid = *uuid;
   SnapshotId id = next_id_;
   SnapshotInfo info = to_info(id, rec);
   MS_TRY(apply([&]() -> Status {
@@ -270,6 +326,7 @@ void StoreBase::check_common(CheckReport& report, const std::function<void(uint6
     ++count;
     if (id == 0 || id >= next_id_)
       report.problem(fmt::format("snapshot table: ID {} is outside 1..{}", id, next_id_ - 1));
+    if (r.uuid.is_nil()) report.problem(fmt::format("snapshot {}: its uuid is missing", id));
     if (r.parent >= id && r.parent != kOriginId)
       report.problem(fmt::format("snapshot {}: parent {} is not older than it", id, r.parent));
     if (!r.name.empty()) {

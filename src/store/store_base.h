@@ -6,7 +6,10 @@
 // Store area (the 512 opaque bytes of the commit record), common part:
 //   0  u64 snapshots tree root      8  u64 names tree root
 //  16  u32 next snapshot ID        20  u32 live snapshot count
-//  24..63 reserved; 64..511 belong to the store format.
+//  24  u32 origin changed at (highest ID when the origin last changed)
+//  28  u32 pending receive: base ID    32  u8[16] pending receive: target uuid
+//  48  u32 pending receive: origin-changed-at before it
+//  52..63 reserved; 64..511 belong to the store format.
 #pragma once
 
 #include "store/exception_store.h"
@@ -14,12 +17,30 @@
 
 namespace multisnap {
 
-// The snapshot table's value (96 bytes on disk; docs/format.md).
+// The snapshot table's value (112 bytes on disk; docs/format.md).
+struct SnapshotRecordDisk {
+  uint64_t store_key;
+  uint64_t created_ns;
+  uint32_t parent;
+  uint32_t children;
+  uint8_t name_len;
+  uint8_t reserved[3];
+  uint32_t flags;
+  uint8_t uuid[16];
+  char name[kMaxSnapshotName];
+};
+static_assert(sizeof(SnapshotRecordDisk) == 112);
+static_assert(offsetof(SnapshotRecordDisk, flags) == 28);
+static_assert(offsetof(SnapshotRecordDisk, uuid) == 32);
+static_assert(offsetof(SnapshotRecordDisk, name) == 48);
+
 struct SnapshotRecord {
   uint64_t store_key = 0;
   uint64_t created_ns = 0;
   uint32_t parent = 0;
   uint32_t children = 0;  // snapshots ever made of this one
+  uint32_t flags = 0;
+  Uuid uuid;
   std::string name;
 
   void encode(uint8_t* p) const;
@@ -30,7 +51,7 @@ struct SnapshotTableTraits {
   using Value = SnapshotRecord;
   static constexpr uint32_t kTreeKind = tree_kind::kSnapshots;
   static constexpr uint16_t kKeySize = 8;
-  static constexpr uint16_t kValueSize = 96;
+  static constexpr uint16_t kValueSize = sizeof(SnapshotRecordDisk);
   static void encode_key(const Key& k, uint8_t* p) { store_le(p, k); }
   static Key decode_key(const uint8_t* p) { return load_le<uint64_t>(p); }
   static void encode_value(const Value& v, uint8_t* p) { v.encode(p); }
@@ -66,8 +87,16 @@ class StoreBase : public ExceptionStore {
  public:
   TransactionManager& tm() override { return *tm_; }
 
-  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name,
-                                       uint64_t now_ns) override;
+  Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name, uint64_t now_ns,
+                                       std::optional<Uuid> uuid = std::nullopt) override;
+  SnapshotId last_snapshot_id() const override { return next_id_ - 1; }
+  Result<bool> mark_written(SnapshotId id) override;
+  SnapshotId origin_changed_at() const override { return origin_changed_at_; }
+  bool record_origin_change() override;
+  bool origin_change_uncommitted() const override;
+  const PendingReceive& pending_receive() const override { return receive_; }
+  void set_pending_receive(const PendingReceive& p) override;
+  void set_origin_changed_at(SnapshotId id) override;
   Status delete_snapshot(SnapshotId id) override;
   Result<std::optional<SnapshotInfo>> find_snapshot(SnapshotId id) override;
   Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view name) override;
@@ -110,6 +139,8 @@ class StoreBase : public ExceptionStore {
   uint64_t names_root_ = 0;
   uint32_t next_id_ = 1;
   uint32_t snapshot_count_ = 0;
+  SnapshotId origin_changed_at_ = 0;
+  PendingReceive receive_;
 
  private:
   static uint64_t name_hash(std::string_view name);

@@ -1,28 +1,12 @@
 // format_store / open_store: pick the exception store the superblock names.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 
 #include "store/bitmask/bitmask_store.h"
 #include "store/range/range_store.h"
+#include "util/uuid.h"
 
 namespace multisnap {
 
-namespace {
-std::array<uint8_t, 16> random_uuid() {
-  std::array<uint8_t, 16> u{};
-  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    ssize_t n = ::read(fd, u.data(), u.size());
-    (void)n;
-    ::close(fd);
-  }
-  u[6] = static_cast<uint8_t>((u[6] & 0x0f) | 0x40);  // version 4
-  u[8] = static_cast<uint8_t>((u[8] & 0x3f) | 0x80);
-  return u;
-}
-}  // namespace
 
 Status format_store(BlockDevice& dev, const CreateOptions& options) {
   LayoutRequest req;
@@ -33,7 +17,8 @@ Status format_store(BlockDevice& dev, const CreateOptions& options) {
   MS_ASSIGN_OR_RETURN(Layout layout, compute_layout(req));
   Superblock sb;
   sb.format = options.format;
-  sb.uuid = random_uuid();
+  MS_ASSIGN_OR_RETURN(Uuid uuid, random_uuid());
+  sb.uuid = uuid.bytes;
   sb.created_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                             std::chrono::system_clock::now().time_since_epoch())
                                             .count());

@@ -9,7 +9,7 @@ namespace {
 
 void expect_sane(const Layout& l) {
   EXPECT_EQ(l.commit_start, 1u);
-  EXPECT_EQ(l.meta_bitmap_start, 1 + 2ull * l.commit_blocks);
+  EXPECT_EQ(l.meta_bitmap_start, 1 + 2ull * kCommitCopies * l.commit_blocks);
   EXPECT_EQ(l.data_bitmap_start, l.meta_bitmap_start + 2ull * l.meta_bitmaps);
   EXPECT_EQ(l.meta_start, l.data_bitmap_start + 2ull * l.data_bitmaps);
   EXPECT_GE(l.data_start, (l.meta_start + l.meta_blocks) * kBlockSize);

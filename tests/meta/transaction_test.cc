@@ -99,27 +99,104 @@ TEST_F(TransactionTest, CrashBeforeCommitRecordKeepsTheOldState) {
   }
 }
 
-TEST_F(TransactionTest, TornCommitRecordFallsBackToThePreviousOne) {
-  uint64_t nr;
+void flip(MemoryDevice& dev, uint64_t block, size_t offset) {
+  uint8_t b;
+  ASSERT_TRUE(dev.read(block * kBlockSize + offset, &b, 1).is_ok());
+  b ^= 0x5a;
+  dev.poke(block * kBlockSize + offset, &b, 1);
+}
+
+TEST_F(TransactionTest, EveryCommitRecordIsWrittenTwice) {
   {
     auto tm = testing::open_tm(dev_);
-    nr = write_value_block(*tm, 5);
+    write_value_block(*tm, 5);
+    ASSERT_TRUE(tm->commit().is_ok());  // generation 2 in slot 0
+  }
+  const Layout& l = testing::make_superblock(dev_.size()).layout;
+  std::vector<uint8_t> a(kBlockSize), b(kBlockSize);
+  ASSERT_TRUE(dev_.read(l.commit_record_block(0, 0) * kBlockSize, a.data(), a.size()).is_ok());
+  ASSERT_TRUE(dev_.read(l.commit_record_block(0, 1) * kBlockSize, b.data(), b.size()).is_ok());
+  EXPECT_EQ(block_header(a.data())->generation, 2u);
+  EXPECT_EQ(block_header(b.data())->generation, 2u);
+  EXPECT_EQ(block_header(b.data())->blocknr, l.commit_record_block(0, 1));
+  // Same record apart from the header's checksum and block number.
+  EXPECT_TRUE(std::equal(a.begin() + 32, a.end(), b.begin() + 32));
+}
+
+TEST(TransactionCopies, OneDamagedCopyOfTheNewestRecordLosesNothingAndIsReported) {
+  for (int copy = 0; copy < kCommitCopies; ++copy) {
+    MemoryDevice dev(64 << 20);
+    ASSERT_TRUE(TransactionManager::format(dev, testing::make_superblock(dev.size())).is_ok());
+    uint64_t nr;
+    {
+      auto tm = testing::open_tm(dev);
+      nr = write_value_block(*tm, 5);
+      ASSERT_TRUE(tm->commit().is_ok());  // generation 2 in slot 0
+    }
+    const Layout& l = testing::make_superblock(dev.size()).layout;
+    flip(dev, l.commit_record_block(0, copy), 700);
+    auto tm = testing::open_tm(dev);
+    EXPECT_EQ(tm->committed_generation(), 2u) << "copy " << copy;
+    EXPECT_EQ(read_value(*tm, nr), 5);
+    ASSERT_EQ(tm->commit_findings().size(), 1u);
+    EXPECT_FALSE(tm->commit_findings()[0].serious);
+    EXPECT_NE(tm->commit_findings()[0].text.find("damaged"), std::string::npos);
+    // Repair rewrites it; the next open finds nothing.
+    EXPECT_EQ(*tm->repair_commit_copies(), 1);
+    tm.reset();
+    auto again = testing::open_tm(dev);
+    EXPECT_TRUE(again->commit_findings().empty());
+    EXPECT_EQ(again->committed_generation(), 2u);
+  }
+}
+
+TEST_F(TransactionTest, BothCopiesOfANewerRecordDamagedIsRefusedUnlessAsked) {
+  {
+    auto tm = testing::open_tm(dev_);
+    write_value_block(*tm, 5);
     ASSERT_TRUE(tm->commit().is_ok());  // generation 2 in slot 0
     write_value_block(*tm, 9);
     ASSERT_TRUE(tm->commit().is_ok());  // generation 3 in slot 1
   }
-  // Damage slot 1 (generation 3).
   const Layout& l = testing::make_superblock(dev_.size()).layout;
-  uint8_t junk = 0xff;
-  dev_.poke((l.commit_start + l.commit_blocks) * kBlockSize + 300, &junk, 1);
-  auto tm = testing::open_tm(dev_);
+  flip(dev_, l.commit_record_block(1, 0), 300);
+  flip(dev_, l.commit_record_block(1, 1), 2000);
+  auto r = TransactionManager::open(dev_, {});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), Code::kCorruption);
+  EXPECT_NE(r.status().message().find("--use-older-commit"), std::string::npos) << r.status().to_string();
+  TmOptions older;
+  older.use_older_commit = true;
+  auto tm = std::move(TransactionManager::open(dev_, older)).value();
   EXPECT_EQ(tm->committed_generation(), 2u);
-  EXPECT_EQ(read_value(*tm, nr), 5);
+  bool serious = false;
+  for (auto& f : tm->commit_findings()) serious |= f.serious;
+  EXPECT_TRUE(serious);
+}
+
+TEST_F(TransactionTest, ATornCopyOfAnInterruptedCommitIsAWarningOnly) {
+  {
+    auto tm = testing::open_tm(dev_);
+    write_value_block(*tm, 5);
+    ASSERT_TRUE(tm->commit().is_ok());  // generation 2 in slot 0
+    write_value_block(*tm, 9);
+    ASSERT_TRUE(tm->commit().is_ok());  // generation 3 in slot 1
+  }
+  // Generation 4 was being written to slot 0: copy 0 half there.
+  const Layout& l = testing::make_superblock(dev_.size()).layout;
+  std::vector<uint8_t> blk(kBlockSize);
+  ASSERT_TRUE(dev_.read(l.commit_record_block(0, 0) * kBlockSize, blk.data(), blk.size()).is_ok());
+  block_header(blk.data())->generation = 4;
+  dev_.poke(l.commit_record_block(0, 0) * kBlockSize, blk.data(), 512);
+  auto tm = testing::open_tm(dev_);
+  EXPECT_EQ(tm->committed_generation(), 3u);
+  ASSERT_EQ(tm->commit_findings().size(), 1u);
+  EXPECT_FALSE(tm->commit_findings()[0].serious);
 }
 
 TEST_F(TransactionTest, NoValidCommitRecordIsAClearError) {
   const Layout& l = testing::make_superblock(dev_.size()).layout;
-  std::vector<uint8_t> zeros(2 * l.commit_blocks * kBlockSize, 0);
+  std::vector<uint8_t> zeros(2 * kCommitCopies * l.commit_blocks * kBlockSize, 0);
   dev_.poke(l.commit_start * kBlockSize, zeros.data(), zeros.size());
   auto r = TransactionManager::open(dev_, {});
   ASSERT_FALSE(r.is_ok());
