@@ -5,9 +5,9 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config make
   libgtest-dev libgmock-dev libbenchmark-dev
-  liburing-dev nlohmann-json3-dev libcli11-dev libfmt-dev libxxhash-dev
+  liburing-dev nlohmann-json3-dev libcli11-dev libfmt-dev libxxhash-dev libzstd-dev
   libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils fio
-  fuse3 e2fsprogs util-linux clang
+  fuse3 e2fsprogs util-linux clang socat iproute2 openssh-server openssh-client
 )
 missing=()
 for p in "${packages[@]}"; do
