@@ -35,6 +35,17 @@ int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool f
 int run_snapshot_list(const OnlineArgs& o);
 int run_status(const OnlineArgs& o);
 
+struct SendArgs {
+  std::string snapshot, from, output;
+  bool compress = false, progress = false;
+};
+int run_send(const OnlineArgs& o, const SendArgs& a);
+struct ReceiveArgs {
+  std::string input, name;
+  bool progress = false, abort = false;
+};
+int run_receive(const OnlineArgs& o, const ReceiveArgs& a);
+
 int run_check(const std::string& store, bool json);
 int run_dump(const std::string& store, bool json);
 

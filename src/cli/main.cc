@@ -63,6 +63,22 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand("status", "Show the state of a running store");
   add_online(status);
 
+  SendArgs send_args;
+  auto* send = app.add_subcommand("send", "Write a replication stream of a snapshot (full, or --from a base)");
+  send->add_option("SNAPSHOT", send_args.snapshot, "ID or name of the snapshot to send")->required();
+  send->add_option("--from", send_args.from, "base snapshot: send only what differs from it (incremental)");
+  send->add_option("--output", send_args.output, "write the stream to FILE (default: standard output)");
+  send->add_flag("--compress", send_args.compress, "compress data records with zstd");
+  send->add_flag("--progress", send_args.progress, "show progress on standard error");
+  add_online(send);
+  ReceiveArgs recv_args;
+  auto* receive = app.add_subcommand("receive", "Apply a replication stream; prints the new snapshot's ID");
+  receive->add_option("--input", recv_args.input, "read the stream from FILE (default: standard input)");
+  receive->add_option("--name", recv_args.name, "name the new snapshot (default: the sent snapshot's name)");
+  receive->add_flag("--progress", recv_args.progress, "show progress on standard error");
+  receive->add_flag("--abort", recv_args.abort, "undo an interrupted receive instead");
+  add_online(receive);
+
   std::string store;
   bool json = false;
   auto* check = app.add_subcommand("check", "Verify all metadata of a store that is not being served");
@@ -92,6 +108,8 @@ int main(int argc, char** argv) {
   if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
   if (slist->parsed()) return run_snapshot_list(oa);
   if (status->parsed()) return run_status(oa);
+  if (send->parsed()) return run_send(oa, send_args);
+  if (receive->parsed()) return run_receive(oa, recv_args);
   if (check->parsed()) return run_check(store, json);
   if (dump->parsed()) return run_dump(store, json);
   return 2;

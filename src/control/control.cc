@@ -11,6 +11,7 @@
 #include <list>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "util/log.h"
 
@@ -74,13 +75,30 @@ bool read_line(int fd, std::string& buffer, std::string* line, size_t max) {
   }
 }
 
+// Bytes already read past a line come first.
+ssize_t read_buffered(int fd, std::string& buffered, void* buf, size_t len) {
+  if (!buffered.empty()) {
+    size_t n = std::min(len, buffered.size());
+    std::memcpy(buf, buffered.data(), n);
+    buffered.erase(0, n);
+    return static_cast<ssize_t>(n);
+  }
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    return n;
+  }
+}
+
 class SocketWriter : public Writer {
  public:
-  explicit SocketWriter(int fd) : fd_(fd) {}
+  SocketWriter(int fd, std::string& buffered) : fd_(fd), buffered_(buffered) {}
   bool write(std::string_view bytes) override { return write_all(fd_, bytes); }
+  ssize_t read_raw(void* buf, size_t len) override { return read_buffered(fd_, buffered_, buf, len); }
 
  private:
   int fd_;
+  std::string& buffered_;
 };
 
 Result<int> make_unix_socket(const std::string& path, sockaddr_un* addr) {
@@ -107,6 +125,76 @@ Status answer_status(const Json& answer) {
   if (answer["ok"].get<bool>()) return Status::ok();
   const Json& e = answer.value("error", Json::object());
   return Status(code_from_token(e.value("code", "io-error")), e.value("message", "unknown error"));
+}
+
+// ---------------------------------------------------------------- frames
+
+Status FrameReader::fill(void* p, size_t n) {
+  auto* b = static_cast<uint8_t*>(p);
+  while (n > 0) {
+    ssize_t got = read_(b, n);
+    if (got < 0) return errno_status(errno, "reading a stream from the control connection");
+    if (got == 0) return make_error(Code::kShutdown, "the connection closed in the middle of the stream");
+    b += got;
+    n -= static_cast<size_t>(got);
+  }
+  return Status::ok();
+}
+
+Result<size_t> FrameReader::read(uint8_t* buf, size_t len) {
+  size_t done = 0;
+  while (done < len && !ended_) {
+    if (left_ == 0) {
+      uint8_t h[4];
+      MS_TRY(fill(h, 4));
+      left_ = uint32_t{h[0]} | uint32_t{h[1]} << 8 | uint32_t{h[2]} << 16 | uint32_t{h[3]} << 24;
+      if (left_ > kMaxFrame) return make_error(Code::kInvalidArgument, "a stream frame of {} bytes is too long", left_);
+      if (left_ == 0) {
+        ended_ = true;
+        break;
+      }
+    }
+    size_t n = std::min<size_t>(left_, len - done);
+    MS_TRY(fill(buf + done, n));
+    done += n;
+    left_ -= static_cast<uint32_t>(n);
+  }
+  return done;
+}
+
+Status FrameReader::drain() {
+  std::vector<uint8_t> sink(1 << 16);
+  while (!ended_) MS_TRY(read(sink.data(), sink.size()).status());
+  return Status::ok();
+}
+
+Status FrameWriter::write(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    size_t take = std::min(n, max_ - buf_.size());
+    buf_.append(c, take);
+    c += take;
+    n -= take;
+    if (buf_.size() == max_) MS_TRY(flush());
+  }
+  return Status::ok();
+}
+
+Status FrameWriter::flush() {
+  if (buf_.empty()) return Status::ok();
+  uint32_t len = static_cast<uint32_t>(buf_.size());
+  uint8_t h[4] = {uint8_t(len), uint8_t(len >> 8), uint8_t(len >> 16), uint8_t(len >> 24)};
+  if (!write_(h, 4) || !write_(buf_.data(), buf_.size()))
+    return make_error(Code::kIoError, "the other end of the control connection went away");
+  buf_.clear();
+  return Status::ok();
+}
+
+Status FrameWriter::end() {
+  MS_TRY(flush());
+  uint8_t h[4] = {0, 0, 0, 0};
+  if (!write_(h, 4)) return make_error(Code::kIoError, "the other end of the control connection went away");
+  return Status::ok();
 }
 
 // ---------------------------------------------------------------- server
@@ -202,7 +290,7 @@ class ControlServer::Impl {
 
   void serve(int fd) {
     std::string buffer, line;
-    SocketWriter out(fd);
+    SocketWriter out(fd, buffer);
     while (!stopped_ && read_line(fd, buffer, &line, kMaxRequestBytes)) {
       Json request = Json::parse(line, nullptr, false);
       std::optional<Json> answer;
@@ -261,8 +349,22 @@ Result<std::unique_ptr<ControlClient>> ControlClient::connect(const std::string&
 ControlClient::~ControlClient() { ::close(fd_); }
 
 Result<Json> ControlClient::call(const Json& request) {
-  if (!write_all(fd_, request.dump() + "\n"))
-    return errno_status(errno, "sending to the control socket");
+  MS_TRY(send(request));
+  return read_answer();
+}
+
+Status ControlClient::send(const Json& request) {
+  if (!write_all(fd_, request.dump() + "\n")) return errno_status(errno, "sending to the control socket");
+  return Status::ok();
+}
+
+bool ControlClient::write_raw(const void* p, size_t n) {
+  return write_all(fd_, std::string_view(static_cast<const char*>(p), n));
+}
+
+ssize_t ControlClient::read_raw(void* p, size_t n) { return read_buffered(fd_, buffer_, p, n); }
+
+Result<Json> ControlClient::read_answer() {
   std::string line;
   if (!read_line(fd_, buffer_, &line, SIZE_MAX))
     return make_error(Code::kIoError, "the server closed the control connection without answering");

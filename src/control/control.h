@@ -13,6 +13,8 @@
 // handler runs on connection threads and must be thread-safe.
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -33,11 +35,56 @@ Json error_answer(const Status& status);
 // The Status an answer carries (ok for {"ok": true, ...}).
 Status answer_status(const Json& answer);
 
-// Lets a handler send a long answer in pieces (one line in all).
+// Lets a handler send a long answer in pieces (one line in all), and, for
+// the stream commands, read the raw bytes that follow the request line.
 class Writer {
  public:
   virtual ~Writer() = default;
   virtual bool write(std::string_view bytes) = 0;
+  // Up to len bytes from the connection (buffered ones first): > 0 bytes
+  // read, 0 at the end of the connection, < 0 on an error.
+  virtual ssize_t read_raw(void* buf, size_t len) {
+    (void)buf;
+    (void)len;
+    return -1;
+  }
+};
+
+// Streams on a control connection (docs/control.md, "Streams"): after the
+// request line (and, from the server, after its first answer line) the
+// bytes go as frames, a u32 little-endian length then that many bytes; a
+// frame of length 0 ends the stream. A final answer line follows.
+constexpr uint32_t kMaxFrame = 4u << 20;
+// Reads the bytes of a framed stream; 0 after the end frame. A connection
+// that ends before the end frame is Code::kShutdown.
+class FrameReader {
+ public:
+  using ReadFn = std::function<ssize_t(void*, size_t)>;
+  explicit FrameReader(ReadFn read) : read_(std::move(read)) {}
+  Result<size_t> read(uint8_t* buf, size_t len);  // fills buf unless the stream ends
+  bool ended() const { return ended_; }
+  // Reads and discards the rest of the stream (to answer after an error).
+  Status drain();
+
+ private:
+  Status fill(void* p, size_t n);
+  ReadFn read_;
+  uint32_t left_ = 0;  // bytes left in the current frame
+  bool ended_ = false;
+};
+// Frames bytes for a stream; flush() sends what is buffered, end() the end frame.
+class FrameWriter {
+ public:
+  using WriteFn = std::function<bool(const void*, size_t)>;
+  explicit FrameWriter(WriteFn write, size_t frame_bytes = 1 << 20) : write_(std::move(write)), max_(frame_bytes) {}
+  Status write(const void* p, size_t n);
+  Status flush();
+  Status end();
+
+ private:
+  WriteFn write_;
+  size_t max_;
+  std::string buf_;
 };
 
 // Returns the answer, or nullopt when it already wrote it through the Writer.
@@ -64,6 +111,11 @@ class ControlClient {
   ~ControlClient();
   // Sends the request and returns the answer (which may say ok: false).
   Result<Json> call(const Json& request);
+  // The pieces of call(), for the stream commands.
+  Status send(const Json& request);
+  Result<Json> read_answer();
+  bool write_raw(const void* p, size_t n);
+  ssize_t read_raw(void* p, size_t n);
 
  private:
   explicit ControlClient(int fd) : fd_(fd) {}

@@ -15,18 +15,6 @@ namespace multisnap {
 
 using control::Json;
 
-Json snapshot_json(const SnapshotInfo& s) {
-  Json j;
-  j["id"] = s.id;
-  j["name"] = s.name.empty() ? Json(nullptr) : Json(s.name);
-  j["of"] = s.parent == kOriginId ? Json("origin") : Json(s.parent);
-  j["created"] = iso8601(s.created_ns);
-  j["uuid"] = s.uuid.to_string();
-  j["written"] = (s.flags & kSnapshotWritten) != 0;
-  j["export"] = "snapshot/" + std::to_string(s.id);
-  return j;
-}
-
 Status lock_device(const FileDevice& dev, bool exclusive) {
   if (::flock(dev.fd(), (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return Status::ok();
   if (errno == EWOULDBLOCK)
@@ -51,6 +39,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   MS_TRY(lock_device(*d->origin_, true));
   MS_ASSIGN_OR_RETURN(d->engine_, Engine::open(*d->origin_, *d->store_, options.engine));
   d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
+  d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
   MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
@@ -97,6 +86,17 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
   if (cmd == "snapshot-create") return snapshot_create(req);
   if (cmd == "snapshot-delete") return snapshot_delete(req);
   if (cmd == "status") return status();
+  if (cmd == "send") return send(req, out);
+  if (cmd == "receive") {
+    std::string name;
+    if (req.contains("name") && !req["name"].is_null()) {
+      if (!req["name"].is_string())
+        return control::error_answer(make_error(Code::kInvalidArgument, "name must be a string"));
+      name = req["name"].get<std::string>();
+    }
+    return replication_->receive(name, out);
+  }
+  if (cmd == "receive-abort") return replication_->receive_abort();
   if (cmd == "snapshot-list") {
     snapshot_list(out);
     return std::nullopt;
@@ -121,9 +121,34 @@ Json Daemon::snapshot_create(const Json& req) {
   return Json{{"ok", true}, {"snapshot", snapshot_json(*s)}};
 }
 
+std::optional<Json> Daemon::send(const Json& req, control::Writer& out) {
+  auto id = resolve(req.value("snapshot", Json()));
+  if (!id.is_ok()) return control::error_answer(id.status());
+  auto target = engine_->find_snapshot(std::to_string(*id));
+  if (!target.is_ok() || !*target)
+    return control::error_answer(target.is_ok() ? make_error(Code::kNotFound, "there is no snapshot {}", *id)
+                                                : target.status());
+  std::optional<SnapshotInfo> base;
+  if (req.contains("from") && !req["from"].is_null()) {
+    auto b = resolve(req["from"]);
+    if (!b.is_ok()) return control::error_answer(b.status());
+    auto info = engine_->find_snapshot(std::to_string(*b));
+    if (!info.is_ok() || !*info) return control::error_answer(make_error(Code::kNotFound, "there is no snapshot {}", *b));
+    base = **info;
+  }
+  bool compress = false;
+  if (req.contains("compress") && !req["compress"].is_null()) {
+    if (!req["compress"].is_boolean())
+      return control::error_answer(make_error(Code::kInvalidArgument, "compress must be true or false"));
+    compress = req["compress"].get<bool>();
+  }
+  return replication_->send(**target, base, compress, out);
+}
+
 Json Daemon::snapshot_delete(const Json& req) {
   auto id = resolve(req.value("snapshot", Json()));
   if (!id.is_ok()) return control::error_answer(id.status());
+  if (Status busy = replication_->may_delete(*id); !busy.is_ok()) return control::error_answer(busy);
   bool force = req.value("force", false);
   std::string name = "snapshot/" + std::to_string(*id);
   auto matches = [name](std::string_view export_name) { return export_name == name; };

@@ -13,6 +13,7 @@
 
 #include "control/control.h"
 #include "daemon/engine_backend.h"
+#include "daemon/replication.h"
 #include "engine/engine.h"
 #include "io/file_device.h"
 #include "nbd/server.h"
@@ -42,6 +43,7 @@ class Daemon {
   Result<SnapshotId> resolve(const control::Json& ref);
   control::Json snapshot_create(const control::Json& req);
   control::Json snapshot_delete(const control::Json& req);
+  std::optional<control::Json> send(const control::Json& req, control::Writer& out);
   void snapshot_list(control::Writer& out);
   control::Json status();
 
@@ -49,6 +51,7 @@ class Daemon {
   std::unique_ptr<FileDevice> store_, origin_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<EngineBackend> backend_;
+  std::unique_ptr<Replication> replication_;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<control::ControlServer> control_;
   std::mutex stop_mu_;
@@ -59,6 +62,5 @@ class Daemon {
 // read-only tools (check, dump), exclusive for serve and create.
 Status lock_device(const FileDevice& dev, bool exclusive);
 
-control::Json snapshot_json(const SnapshotInfo& s);
 
 }  // namespace multisnap

@@ -139,6 +139,30 @@ class Engine {
   // Snapshots with id >= from, at most `limit`, in ID order.
   Result<std::vector<SnapshotInfo>> list_snapshots(SnapshotId from = 0, size_t limit = SIZE_MAX);
   EngineStatus status();
+
+  // ---- replication (docs/replication.md)
+  // Chunks in [first, last] where snapshot `a` and `b` (nullopt: the origin)
+  // differ, from metadata alone; at most `max` of them, in order.
+  Result<std::vector<uint64_t>> changed_chunks(SnapshotId a, std::optional<SnapshotId> b, uint64_t first,
+                                               uint64_t last, size_t max);
+  struct ReplicaState {
+    std::optional<SnapshotInfo> newest;  // the live snapshot with the highest ID
+    SnapshotId origin_changed_at = 0;    // see ExceptionStore::origin_changed_at
+    PendingReceive pending;
+    uint64_t snapshots = 0;
+    Uuid store_uuid;
+    std::optional<SnapshotInfo> with_uuid;  // the snapshot carrying the uuid asked about, if any
+  };
+  // `uuid`: also look for a snapshot with this uuid (a scan of the table).
+  Result<ReplicaState> replica_state(const Uuid* uuid = nullptr);
+  // Records a receive as pending, durably, before its first origin write.
+  Status begin_receive(const PendingReceive& pending);
+  // Makes every origin write durable, then creates the received snapshot
+  // and clears the pending receive in one commit.
+  Result<SnapshotInfo> finish_receive(const std::string& name, const Uuid& uuid);
+  // Clears the pending receive (abort: also restores origin_changed_at).
+  Status end_receive(bool restore_origin_state);
+
   // Commits and flushes both devices (what SIGTERM does before exiting).
   Status sync();
 

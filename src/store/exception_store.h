@@ -154,6 +154,8 @@ class ExceptionStore {
   // Calls fn for each live snapshot with id >= from, in ID order, until it returns false.
   virtual Status list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) = 0;
   virtual uint64_t snapshot_count() const = 0;
+  // The live snapshot with the highest ID (the "newest"), if any.
+  virtual Result<std::optional<SnapshotInfo>> newest_snapshot() = 0;
   // The highest ID ever given (0: none yet). "Newest" snapshot = highest live ID.
   virtual SnapshotId last_snapshot_id() const = 0;
   // Marks a snapshot written since its creation (kSnapshotWritten); false if
@@ -178,6 +180,15 @@ class ExceptionStore {
 
   // ---- reads
   virtual Result<ChunkMapping> lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) = 0;
+
+  // ---- replication: what differs between two volumes, from metadata alone
+  // Calls fn(chunk) for each chunk >= from, in increasing order, that `a`
+  // and `b` (null: the origin) are not served from the same place, until fn
+  // returns false. Visits the exceptions from `from` on; reads no data.
+  // A chunk nobody wrote since the older of the two was created is never
+  // reported; every chunk where they differ is.
+  virtual Status diff(const SnapshotInfo& a, const SnapshotInfo* b, uint64_t from,
+                      const std::function<bool(uint64_t chunk)>& fn) = 0;
 
   // ---- origin writes (the seed's query/add loop)
   virtual void reset_query(uint64_t chunk) = 0;

@@ -298,6 +298,13 @@ Result<std::optional<SnapshotInfo>> StoreBase::find_snapshot(std::string_view na
   return std::optional<SnapshotInfo>();
 }
 
+Result<std::optional<SnapshotInfo>> StoreBase::newest_snapshot() {
+  SnapshotTree snaps(*tm_, snapshots_root_);
+  MS_ASSIGN_OR_RETURN(auto e, snaps.floor(UINT64_MAX));
+  if (!e) return std::optional<SnapshotInfo>();
+  return std::optional<SnapshotInfo>(to_info(e->key, e->value));
+}
+
 Status StoreBase::list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) {
   SnapshotTree snaps(*tm_, snapshots_root_);
   return snaps.scan(from, [&](const uint64_t& id, const SnapshotRecord& r) { return fn(to_info(id, r)); });

@@ -57,6 +57,8 @@ class BitmaskStore final : public StoreBase {
   static Result<std::unique_ptr<BitmaskStore>> open(std::unique_ptr<TransactionManager> tm);
 
   Result<ChunkMapping> lookup(uint64_t chunk, const SnapshotInfo& snap, bool want_exclusive) override;
+  Status diff(const SnapshotInfo& a, const SnapshotInfo* b, uint64_t from,
+              const std::function<bool(uint64_t chunk)>& fn) override;
   void reset_query(uint64_t chunk) override;
   Result<bool> query_next_remap() override;
   Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) override;

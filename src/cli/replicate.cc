@@ -1,0 +1,177 @@
+// multisnap send / receive: pipes between a file (or stdin/stdout) and the
+// stream commands of a running serve's control socket (docs/control.md,
+// "Streams"). The daemon does the work; these move bytes and show progress.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cli/commands.h"
+#include "control/control.h"
+#include "util/units.h"
+
+namespace multisnap::cli {
+
+using control::Json;
+
+namespace {
+
+// A progress line on stderr, as nbdcopy --progress draws it: rewritten in
+// place at most 4 times a second, finished with a newline.
+class Progress {
+ public:
+  Progress(bool on, const char* verb) : on_(on), verb_(verb), start_(std::chrono::steady_clock::now()) {}
+  void set_total(uint64_t total) { total_ = total; }
+  void update(uint64_t done, bool final = false) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (!final && now - last_ < std::chrono::milliseconds(250)) return;
+    last_ = now;
+    double secs = std::chrono::duration<double>(now - start_).count();
+    double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+    if (total_)
+      fprintf(stderr, "\r%s %s / %s (%.0f%%), %s/s   ", verb_, format_size(done).c_str(), format_size(total_).c_str(),
+              100.0 * static_cast<double>(std::min(done, total_)) / static_cast<double>(total_),
+              format_size(static_cast<uint64_t>(rate)).c_str());
+    else
+      fprintf(stderr, "\r%s %s, %s/s   ", verb_, format_size(done).c_str(), format_size(static_cast<uint64_t>(rate)).c_str());
+    if (final) fprintf(stderr, "\n");
+  }
+
+ private:
+  bool on_;
+  const char* verb_;
+  uint64_t total_ = 0;
+  std::chrono::steady_clock::time_point start_, last_{};
+};
+
+bool write_fd(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+Json snapshot_ref(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() <= 10)
+    return Json(std::stoull(s));
+  return Json(s);
+}
+
+}  // namespace
+
+int run_send(const OnlineArgs& o, const SendArgs& a) {
+  int fd = STDOUT_FILENO;
+  if (!a.output.empty()) {
+    fd = ::open(a.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fail(errno_status(errno, "cannot open " + a.output));
+  } else if (isatty(STDOUT_FILENO)) {
+    return fail(make_error(Code::kInvalidArgument,
+                           "refusing to write a binary stream to a terminal; redirect it or use --output FILE"));
+  }
+  auto cleanup = [&](int rc) {
+    if (!a.output.empty()) {
+      ::close(fd);
+      if (rc != 0) ::unlink(a.output.c_str());  // never leave a partial stream behind
+    }
+    return rc;
+  };
+  auto client = control::ControlClient::connect(control_path(o.control));
+  if (!client.is_ok()) return cleanup(fail(client.status()));
+  Json req{{"command", "send"}, {"snapshot", snapshot_ref(a.snapshot)}, {"compress", a.compress}};
+  if (!a.from.empty()) req["from"] = snapshot_ref(a.from);
+  if (Status s = (*client)->send(req); !s.is_ok()) return cleanup(fail(s));
+  auto first = (*client)->read_answer();
+  if (!first.is_ok()) return cleanup(fail(first.status()));
+  if (Status s = control::answer_status(*first); !s.is_ok()) return cleanup(fail(s));
+  Progress progress(a.progress, "sent");
+  progress.set_total((*first)["stream"].value("total_bytes", uint64_t{0}));
+  control::FrameReader frames([&](void* p, size_t n) { return (*client)->read_raw(p, n); });
+  std::vector<uint8_t> buf(1 << 20);
+  uint64_t done = 0;
+  for (;;) {
+    auto n = frames.read(buf.data(), buf.size());
+    if (!n.is_ok()) return cleanup(fail(n.status().annotate("receiving the stream from serve")));
+    if (*n == 0) break;
+    if (!write_fd(fd, buf.data(), *n)) return cleanup(fail(errno_status(errno, "writing the stream")));
+    done += *n;
+    progress.update(done);
+  }
+  auto last = (*client)->read_answer();
+  if (!last.is_ok()) return cleanup(fail(last.status()));
+  if (Status s = control::answer_status(*last); !s.is_ok()) return cleanup(fail(s));
+  progress.update(done, true);
+  if (fd != STDOUT_FILENO && ::fsync(fd) != 0) return cleanup(fail(errno_status(errno, "fsync " + a.output)));
+  return cleanup(0);
+}
+
+int run_receive(const OnlineArgs& o, const ReceiveArgs& a) {
+  if (a.abort) {
+    auto client = control::ControlClient::connect(control_path(o.control));
+    if (!client.is_ok()) return fail(client.status());
+    auto r = (*client)->call({{"command", "receive-abort"}});
+    if (!r.is_ok()) return fail(r.status());
+    if (Status s = control::answer_status(*r); !s.is_ok()) return fail(s);
+    if (o.json) printf("%s\n", r->dump(2).c_str());
+    else if ((*r)["aborted"].get<bool>())
+      printf("aborted the pending receive of snapshot %s\n", (*r)["uuid"].get<std::string>().c_str());
+    else
+      printf("no receive is pending; nothing to abort\n");
+    return 0;
+  }
+  int fd = STDIN_FILENO;
+  uint64_t total = 0;
+  if (!a.input.empty()) {
+    fd = ::open(a.input.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(errno_status(errno, "cannot open " + a.input));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) total = static_cast<uint64_t>(st.st_size);
+  auto client = control::ControlClient::connect(control_path(o.control));
+  if (!client.is_ok()) return fail(client.status());
+  Json req{{"command", "receive"}};
+  if (!a.name.empty()) req["name"] = a.name;
+  if (Status s = (*client)->send(req); !s.is_ok()) return fail(s);
+  auto first = (*client)->read_answer();
+  if (!first.is_ok()) return fail(first.status());
+  if (Status s = control::answer_status(*first); !s.is_ok()) return fail(s);
+  Progress progress(a.progress, "received");
+  progress.set_total(total);
+  control::FrameWriter frames([&](const void* p, size_t n) { return (*client)->write_raw(p, n); });
+  std::vector<uint8_t> buf(1 << 20);
+  uint64_t done = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(errno_status(errno, "reading the stream"));
+    if (n == 0) break;
+    if (Status s = frames.write(buf.data(), static_cast<size_t>(n)); !s.is_ok()) {
+      // serve stopped reading: it may still have said why.
+      auto why = (*client)->read_answer();
+      if (why.is_ok() && !control::answer_status(*why).is_ok()) return fail(control::answer_status(*why));
+      return fail(s);
+    }
+    done += static_cast<uint64_t>(n);
+    progress.update(done);
+  }
+  if (Status s = frames.end(); !s.is_ok()) return fail(s);
+  progress.update(done, true);
+  auto last = (*client)->read_answer();
+  if (!last.is_ok()) return fail(last.status());
+  if (Status s = control::answer_status(*last); !s.is_ok()) return fail(s);
+  if (o.json) printf("%s\n", (*last)["snapshot"].dump(2).c_str());
+  else printf("%llu\n", static_cast<unsigned long long>((*last)["snapshot"]["id"].get<uint64_t>()));
+  return 0;
+}
+
+}  // namespace multisnap::cli

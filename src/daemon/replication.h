@@ -1,0 +1,47 @@
+// Replication in the daemon: the `send`, `receive` and `receive-abort`
+// control commands (docs/control.md, "Streams"; docs/replication.md).
+//
+//  * send streams a snapshot (full) or what differs from a base
+//    (incremental) over the control connection. The changed chunks come
+//    from the store's metadata (Engine::changed_chunks); only they are read.
+//  * receive applies a stream to the origin (copy-on-write keeps every
+//    existing snapshot as it was), then creates the snapshot with the
+//    sender's uuid in the same commit that ends the receive. Before its first
+//    origin write the receive is recorded as pending; after a crash or a
+//    lost connection the same receive completes it, `receive --abort` undoes
+//    it. A stream refused part way is undone before the answer.
+//
+// Thread-safe: runs on control connection threads; one receive at a time.
+#pragma once
+
+#include <mutex>
+#include <optional>
+
+#include "control/control.h"
+#include "engine/engine.h"
+
+namespace multisnap {
+
+control::Json snapshot_json(const SnapshotInfo& s);
+
+class Replication {
+ public:
+  explicit Replication(Engine& engine) : engine_(engine) {}
+
+  // Answers (or streams) a send; `base` null for a full stream.
+  std::optional<control::Json> send(const SnapshotInfo& target, const std::optional<SnapshotInfo>& base,
+                                    bool compress, control::Writer& out);
+  std::optional<control::Json> receive(const std::string& name, control::Writer& out);
+  control::Json receive_abort();
+  // Refuses deleting the base of a pending receive.
+  Status may_delete(SnapshotId id);
+
+ private:
+  // Returns the origin to the pending receive's base and clears it.
+  Status undo_pending();
+
+  Engine& engine_;
+  std::mutex receive_mu_;
+};
+
+}  // namespace multisnap
