@@ -19,6 +19,7 @@ constexpr uint32_t kIoSize = 1u << 20;          // one read or write request
 constexpr size_t kReadsInFlight = 16;           // send: requests kept in flight
 constexpr uint64_t kWriteBytesInFlight = 32u << 20;  // receive
 constexpr size_t kChangedPage = 4096;           // chunks per metadata query
+constexpr std::chrono::seconds kWaitForReceive{10};
 
 // Engine requests from a control thread: submitted asynchronously, waited
 // for in submission order, at most `window` in flight. The destructor waits
@@ -314,7 +315,7 @@ Status Replication::undo_pending() {
 }
 
 Json Replication::receive_abort() {
-  std::unique_lock lock(receive_mu_, std::try_to_lock);
+  std::unique_lock lock(receive_mu_, kWaitForReceive);
   if (!lock.owns_lock())
     return control::error_answer(make_error(Code::kBusy, "a receive is running; stop it first"));
   auto st = engine_.replica_state();
@@ -327,7 +328,7 @@ Json Replication::receive_abort() {
 }
 
 std::optional<Json> Replication::receive(const std::string& name_override, control::Writer& out) {
-  std::unique_lock lock(receive_mu_, std::try_to_lock);
+  std::unique_lock lock(receive_mu_, kWaitForReceive);
   if (!lock.owns_lock())
     return control::error_answer(make_error(Code::kBusy, "another receive is running on this store"));
   if (!out.write(Json{{"ok", true}, {"ready", true}}.dump() + "\n")) return std::nullopt;

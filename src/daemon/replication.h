@@ -41,7 +41,9 @@ class Replication {
   Status undo_pending();
 
   Engine& engine_;
-  std::mutex receive_mu_;
+  // One receive at a time. A receive whose client just died may still be
+  // winding down, so others wait for it a little before they give up.
+  std::timed_mutex receive_mu_;
 };
 
 }  // namespace multisnap
