@@ -139,6 +139,7 @@ class EngineCore {
   // request.cc
   void process(Request* r);
   void process_origin_write(Request* r);
+  bool origin_chunk_is_hole(uint64_t c);
   void process_snapshot_read(Request* r);
   void process_snapshot_write(Request* r);
   void process_flush(Request* r);

@@ -103,11 +103,19 @@ void EngineCore::process_origin_write(Request* r) {
     }
   }
   std::optional<uint64_t> waiting_on;
+  const bool zeroing = r->io.op != IoRequest::Op::kWrite;
+  bool changes_origin = false;
   for (uint64_t c = span.first; c <= span.last; ++c) {
+    // A chunk that is a hole on the origin reads as zeros: zeroing it
+    // changes nothing, and snapshots that need its old contents get a zero
+    // mapping instead of a copy (no read, no write, no store chunk).
+    const bool hole = origin_chunk_is_hole(c);
+    if (hole && zeroing) continue;
+    changes_origin = true;
     // The seed's loop: ask for each set of snapshots still needing the old
     // contents, give each a chunk, until done or out of copy slots.
     CopyPlan plan;
-    plan.source = CopyPlan::Source::kOrigin;
+    plan.source = hole ? CopyPlan::Source::kZero : CopyPlan::Source::kOrigin;
     std::vector<CopyDescriptor> descriptors;
     bool starved = false;
     Status error;
@@ -119,21 +127,22 @@ void EngineCore::process_origin_write(Request* r) {
         break;
       }
       if (!*more) break;
-      if (!can_start_job(static_cast<uint32_t>(plan.dests.size()) + 1)) {
+      if (!can_start_job(hole ? 0 : static_cast<uint32_t>(plan.dests.size()) + 1)) {
         starved = true;
         break;
       }
       CopyDescriptor d;
-      auto dest = store_->add_next_remap(&d);
+      auto dest = store_->add_next_remap(&d, hole);
       if (!dest.is_ok()) {
         error = dest.status();
         break;
       }
-      plan.dests.push_back(*dest);
+      if (!hole) plan.dests.push_back(*dest);
       descriptors.push_back(d);
     }
-    if (!plan.dests.empty()) {
-      // One read of the origin chunk, one write per destination.
+    if (!descriptors.empty()) {
+      // One read of the origin chunk, one write per destination; for a
+      // hole, only the metadata to commit.
       CopyJob* job = start_job(c, plan);
       job->descriptors = std::move(descriptors);
       waiting_on = c;
@@ -156,12 +165,21 @@ void EngineCore::process_origin_write(Request* r) {
     park_on_chunk(r, *waiting_on);
     return;
   }
+  if (!changes_origin) {
+    finish(r, Status::ok());  // zeroing what reads as zeros already
+    return;
+  }
   IoOp::Kind kind = r->io.op == IoRequest::Op::kWrite        ? IoOp::Kind::kWrite
                     : r->io.op == IoRequest::Op::kWriteZeroes ? IoOp::Kind::kWriteZeroes
                                                               : IoOp::Kind::kDiscard;
   add_op(r->ops, kind, &origin_, r->io.offset, r->io.buf, r->io.length, r->io.fua);
   r->is_write = true;
   issue(r);
+}
+
+bool EngineCore::origin_chunk_is_hole(uint64_t c) {
+  auto a = origin_.allocation(c * chunk_size_, chunk_bytes_on_origin(c));
+  return a.is_ok() && a->size() == 1 && a->front().hole;
 }
 
 void EngineCore::process_snapshot_read(Request* r) {

@@ -42,6 +42,7 @@ namespace multisnap {
 using SnapshotId = uint32_t;  // user-visible, never reused; 0 stands for the origin
 constexpr SnapshotId kOriginId = 0;
 constexpr size_t kMaxSnapshotName = 64;
+constexpr uint64_t kNoChunk = UINT64_MAX;
 
 // SnapshotInfo::flags (persisted in the snapshot record: never renumber).
 constexpr uint32_t kSnapshotWritten = 1;  // written to since it was created
@@ -194,8 +195,10 @@ class ExceptionStore {
   virtual void reset_query(uint64_t chunk) = 0;
   virtual Result<bool> query_next_remap() = 0;
   // Allocates a store chunk for the set found by query_next_remap() and
-  // records the remap; returns the chunk and fills the descriptor.
-  virtual Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) = 0;
+  // records the remap; returns the chunk and fills the descriptor. With
+  // `zero` (the origin chunk is known to read as zeros) it records a zero
+  // mapping instead: no chunk, nothing to copy; returns kNoChunk.
+  virtual Result<uint64_t> add_next_remap(CopyDescriptor* descriptor, bool zero = false) = 0;
 
   // ---- snapshot writes
   // For a mapping that is not exclusive (or a zero mapping about to be

@@ -173,12 +173,25 @@ Result<bool> BitmaskStore::query_next_remap() {
   return q_needed_ != 0;
 }
 
-Result<uint64_t> BitmaskStore::add_next_remap(CopyDescriptor* descriptor) {
+Result<uint64_t> BitmaskStore::add_next_remap(CopyDescriptor* descriptor, bool zero) {
   MS_TRY(reserve(1));
-  MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
+  uint64_t chunk = kZeroChunk;
+  uint64_t mask = q_needed_;
+  bool fresh = true;
+  if (zero) {
+    // At most one zero exception per chunk: join it if there is one.
+    MS_ASSIGN_OR_RETURN(auto list, exceptions_of(q_chunk_));
+    for (const Exception& e : list)
+      if (e.store_chunk == kZeroChunk) {
+        mask |= e.mask;
+        fresh = false;
+      }
+  } else {
+    MS_ASSIGN_OR_RETURN(chunk, tm_->allocate_chunk());
+  }
   MS_TRY(apply([&]() -> Status {
-    MS_TRY(put(q_chunk_, chunk, q_needed_));
-    ++exception_count_;
+    MS_TRY(put(q_chunk_, chunk, mask));
+    if (fresh) ++exception_count_;
     return Status::ok();
   }));
   *descriptor = {q_needed_, 0};

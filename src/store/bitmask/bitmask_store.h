@@ -61,7 +61,7 @@ class BitmaskStore final : public StoreBase {
               const std::function<bool(uint64_t chunk)>& fn) override;
   void reset_query(uint64_t chunk) override;
   Result<bool> query_next_remap() override;
-  Result<uint64_t> add_next_remap(CopyDescriptor* descriptor) override;
+  Result<uint64_t> add_next_remap(CopyDescriptor* descriptor, bool zero = false) override;
   Result<CopyPlan> make_chunk_writeable(uint64_t chunk, const SnapshotInfo& snap) override;
   Result<CopyPlan> zero_chunk(uint64_t chunk, const SnapshotInfo& snap) override;
   bool conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) const override;

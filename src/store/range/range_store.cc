@@ -229,9 +229,12 @@ Result<bool> RangeStore::query_next_remap() {
   return false;
 }
 
-Result<uint64_t> RangeStore::add_next_remap(CopyDescriptor* descriptor) {
+Result<uint64_t> RangeStore::add_next_remap(CopyDescriptor* descriptor, bool zero) {
   MS_TRY(reserve(1));
-  MS_ASSIGN_OR_RETURN(uint64_t chunk, tm_->allocate_chunk());
+  uint64_t chunk = kZeroChunk;
+  if (!zero) {
+    MS_ASSIGN_OR_RETURN(chunk, tm_->allocate_chunk());
+  }
   MS_TRY(apply([&]() -> Status {
     MS_TRY(put(q_chunk_, q_found_.lo, q_found_.hi, chunk));
     ++exception_count_;
