@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <thread>
 
@@ -35,6 +36,10 @@ int run_serve(const ServeArgs& a) {
   if (*cache < (1 << 20)) return fail(make_error(Code::kInvalidArgument, "--cache-size must be at least 1M"));
   if (a.copy_slots == 0 || a.copy_slots > 1024)
     return fail(make_error(Code::kInvalidArgument, "--copy-slots must be from 1 to 1024"));
+  if (!(a.handshake_timeout >= 0 && a.handshake_timeout <= 86400))
+    return fail(make_error(Code::kInvalidArgument, "--handshake-timeout must be from 0 to 86400 seconds"));
+  // Rounded up: a tiny positive timeout must not become "none".
+  o.nbd_handshake_timeout = std::chrono::milliseconds(std::llround(std::ceil(a.handshake_timeout * 1000)));
   o.engine.cache_bytes = *cache;
   o.engine.copy_slots = a.copy_slots;
   o.engine.read_only_snapshots = a.read_only_snapshots;

@@ -51,6 +51,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
   nbd::ServerOptions so;
   so.listen = options.nbd;
+  so.handshake_timeout = options.nbd_handshake_timeout;
   MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
   Daemon* self = d.get();
   MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path,
