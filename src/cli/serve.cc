@@ -2,6 +2,7 @@
 // drains in-flight requests, commits and exits 0; a second one during that
 // exits at once (the store reopens at its last commit).
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,6 +16,23 @@
 #include "util/units.h"
 
 namespace multisnap::cli {
+namespace {
+
+// Every NBD client holds two descriptors (its socket and an eventfd). With
+// the usual soft limit of 1024, accept() would run out long before 1024
+// clients, and the control socket with it; the hard limit is what the
+// administrator allows. Nothing here uses select().
+void raise_descriptor_limit() {
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    MS_LOG_DEBUG("open file limit raised from {} to {}", was, rl.rlim_cur);
+  }
+}
+
+}  // namespace
 
 int run_serve(const ServeArgs& a) {
   // Signals are taken synchronously by this thread; every thread started
@@ -25,6 +43,7 @@ int run_serve(const ServeArgs& a) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  raise_descriptor_limit();
 
   DaemonOptions o;
   o.store_path = a.store;
