@@ -193,6 +193,8 @@ bool Connection::receive_more() {
     ssize_t n = recv(socket_.get(), in_.tail(), in_.space(), 0);
     if (n > 0) {
       in_.produced(static_cast<size_t>(n));
+      if (!spoke_) host_.client_spoke(id_);
+      spoke_ = true;
       return true;
     }
     if (n == 0) {

@@ -62,6 +62,8 @@ class ConnectionHost {
   // connection closes without sending the final reply.
   virtual Status export_selected(uint64_t id, const std::string& canonical_name) = 0;
   virtual void handshake_timed_out() = 0;
+  // The client sent its first bytes (once per connection).
+  virtual void client_spoke(uint64_t id) = 0;
   virtual void add_counters(const TransmissionCounters& delta) = 0;
   virtual void protocol_violation() = 0;
   // Last call of the connection thread: the socket is closed and the Export
@@ -173,6 +175,7 @@ class Connection {
 
   InputBuffer in_;
   std::string reason_;  // why the connection ended (first reason wins)
+  bool spoke_ = false;  // the client has sent something
   TransmissionCounters published_;
 };
 

@@ -47,6 +47,7 @@ class Server::Impl final : public ConnectionHost {
   std::shared_mutex& open_gate() override { return open_gate_; }
   Status export_selected(uint64_t id, const std::string& canonical_name) override;
   void handshake_timed_out() override { handshake_timeouts_.fetch_add(1); }
+  void client_spoke(uint64_t id) override;
   void add_counters(const TransmissionCounters& delta) override;
   void protocol_violation() override { protocol_violations_.fetch_add(1); }
   void connection_finished(uint64_t id, const std::string& reason) override;
@@ -63,7 +64,8 @@ class Server::Impl final : public ConnectionHost {
   void accept_loop();
   void accept_from(const Listener& listener);
   void add_connection(UniqueFd fd, bool tcp);
-  // Asks the oldest connection still negotiating to close; false if none.
+  // Asks the oldest silent connection still negotiating (else the oldest of
+  // all) to close; false if none is negotiating.
   bool evict_oldest_negotiating();
   void reap_finished();
   // Logs what was refused or dropped since the last report, at most once per
@@ -90,6 +92,7 @@ class Server::Impl final : public ConnectionHost {
   // Connections still negotiating and not asked to close, oldest first
   // (ids grow with time). Guarded by mu_.
   std::set<uint64_t> negotiating_;
+  std::set<uint64_t> silent_;  // those of negotiating_ that have not sent a byte
   uint64_t established_ = 0;  // records with has_export and not finished; guarded by mu_
   bool stopping_ = false;     // guarded by mu_
   uint64_t next_id_ = 1;      // accept thread's
@@ -219,6 +222,7 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
     std::lock_guard lock(mu_);
     records_[id] = Record{std::move(conn).value(), peer};
     negotiating_.insert(id);
+    silent_.insert(id);
   }
   connections_now_.fetch_add(1);
   Status started = raw->start();
@@ -231,8 +235,9 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
 bool Server::Impl::evict_oldest_negotiating() {
   std::lock_guard lock(mu_);
   if (negotiating_.empty()) return false;
-  uint64_t id = *negotiating_.begin();
-  negotiating_.erase(negotiating_.begin());
+  uint64_t id = silent_.empty() ? *negotiating_.begin() : *silent_.begin();
+  negotiating_.erase(id);
+  silent_.erase(id);
   records_.at(id).conn->request_close(Connection::CloseRequest::kEvicted);
   handshakes_evicted_.fetch_add(1);
   return true;
@@ -294,9 +299,15 @@ void Server::Impl::reap_finished() {
 
 // ---- Connection reports
 
+void Server::Impl::client_spoke(uint64_t id) {
+  std::lock_guard lock(mu_);
+  silent_.erase(id);
+}
+
 Status Server::Impl::export_selected(uint64_t id, const std::string& canonical_name) {
   std::lock_guard lock(mu_);
   auto it = records_.find(id);
+  silent_.erase(id);
   if (it == records_.end() || negotiating_.erase(id) == 0) {
     return make_error(Code::kBusy, "{}", kEvictedReason);  // lost the race with eviction
   }
@@ -342,6 +353,7 @@ void Server::Impl::connection_finished(uint64_t id, const std::string& reason) {
       it->second.finished = true;
     }
     negotiating_.erase(id);
+    silent_.erase(id);
     connections_now_.fetch_sub(1);
   }
   finished_cv_.notify_all();

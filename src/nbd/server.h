@@ -78,11 +78,12 @@ struct ServerOptions {
   // count here: idle half-open sockets cannot take real clients' slots.
   uint32_t max_connections = 1024;
   // Connections accepted and not yet in the transmission phase. When a new
-  // connection arrives and this many are negotiating, the oldest of them is
-  // dropped to make room: a real client finishes its handshake in a few round
-  // trips, so a flood of idle sockets only pushes itself out. This also
-  // bounds the threads and sockets such a flood holds. The oldest is also
-  // dropped when accept() runs out of file descriptors.
+  // connection arrives and this many are negotiating, the oldest of them
+  // that has not sent a byte is dropped to make room (the oldest of all if
+  // every one has spoken): a real client finishes its handshake in a few
+  // round trips, so a flood of idle sockets only pushes itself out. This
+  // also bounds the threads and sockets such a flood holds. The same happens
+  // when accept() runs out of file descriptors.
   uint32_t max_negotiating = 128;
   // A connection that has not entered the transmission phase this long after
   // it was accepted is dropped (counted in ServerStats::handshake_timeouts).
