@@ -52,13 +52,11 @@ void Connection::InputBuffer::compact() {
 
 // ---- Life cycle
 
-Result<std::unique_ptr<Connection>> Connection::create(uint64_t id, UniqueFd socket,
-                                                       std::string peer, ConnectionHost& host,
-                                                       const ConnectionOptions& options) {
-  auto wake = WakeFd::create();
-  if (!wake.is_ok()) return wake.status();
-  return std::unique_ptr<Connection>(new Connection(id, std::move(socket), std::move(peer), host,
-                                                    options, std::move(wake).value()));
+std::unique_ptr<Connection> Connection::create(uint64_t id, UniqueFd socket, WakeFd wake,
+                                               std::string peer, ConnectionHost& host,
+                                               const ConnectionOptions& options) {
+  return std::unique_ptr<Connection>(
+      new Connection(id, std::move(socket), std::move(peer), host, options, std::move(wake)));
 }
 
 Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, ConnectionHost& host,

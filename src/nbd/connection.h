@@ -87,9 +87,11 @@ class Connection {
   // kEvicted: still negotiating, and dropped to make room for a newer one.
   enum class CloseRequest : int { kNone = 0, kShutdown = 1, kForced = 2, kEvicted = 3 };
 
-  static Result<std::unique_ptr<Connection>> create(uint64_t id, UniqueFd socket, std::string peer,
-                                                    ConnectionHost& host,
-                                                    const ConnectionOptions& options);
+  // `wake` is the connection's own eventfd (WakeFd::create()); the caller
+  // makes it, so that it can make room when descriptors run out.
+  static std::unique_ptr<Connection> create(uint64_t id, UniqueFd socket, WakeFd wake,
+                                            std::string peer, ConnectionHost& host,
+                                            const ConnectionOptions& options);
   ~Connection();  // joins the thread
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;

@@ -3,8 +3,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <map>
@@ -26,6 +28,19 @@ using Clock = std::chrono::steady_clock;
 // Connections refused or dropped before transmission are summed up in the
 // log at most this often, so a flood does not flood the log too.
 constexpr auto kDropReportInterval = std::chrono::seconds(10);
+
+// max_negotiating, lowered so that handshakes (two descriptors each) hold at
+// most a quarter of the process's descriptors: the rest stays for
+// established clients, the store and the control socket.
+uint32_t negotiating_cap(uint32_t max_negotiating) {
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return max_negotiating;
+  uint64_t share = std::max<uint64_t>(rl.rlim_cur / 8, 1);
+  if (share >= max_negotiating) return max_negotiating;
+  MS_LOG_INFO("nbd: at most {} connections negotiating at once (a quarter of the {} open files)",
+              share, rl.rlim_cur);
+  return static_cast<uint32_t>(share);
+}
 
 }  // namespace
 
@@ -65,8 +80,11 @@ class Server::Impl final : public ConnectionHost {
   void accept_from(const Listener& listener);
   void add_connection(UniqueFd fd, bool tcp);
   // Asks the oldest silent connection still negotiating (else the oldest of
-  // all) to close; false if none is negotiating.
-  bool evict_oldest_negotiating();
+  // all), other than `spare`, to close; false if there is none.
+  bool evict_oldest_negotiating(uint64_t spare = 0);
+  // Out of descriptors or threads: evicts the oldest handshake (not `spare`)
+  // and gives it a moment to release its resources; false if there is none.
+  bool make_room(uint64_t spare = 0);
   void reap_finished();
   // Logs what was refused or dropped since the last report, at most once per
   // kDropReportInterval. Returns the poll timeout (ms) until a deferred
@@ -77,6 +95,7 @@ class Server::Impl final : public ConnectionHost {
 
   Backend& backend_;
   const ServerOptions options_;
+  const uint32_t max_negotiating_;
   ConnectionOptions connection_options_;
   std::vector<Listener> listeners_;  // accept thread's
   std::vector<ListenAddress> bound_;
@@ -117,6 +136,7 @@ Server::Impl::Impl(Backend& backend, ServerOptions options, std::vector<Listener
                    WakeFd wake)
     : backend_(backend),
       options_(std::move(options)),
+      max_negotiating_(negotiating_cap(options_.max_negotiating)),
       listeners_(std::move(listeners)),
       accept_wake_(std::move(wake)) {
   connection_options_.limits.max_requests = options_.max_requests_per_connection;
@@ -174,12 +194,8 @@ void Server::Impl::accept_from(const Listener& listener) {
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
-    if ((errno == EMFILE || errno == ENFILE) && evict_oldest_negotiating()) {
-      // Out of descriptors: the oldest handshake gives its socket to the new
-      // client. Give its thread a moment to close it.
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      return;
-    }
+    // Out of descriptors: the oldest handshake gives its socket to the new client.
+    if ((errno == EMFILE || errno == ENFILE) && make_room()) return;
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
       MS_LOG_WARN("nbd: accept on {} failed: {}", listener.bound().to_string(),
                   std::strerror(errno));
@@ -196,7 +212,7 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   {
     std::lock_guard lock(mu_);
     full = established_ >= options_.max_connections;
-    crowded = negotiating_.size() >= options_.max_negotiating;
+    crowded = negotiating_.size() >= max_negotiating_;
   }
   if (full) {
     MS_LOG_DEBUG("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
@@ -209,37 +225,57 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  uint64_t id = next_id_++;
-  auto conn = Connection::create(id, std::move(fd), peer, *this, connection_options_);
-  if (!conn.is_ok()) {
-    MS_LOG_WARN("nbd: dropping client {}: {}", peer, conn.status().to_string());
+  // eventfd and thread creation fail only for lack of descriptors, threads or
+  // memory; a handshake that gives way frees all three.
+  constexpr int kTries = 3;
+  auto wake = WakeFd::create();
+  for (int i = 1; i < kTries && !wake.is_ok() && make_room(); ++i) wake = WakeFd::create();
+  if (!wake.is_ok()) {
+    MS_LOG_WARN("nbd: dropping client {}: {}", peer, wake.status().to_string());
     return;
   }
+  uint64_t id = next_id_++;
+  auto conn = Connection::create(id, std::move(fd), std::move(wake).value(), peer, *this,
+                                 connection_options_);
   MS_LOG_DEBUG("nbd: connection {} from {}", id, peer);
   notify({ConnectionEvent::Kind::kOpened, id, peer, "", ""});
-  Connection* raw = conn->get();
+  Connection* raw = conn.get();
   {
     std::lock_guard lock(mu_);
-    records_[id] = Record{std::move(conn).value(), peer};
+    records_[id] = Record{std::move(conn), peer};
     negotiating_.insert(id);
     silent_.insert(id);
   }
   connections_now_.fetch_add(1);
   Status started = raw->start();
+  for (int i = 1; i < kTries && !started.is_ok() && make_room(id); ++i) started = raw->start();
   if (!started.is_ok()) {
     MS_LOG_WARN("nbd: dropping client {}: {}", peer, started.to_string());
     connection_finished(id, started.to_string());
   }
 }
 
-bool Server::Impl::evict_oldest_negotiating() {
+bool Server::Impl::evict_oldest_negotiating(uint64_t spare) {
   std::lock_guard lock(mu_);
-  if (negotiating_.empty()) return false;
-  uint64_t id = silent_.empty() ? *negotiating_.begin() : *silent_.begin();
+  auto oldest = [spare](const std::set<uint64_t>& ids) {
+    auto it = ids.begin();
+    if (it != ids.end() && *it == spare) ++it;
+    return it == ids.end() ? 0 : *it;
+  };
+  uint64_t id = oldest(silent_);
+  if (id == 0) id = oldest(negotiating_);
+  if (id == 0) return false;
   negotiating_.erase(id);
   silent_.erase(id);
   records_.at(id).conn->request_close(Connection::CloseRequest::kEvicted);
   handshakes_evicted_.fetch_add(1);
+  return true;
+}
+
+bool Server::Impl::make_room(uint64_t spare) {
+  if (!evict_oldest_negotiating(spare)) return false;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  reap_finished();  // its eventfd goes with the Connection object
   return true;
 }
 
@@ -262,17 +298,17 @@ int Server::Impl::report_drops() {
     parts += fmt::format("{}{} {}", parts.empty() ? "" : "; ", n, what);
   };
   add(refused - reported_refused_,
-      fmt::format("refused ({} connections established)", options_.max_connections));
+      fmt::format("connections refused: {} already established", options_.max_connections));
   add(timeouts - reported_timeouts_,
-      fmt::format("dropped for not finishing the handshake within {} ms",
+      fmt::format("connections dropped for not finishing the handshake within {} ms",
                   options_.handshake_timeout.count()));
   add(evicted - reported_evicted_,
-      fmt::format("dropped to make room for newer ones ({} negotiating at most)",
-                  options_.max_negotiating));
+      fmt::format("connections dropped to make room for newer handshakes ({} negotiating at most)",
+                  max_negotiating_));
   if (refused != reported_refused_) {
-    MS_LOG_WARN("nbd: connections since the last report: {}", parts);
+    MS_LOG_WARN("nbd: {}", parts);
   } else {
-    MS_LOG_INFO("nbd: connections since the last report: {}", parts);
+    MS_LOG_INFO("nbd: {}", parts);
   }
   reported_refused_ = refused;
   reported_timeouts_ = timeouts;
