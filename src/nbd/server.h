@@ -83,7 +83,10 @@ struct ServerOptions {
   // every one has spoken): a real client finishes its handshake in a few
   // round trips, so a flood of idle sockets only pushes itself out. This
   // also bounds the threads and sockets such a flood holds. The same happens
-  // when accept() runs out of file descriptors.
+  // when accept(), the connection's eventfd or its thread cannot be had for
+  // lack of descriptors or threads. Lowered at start() to an eighth of the
+  // open file limit (two descriptors each), so that handshakes never hold
+  // more than a quarter of the descriptors.
   uint32_t max_negotiating = 128;
   // A connection that has not entered the transmission phase this long after
   // it was accepted is dropped (counted in ServerStats::handshake_timeouts).
