@@ -21,6 +21,7 @@ struct ServeArgs {
   std::string store, origin, control, cache_size = "64M";
   std::vector<std::string> nbd;
   uint32_t copy_slots = 8;
+  double handshake_timeout = 10;  // seconds; 0 = none
   bool read_only_snapshots = false;
   bool use_older_commit = false;
 };

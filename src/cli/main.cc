@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   serve->add_option("--control", sa.control, "control socket (default $MULTISNAP_CONTROL or multisnap.ctl)");
   serve->add_option("--cache-size", sa.cache_size, "metadata cache (default 64M)");
   serve->add_option("--copy-slots", sa.copy_slots, "chunks copied at once (default 8)");
+  serve->add_option("--handshake-timeout", sa.handshake_timeout,
+                    "seconds an NBD client may take to finish its handshake (default 10, 0 = no limit)");
   serve->add_flag("--read-only-snapshots", sa.read_only_snapshots, "refuse writes to snapshots");
   serve->add_flag("--use-older-commit", sa.use_older_commit,
                   "open the newest intact commit when both copies of a newer one are damaged (loses its changes)");

@@ -2,9 +2,11 @@
 // drains in-flight requests, commits and exits 0; a second one during that
 // exits at once (the store reopens at its last commit).
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <thread>
 
@@ -14,6 +16,23 @@
 #include "util/units.h"
 
 namespace multisnap::cli {
+namespace {
+
+// Every NBD client holds two descriptors (its socket and an eventfd). With
+// the usual soft limit of 1024, accept() would run out long before 1024
+// clients, and the control socket with it; the hard limit is what the
+// administrator allows. Nothing here uses select().
+void raise_descriptor_limit() {
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    MS_LOG_DEBUG("open file limit raised from {} to {}", was, rl.rlim_cur);
+  }
+}
+
+}  // namespace
 
 int run_serve(const ServeArgs& a) {
   // Signals are taken synchronously by this thread; every thread started
@@ -24,6 +43,7 @@ int run_serve(const ServeArgs& a) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  raise_descriptor_limit();
 
   DaemonOptions o;
   o.store_path = a.store;
@@ -35,6 +55,10 @@ int run_serve(const ServeArgs& a) {
   if (*cache < (1 << 20)) return fail(make_error(Code::kInvalidArgument, "--cache-size must be at least 1M"));
   if (a.copy_slots == 0 || a.copy_slots > 1024)
     return fail(make_error(Code::kInvalidArgument, "--copy-slots must be from 1 to 1024"));
+  if (!(a.handshake_timeout >= 0 && a.handshake_timeout <= 86400))
+    return fail(make_error(Code::kInvalidArgument, "--handshake-timeout must be from 0 to 86400 seconds"));
+  // Rounded up: a tiny positive timeout must not become "none".
+  o.nbd_handshake_timeout = std::chrono::milliseconds(std::llround(std::ceil(a.handshake_timeout * 1000)));
   o.engine.cache_bytes = *cache;
   o.engine.copy_slots = a.copy_slots;
   o.engine.read_only_snapshots = a.read_only_snapshots;

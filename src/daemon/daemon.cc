@@ -42,6 +42,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
+  so.handshake_timeout = options.nbd_handshake_timeout;
   MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
   Daemon* self = d.get();
   MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path,

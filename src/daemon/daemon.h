@@ -7,6 +7,7 @@
 // Thread-safe: handle() runs on control connection threads.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@ struct DaemonOptions {
   std::string origin_path;         // empty: the path the store remembers
   std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
   std::string control_path;
+  std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
   EngineOptions engine;
 };
 

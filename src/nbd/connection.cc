@@ -20,8 +20,15 @@ constexpr size_t kInputBufferSize = 256u << 10;
 constexpr size_t kMinRecvSpace = 64u << 10;
 constexpr int kMaxIov = 512;
 
+using Clock = std::chrono::steady_clock;
+
 bool would_block(int err) {
   return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+Clock::time_point deadline_after(std::chrono::milliseconds timeout) {
+  if (timeout.count() <= 0) return Clock::time_point::max();
+  return Clock::now() + std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365));
 }
 
 }  // namespace
@@ -45,13 +52,11 @@ void Connection::InputBuffer::compact() {
 
 // ---- Life cycle
 
-Result<std::unique_ptr<Connection>> Connection::create(uint64_t id, UniqueFd socket,
-                                                       std::string peer, ConnectionHost& host,
-                                                       const ConnectionOptions& options) {
-  auto wake = WakeFd::create();
-  if (!wake.is_ok()) return wake.status();
-  return std::unique_ptr<Connection>(new Connection(id, std::move(socket), std::move(peer), host,
-                                                    options, std::move(wake).value()));
+std::unique_ptr<Connection> Connection::create(uint64_t id, UniqueFd socket, WakeFd wake,
+                                               std::string peer, ConnectionHost& host,
+                                               const ConnectionOptions& options) {
+  return std::unique_ptr<Connection>(
+      new Connection(id, std::move(socket), std::move(peer), host, options, std::move(wake)));
 }
 
 Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, ConnectionHost& host,
@@ -62,6 +67,7 @@ Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, Connectio
       host_(host),
       options_(options),
       wake_(std::move(wake)),
+      handshake_deadline_(deadline_after(options.handshake_timeout)),
       in_(std::max<size_t>(kInputBufferSize, options.max_option_length + 1024)) {}
 
 Connection::~Connection() {
@@ -94,7 +100,11 @@ void Connection::set_reason(std::string reason) {
 bool Connection::closing() {
   CloseRequest why = close_request();
   if (why == CloseRequest::kNone) return false;
-  set_reason(why == CloseRequest::kForced ? "disconnected by the server" : "server shutting down");
+  switch (why) {
+    case CloseRequest::kForced: set_reason("disconnected by the server"); break;
+    case CloseRequest::kEvicted: set_reason(std::string(kEvictedReason)); break;
+    default: set_reason("server shutting down"); break;
+  }
   return true;
 }
 
@@ -140,7 +150,12 @@ bool Connection::negotiate(NegotiatedExport* out) {
       used = negotiation.consume(in_.data(), in_.size(), &reply);
       if (negotiation.state() == Negotiation::State::kTransmission) {
         *out = negotiation.take_export();
-        host_.export_selected(id_, out->exp->info().name);
+        Status admitted = host_.export_selected(id_, out->exp->info().name);
+        if (!admitted.is_ok()) {
+          set_reason(admitted.message());
+          return false;  // the final reply is never sent
+        }
+        handshake_deadline_ = Clock::time_point::max();  // admitted: no deadline from here on
       }
     }
     in_.consume(used);
@@ -153,7 +168,7 @@ bool Connection::negotiate(NegotiatedExport* out) {
 
 bool Connection::send_all(std::string_view data) {
   while (!data.empty()) {
-    if (closing()) return false;
+    if (closing() || handshake_expired()) return false;
     ssize_t n = send(socket_.get(), data.data(), data.size(), MSG_NOSIGNAL);
     if (n > 0) {
       data.remove_prefix(static_cast<size_t>(n));
@@ -172,10 +187,12 @@ bool Connection::send_all(std::string_view data) {
 bool Connection::receive_more() {
   in_.compact();
   for (;;) {
-    if (closing()) return false;
+    if (closing() || handshake_expired()) return false;
     ssize_t n = recv(socket_.get(), in_.tail(), in_.space(), 0);
     if (n > 0) {
       in_.produced(static_cast<size_t>(n));
+      if (!spoke_) host_.client_spoke(id_);
+      spoke_ = true;
       return true;
     }
     if (n == 0) {
@@ -194,13 +211,30 @@ bool Connection::receive_more() {
 bool Connection::wait_socket(short events) {
   pollfd fds[2] = {{socket_.get(), events, 0}, {wake_.fd(), POLLIN, 0}};
   for (;;) {
-    int rc = poll(fds, 2, -1);
+    if (handshake_expired()) return false;
+    int rc = poll(fds, 2, handshake_time_left());
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0) return false;
+    if (rc == 0) continue;  // the deadline passed
     if (fds[1].revents) wake_.clear();
     if (closing()) return false;
     if (fds[0].revents) return true;
   }
+}
+
+int Connection::handshake_time_left() const {
+  if (handshake_deadline_ == Clock::time_point::max()) return -1;
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(handshake_deadline_ - Clock::now());
+  return static_cast<int>(std::clamp<int64_t>(left.count(), 0, 1 << 30));
+}
+
+bool Connection::handshake_expired() {
+  if (handshake_time_left() != 0) return false;
+  MS_LOG_DEBUG("nbd: connection {} ({}): no handshake within {} ms; dropping it", id_, peer_,
+               options_.handshake_timeout.count());
+  set_reason(fmt::format("no handshake within {} ms", options_.handshake_timeout.count()));
+  host_.handshake_timed_out();
+  return true;
 }
 
 // ---- Transmission

@@ -12,6 +12,11 @@
 // with one sendmsg(). The socket is only polled for input while the
 // connection is below its in-flight bounds.
 //
+// Handshake deadline: a connection that has not entered the transmission
+// phase `handshake_timeout` after it was created (accepted) ends, whether the
+// client is silent, trickles bytes or does not read. Every wait in the
+// handshake is bounded by what is left of it.
+//
 // Closing: on NBD_CMD_DISC, end of stream or request_close(), no further
 // requests are read; requests in flight complete and their replies are sent
 // (for at most drain_timeout once a close was requested), then the socket is
@@ -51,7 +56,14 @@ class ConnectionHost {
   // reports the export it chose; the server takes it exclusively to find
   // every connection using an export.
   virtual std::shared_mutex& open_gate() = 0;
-  virtual void export_selected(uint64_t id, const std::string& canonical_name) = 0;
+  // The handshake is complete. An error means the server will not take the
+  // connection into transmission (it was dropped meanwhile, or enough
+  // connections are established); its message is the reason, and the
+  // connection closes without sending the final reply.
+  virtual Status export_selected(uint64_t id, const std::string& canonical_name) = 0;
+  virtual void handshake_timed_out() = 0;
+  // The client sent its first bytes (once per connection).
+  virtual void client_spoke(uint64_t id) = 0;
   virtual void add_counters(const TransmissionCounters& delta) = 0;
   virtual void protocol_violation() = 0;
   // Last call of the connection thread: the socket is closed and the Export
@@ -63,15 +75,23 @@ struct ConnectionOptions {
   TransmissionLimits limits;
   uint32_t max_option_length = Negotiation::kDefaultMaxOptionLength;
   std::chrono::milliseconds drain_timeout{5000};
+  std::chrono::milliseconds handshake_timeout{0};  // 0: none
 };
+
+// Why a connection dropped to make room for newer ones ended.
+inline constexpr std::string_view kEvictedReason =
+    "dropped to make room for newer connections (too many still negotiating)";
 
 class Connection {
  public:
-  enum class CloseRequest : int { kNone = 0, kShutdown = 1, kForced = 2 };
+  // kEvicted: still negotiating, and dropped to make room for a newer one.
+  enum class CloseRequest : int { kNone = 0, kShutdown = 1, kForced = 2, kEvicted = 3 };
 
-  static Result<std::unique_ptr<Connection>> create(uint64_t id, UniqueFd socket, std::string peer,
-                                                    ConnectionHost& host,
-                                                    const ConnectionOptions& options);
+  // `wake` is the connection's own eventfd (WakeFd::create()); the caller
+  // makes it, so that it can make room when descriptors run out.
+  static std::unique_ptr<Connection> create(uint64_t id, UniqueFd socket, WakeFd wake,
+                                            std::string peer, ConnectionHost& host,
+                                            const ConnectionOptions& options);
   ~Connection();  // joins the thread
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -124,6 +144,10 @@ class Connection {
   bool send_all(std::string_view data);
   bool receive_more();
   bool wait_socket(short events);
+  // Milliseconds left before the handshake deadline, rounded up; -1 without one.
+  int handshake_time_left() const;
+  // True (the reason recorded and the host told) once the deadline has passed.
+  bool handshake_expired();
 
   // Transmission loop steps.
   void handle_close_request(Transmission& tx, LoopState& st);
@@ -146,11 +170,14 @@ class Connection {
   ConnectionHost& host_;
   const ConnectionOptions options_;
   WakeFd wake_;
+  // max() when there is none, and once the handshake is complete.
+  std::chrono::steady_clock::time_point handshake_deadline_;
   std::atomic<int> close_request_{0};
   std::thread thread_;
 
   InputBuffer in_;
   std::string reason_;  // why the connection ended (first reason wins)
+  bool spoke_ = false;  // the client has sent something
   TransmissionCounters published_;
 };
 

@@ -14,7 +14,11 @@
 namespace multisnap::nbd {
 namespace {
 
-constexpr int kBacklog = 128;
+// Clients the kernel holds for accept(). A burst of connections beyond it
+// makes the kernel drop TCP SYNs (the client retries after a second or more)
+// and block unix connects; the kernel caps it at net.core.somaxconn (4096 on
+// current kernels), and the accept thread drains several thousand a second.
+constexpr int kBacklog = SOMAXCONN;
 
 Status fill_unix_address(const std::string& path, sockaddr_un* addr) {
   if (path.empty() || path.size() >= sizeof addr->sun_path) {

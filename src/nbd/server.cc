@@ -3,12 +3,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <system_error>
 #include <thread>
@@ -18,6 +21,28 @@
 #include "util/log.h"
 
 namespace multisnap::nbd {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Connections refused or dropped before transmission are summed up in the
+// log at most this often, so a flood does not flood the log too.
+constexpr auto kDropReportInterval = std::chrono::seconds(10);
+
+// max_negotiating, lowered so that handshakes (two descriptors each) hold at
+// most a quarter of the process's descriptors: the rest stays for
+// established clients, the store and the control socket.
+uint32_t negotiating_cap(uint32_t max_negotiating) {
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return max_negotiating;
+  uint64_t share = std::max<uint64_t>(rl.rlim_cur / 8, 1);
+  if (share >= max_negotiating) return max_negotiating;
+  MS_LOG_INFO("nbd: at most {} connections negotiating at once (a quarter of the {} open files)",
+              share, rl.rlim_cur);
+  return static_cast<uint32_t>(share);
+}
+
+}  // namespace
 
 class Server::Impl final : public ConnectionHost {
  public:
@@ -35,7 +60,9 @@ class Server::Impl final : public ConnectionHost {
   // ConnectionHost
   Backend& backend() override { return backend_; }
   std::shared_mutex& open_gate() override { return open_gate_; }
-  void export_selected(uint64_t id, const std::string& canonical_name) override;
+  Status export_selected(uint64_t id, const std::string& canonical_name) override;
+  void handshake_timed_out() override { handshake_timeouts_.fetch_add(1); }
+  void client_spoke(uint64_t id) override;
   void add_counters(const TransmissionCounters& delta) override;
   void protocol_violation() override { protocol_violations_.fetch_add(1); }
   void connection_finished(uint64_t id, const std::string& reason) override;
@@ -52,12 +79,23 @@ class Server::Impl final : public ConnectionHost {
   void accept_loop();
   void accept_from(const Listener& listener);
   void add_connection(UniqueFd fd, bool tcp);
+  // Asks the oldest silent connection still negotiating (else the oldest of
+  // all), other than `spare`, to close; false if there is none.
+  bool evict_oldest_negotiating(uint64_t spare = 0);
+  // Out of descriptors or threads: evicts the oldest handshake (not `spare`)
+  // and gives it a moment to release its resources; false if there is none.
+  bool make_room(uint64_t spare = 0);
   void reap_finished();
+  // Logs what was refused or dropped since the last report, at most once per
+  // kDropReportInterval. Returns the poll timeout (ms) until a deferred
+  // report is due, or -1.
+  int report_drops();
   void notify(const ConnectionEvent& event) const;
   bool all_finished(const std::vector<uint64_t>& ids) const;  // needs mu_
 
   Backend& backend_;
   const ServerOptions options_;
+  const uint32_t max_negotiating_;
   ConnectionOptions connection_options_;
   std::vector<Listener> listeners_;  // accept thread's
   std::vector<ListenAddress> bound_;
@@ -70,12 +108,23 @@ class Server::Impl final : public ConnectionHost {
   mutable std::mutex mu_;
   std::condition_variable finished_cv_;
   std::map<uint64_t, Record> records_;  // guarded by mu_
-  bool stopping_ = false;               // guarded by mu_
-  uint64_t next_id_ = 1;                // accept thread's
+  // Connections still negotiating and not asked to close, oldest first
+  // (ids grow with time). Guarded by mu_.
+  std::set<uint64_t> negotiating_;
+  std::set<uint64_t> silent_;  // those of negotiating_ that have not sent a byte
+  uint64_t established_ = 0;  // records with has_export and not finished; guarded by mu_
+  bool stopping_ = false;     // guarded by mu_
+  uint64_t next_id_ = 1;      // accept thread's
+  // Accept thread's: what report_drops() has logged so far.
+  uint64_t reported_refused_ = 0, reported_timeouts_ = 0, reported_evicted_ = 0;
+  Clock::time_point next_report_{};
   std::shared_mutex open_gate_;
 
   std::atomic<uint64_t> connections_now_{0};
   std::atomic<uint64_t> connections_total_{0};
+  std::atomic<uint64_t> connections_refused_{0};
+  std::atomic<uint64_t> handshake_timeouts_{0};
+  std::atomic<uint64_t> handshakes_evicted_{0};
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> bytes_read_{0};
   std::atomic<uint64_t> bytes_written_{0};
@@ -87,12 +136,14 @@ Server::Impl::Impl(Backend& backend, ServerOptions options, std::vector<Listener
                    WakeFd wake)
     : backend_(backend),
       options_(std::move(options)),
+      max_negotiating_(negotiating_cap(options_.max_negotiating)),
       listeners_(std::move(listeners)),
       accept_wake_(std::move(wake)) {
   connection_options_.limits.max_requests = options_.max_requests_per_connection;
   connection_options_.limits.max_bytes = options_.max_bytes_per_connection;
   connection_options_.max_option_length = options_.max_option_length;
   connection_options_.drain_timeout = options_.drain_timeout;
+  connection_options_.handshake_timeout = options_.handshake_timeout;
   for (const Listener& l : listeners_) bound_.push_back(l.bound());
 }
 
@@ -130,6 +181,7 @@ void Server::Impl::accept_loop() {
     for (size_t i = 0; i + 1 < fds.size(); ++i) {
       if (fds[i].revents) accept_from(listeners_[i]);
     }
+    timeout = report_drops();
   }
   listeners_.clear();  // closes the sockets and removes unix socket files
 }
@@ -142,6 +194,8 @@ void Server::Impl::accept_from(const Listener& listener) {
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
+    // Out of descriptors: the oldest handshake gives its socket to the new client.
+    if ((errno == EMFILE || errno == ENFILE) && make_room()) return;
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
       MS_LOG_WARN("nbd: accept on {} failed: {}", listener.bound().to_string(),
                   std::strerror(errno));
@@ -154,33 +208,113 @@ void Server::Impl::accept_from(const Listener& listener) {
 void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   connections_total_.fetch_add(1);
   std::string peer = describe_peer(fd.get());
-  if (connections_now_.load() >= options_.max_connections) {
-    MS_LOG_WARN("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
+  bool full = false, crowded = false;
+  {
+    std::lock_guard lock(mu_);
+    full = established_ >= options_.max_connections;
+    crowded = negotiating_.size() >= max_negotiating_;
+  }
+  if (full) {
+    MS_LOG_DEBUG("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
+    connections_refused_.fetch_add(1);
     return;
   }
+  // Only this thread adds negotiating connections, so there is room after this.
+  if (crowded) evict_oldest_negotiating();
   if (tcp) {
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  uint64_t id = next_id_++;
-  auto conn = Connection::create(id, std::move(fd), peer, *this, connection_options_);
-  if (!conn.is_ok()) {
-    MS_LOG_WARN("nbd: dropping client {}: {}", peer, conn.status().to_string());
+  // eventfd and thread creation fail only for lack of descriptors, threads or
+  // memory; a handshake that gives way frees all three.
+  constexpr int kTries = 3;
+  auto wake = WakeFd::create();
+  for (int i = 1; i < kTries && !wake.is_ok() && make_room(); ++i) wake = WakeFd::create();
+  if (!wake.is_ok()) {
+    MS_LOG_WARN("nbd: dropping client {}: {}", peer, wake.status().to_string());
     return;
   }
-  MS_LOG_INFO("nbd: connection {} from {}", id, peer);
+  uint64_t id = next_id_++;
+  auto conn = Connection::create(id, std::move(fd), std::move(wake).value(), peer, *this,
+                                 connection_options_);
+  MS_LOG_DEBUG("nbd: connection {} from {}", id, peer);
   notify({ConnectionEvent::Kind::kOpened, id, peer, "", ""});
-  Connection* raw = conn->get();
+  Connection* raw = conn.get();
   {
     std::lock_guard lock(mu_);
-    records_[id] = Record{std::move(conn).value(), peer};
+    records_[id] = Record{std::move(conn), peer};
+    negotiating_.insert(id);
+    silent_.insert(id);
   }
   connections_now_.fetch_add(1);
   Status started = raw->start();
+  for (int i = 1; i < kTries && !started.is_ok() && make_room(id); ++i) started = raw->start();
   if (!started.is_ok()) {
     MS_LOG_WARN("nbd: dropping client {}: {}", peer, started.to_string());
     connection_finished(id, started.to_string());
   }
+}
+
+bool Server::Impl::evict_oldest_negotiating(uint64_t spare) {
+  std::lock_guard lock(mu_);
+  auto oldest = [spare](const std::set<uint64_t>& ids) {
+    auto it = ids.begin();
+    if (it != ids.end() && *it == spare) ++it;
+    return it == ids.end() ? 0 : *it;
+  };
+  uint64_t id = oldest(silent_);
+  if (id == 0) id = oldest(negotiating_);
+  if (id == 0) return false;
+  negotiating_.erase(id);
+  silent_.erase(id);
+  records_.at(id).conn->request_close(Connection::CloseRequest::kEvicted);
+  handshakes_evicted_.fetch_add(1);
+  return true;
+}
+
+bool Server::Impl::make_room(uint64_t spare) {
+  if (!evict_oldest_negotiating(spare)) return false;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  reap_finished();  // its eventfd goes with the Connection object
+  return true;
+}
+
+int Server::Impl::report_drops() {
+  uint64_t refused = connections_refused_.load();
+  uint64_t timeouts = handshake_timeouts_.load();
+  uint64_t evicted = handshakes_evicted_.load();
+  if (refused == reported_refused_ && timeouts == reported_timeouts_ &&
+      evicted == reported_evicted_) {
+    return -1;
+  }
+  Clock::time_point now = Clock::now();
+  if (now < next_report_) {
+    return static_cast<int>(
+        std::chrono::ceil<std::chrono::milliseconds>(next_report_ - now).count());
+  }
+  std::string parts;
+  auto add = [&parts](uint64_t n, const std::string& what) {
+    if (n == 0) return;
+    parts += fmt::format("{}{} {}", parts.empty() ? "" : "; ", n, what);
+  };
+  add(refused - reported_refused_,
+      fmt::format("connections refused: {} already established", options_.max_connections));
+  add(timeouts - reported_timeouts_,
+      fmt::format("connections dropped for not finishing the handshake within {} ms",
+                  options_.handshake_timeout.count()));
+  add(evicted - reported_evicted_,
+      fmt::format("connections dropped to make room for newer handshakes ({} negotiating at most)",
+                  max_negotiating_));
+  if (refused != reported_refused_) {
+    MS_LOG_WARN("nbd: {}", parts);
+  } else {
+    MS_LOG_INFO("nbd: {}", parts);
+  }
+  reported_refused_ = refused;
+  reported_timeouts_ = timeouts;
+  reported_evicted_ = evicted;
+  next_report_ = now + kDropReportInterval;
+  return -1;
 }
 
 void Server::Impl::reap_finished() {
@@ -201,12 +335,27 @@ void Server::Impl::reap_finished() {
 
 // ---- Connection reports
 
-void Server::Impl::export_selected(uint64_t id, const std::string& canonical_name) {
+void Server::Impl::client_spoke(uint64_t id) {
+  std::lock_guard lock(mu_);
+  silent_.erase(id);
+}
+
+Status Server::Impl::export_selected(uint64_t id, const std::string& canonical_name) {
   std::lock_guard lock(mu_);
   auto it = records_.find(id);
-  if (it == records_.end()) return;
+  silent_.erase(id);
+  if (it == records_.end() || negotiating_.erase(id) == 0) {
+    return make_error(Code::kBusy, "{}", kEvictedReason);  // lost the race with eviction
+  }
+  if (established_ >= options_.max_connections) {
+    connections_refused_.fetch_add(1);
+    accept_wake_.wake();  // report it
+    return make_error(Code::kBusy, "refused: {} connections already", options_.max_connections);
+  }
   it->second.has_export = true;
   it->second.export_name = canonical_name;
+  ++established_;
+  return Status::ok();
 }
 
 void Server::Impl::add_counters(const TransmissionCounters& delta) {
@@ -226,12 +375,21 @@ void Server::Impl::connection_finished(uint64_t id, const std::string& reason) {
       event.export_name = it->second.export_name;
     }
   }
-  MS_LOG_INFO("nbd: connection {} ({}) closed: {}", id, event.peer, reason);
+  // Connections that never reached transmission (listings, probes, dropped
+  // handshakes) are only logged at debug level: a flood of them is summed up
+  // by report_drops() instead.
+  LogLevel level = event.export_name.empty() ? LogLevel::kDebug : LogLevel::kInfo;
+  log(level, "nbd: connection {} ({}) closed: {}", id, event.peer, reason);
   notify(event);
   {
     std::lock_guard lock(mu_);
     auto it = records_.find(id);
-    if (it != records_.end()) it->second.finished = true;
+    if (it != records_.end()) {
+      if (it->second.has_export && !it->second.finished) --established_;
+      it->second.finished = true;
+    }
+    negotiating_.erase(id);
+    silent_.erase(id);
     connections_now_.fetch_sub(1);
   }
   finished_cv_.notify_all();
@@ -288,8 +446,15 @@ std::vector<ConnectionInfo> Server::Impl::connections() const {
 
 ServerStats Server::Impl::stats() const {
   ServerStats s;
+  {
+    std::lock_guard lock(mu_);
+    s.connections_negotiating = negotiating_.size();
+  }
   s.connections_now = connections_now_.load();
   s.connections_total = connections_total_.load();
+  s.connections_refused = connections_refused_.load();
+  s.handshake_timeouts = handshake_timeouts_.load();
+  s.handshakes_evicted = handshakes_evicted_.load();
   s.requests = requests_.load();
   s.bytes_read = bytes_read_.load();
   s.bytes_written = bytes_written_.load();
@@ -330,8 +495,12 @@ Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions op
   if (options.listen.empty()) {
     return make_error(Code::kInvalidArgument, "the NBD server needs an address to listen on");
   }
-  if (options.max_requests_per_connection == 0 || options.max_connections == 0) {
+  if (options.max_requests_per_connection == 0 || options.max_connections == 0 ||
+      options.max_negotiating == 0) {
     return make_error(Code::kInvalidArgument, "NBD connection limits must be positive");
+  }
+  if (options.handshake_timeout.count() < 0) {
+    return make_error(Code::kInvalidArgument, "the NBD handshake timeout cannot be negative");
   }
   // Room for the longest legal name plus the rest of an option, and no more
   // than the server is willing to skip.

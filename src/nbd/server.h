@@ -23,7 +23,9 @@
 // sendmsg. Each connection has at most `max_requests_per_connection`
 // requests and `max_bytes_per_connection` payload bytes in flight (a single
 // request may exceed the latter when it is alone), and stops reading its
-// socket at those bounds.
+// socket at those bounds. Connections still in the handshake are limited
+// apart from established ones (`max_negotiating`, `handshake_timeout`), so
+// clients that connect and send nothing cannot lock real clients out.
 //
 // Ownership: the Server borrows the Backend, which must stay valid until
 // stop() has returned; connection threads call it concurrently. Each
@@ -69,8 +71,28 @@ struct ServerOptions {
   // "unix:PATH" or "tcp:HOST:PORT" (address.h); at least one.
   std::vector<std::string> listen;
   uint32_t unix_socket_mode = 0600;
-  // Further clients are accepted and closed at once (and a warning logged).
+  // Connections in the transmission phase. While this many are established,
+  // further clients are accepted and closed at once (and a warning logged);
+  // a client whose handshake completes while the limit is reached is closed
+  // instead of entering transmission. Connections still negotiating do not
+  // count here: idle half-open sockets cannot take real clients' slots.
   uint32_t max_connections = 1024;
+  // Connections accepted and not yet in the transmission phase. When a new
+  // connection arrives and this many are negotiating, the oldest of them
+  // that has not sent a byte is dropped to make room (the oldest of all if
+  // every one has spoken): a real client finishes its handshake in a few
+  // round trips, so a flood of idle sockets only pushes itself out. This
+  // also bounds the threads and sockets such a flood holds. The same happens
+  // when accept(), the connection's eventfd or its thread cannot be had for
+  // lack of descriptors or threads. Lowered at start() to an eighth of the
+  // open file limit (two descriptors each), so that handshakes never hold
+  // more than a quarter of the descriptors.
+  uint32_t max_negotiating = 128;
+  // A connection that has not entered the transmission phase this long after
+  // it was accepted is dropped (counted in ServerStats::handshake_timeouts).
+  // The deadline covers the whole handshake, however the client paces it.
+  // Zero: no deadline.
+  std::chrono::milliseconds handshake_timeout{10000};
   uint32_t max_requests_per_connection = 64;
   size_t max_bytes_per_connection = 64u << 20;
   // Option payloads up to this (8 KiB..1 MiB) are processed; longer ones are
@@ -85,15 +107,20 @@ struct ServerOptions {
   std::function<void(const ConnectionEvent&)> on_connection;
 };
 
-// Monotonic totals since start(), except connections_now.
+// Monotonic totals since start(), except connections_now and
+// connections_negotiating.
 struct ServerStats {
-  uint64_t connections_now = 0;      // accepted and not yet gone
-  uint64_t connections_total = 0;    // accepted (including refused ones over the limit)
-  uint64_t requests = 0;             // transmission requests received (not DISC)
-  uint64_t bytes_read = 0;           // READ payload bytes sent to clients
-  uint64_t bytes_written = 0;        // WRITE payload bytes accepted from clients
-  uint64_t errors = 0;               // requests answered with an error
-  uint64_t protocol_violations = 0;  // connections dropped for breaking the protocol
+  uint64_t connections_now = 0;          // accepted and not yet gone
+  uint64_t connections_negotiating = 0;  // of those, still in the handshake (and not dropped)
+  uint64_t connections_total = 0;        // accepted (including refused ones over the limit)
+  uint64_t connections_refused = 0;      // closed because max_connections were established
+  uint64_t handshake_timeouts = 0;       // dropped for missing the handshake deadline
+  uint64_t handshakes_evicted = 0;       // dropped to make room for newer negotiating ones
+  uint64_t requests = 0;                 // transmission requests received (not DISC)
+  uint64_t bytes_read = 0;               // READ payload bytes sent to clients
+  uint64_t bytes_written = 0;            // WRITE payload bytes accepted from clients
+  uint64_t errors = 0;                   // requests answered with an error
+  uint64_t protocol_violations = 0;      // connections dropped for breaking the protocol
 };
 
 struct ConnectionInfo {
