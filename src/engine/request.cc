@@ -127,7 +127,9 @@ void EngineCore::process_origin_write(Request* r) {
         break;
       }
       if (!*more) break;
-      if (!can_start_job(hole ? 0 : static_cast<uint32_t>(plan.dests.size()) + 1)) {
+      // A zero mapping takes no copy slot and need not wait for a commit
+      // that is due: a whole run of holes is recorded in one commit.
+      if (!hole && !can_start_job(static_cast<uint32_t>(plan.dests.size()) + 1)) {
         starved = true;
         break;
       }
