@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "control/control.h"
+#include "stream/reader.h"
 #include "util/units.h"
 
 namespace multisnap::cli {
@@ -71,6 +74,7 @@ Json snapshot_ref(const std::string& s) {
 }  // namespace
 
 int run_send(const OnlineArgs& o, const SendArgs& a) {
+  signal(SIGPIPE, SIG_IGN);  // a reader that goes away is an error we explain
   int fd = STDOUT_FILENO;
   if (!a.output.empty()) {
     fd = ::open(a.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -96,6 +100,7 @@ int run_send(const OnlineArgs& o, const SendArgs& a) {
   if (Status s = control::answer_status(*first); !s.is_ok()) return cleanup(fail(s));
   Progress progress(a.progress, "sent");
   progress.set_total((*first)["stream"].value("total_bytes", uint64_t{0}));
+  stream::CoverageScanner coverage;  // progress in volume bytes, not stream bytes
   control::FrameReader frames([&](void* p, size_t n) { return (*client)->read_raw(p, n); });
   std::vector<uint8_t> buf(1 << 20);
   uint64_t done = 0;
@@ -103,14 +108,21 @@ int run_send(const OnlineArgs& o, const SendArgs& a) {
     auto n = frames.read(buf.data(), buf.size());
     if (!n.is_ok()) return cleanup(fail(n.status().annotate("receiving the stream from serve")));
     if (*n == 0) break;
-    if (!write_fd(fd, buf.data(), *n)) return cleanup(fail(errno_status(errno, "writing the stream")));
+    if (!write_fd(fd, buf.data(), *n)) {
+      if (errno == EPIPE)
+        return cleanup(fail(make_error(Code::kIoError, "the reader of the stream went away after {} bytes (did the "
+                                                       "receiving side refuse it? see its error)",
+                                       done)));
+      return cleanup(fail(errno_status(errno, "writing the stream")));
+    }
     done += *n;
-    progress.update(done);
+    coverage.feed(buf.data(), *n);
+    progress.update(coverage.covered());
   }
   auto last = (*client)->read_answer();
   if (!last.is_ok()) return cleanup(fail(last.status()));
   if (Status s = control::answer_status(*last); !s.is_ok()) return cleanup(fail(s));
-  progress.update(done, true);
+  progress.update(coverage.covered(), true);
   if (fd != STDOUT_FILENO && ::fsync(fd) != 0) return cleanup(fail(errno_status(errno, "fsync " + a.output)));
   return cleanup(0);
 }

@@ -172,3 +172,35 @@ Result<Item> StreamReader::next() {
 }
 
 }  // namespace multisnap::stream
+
+namespace multisnap::stream {
+
+void CoverageScanner::feed(const uint8_t* p, size_t n) {
+  while (n > 0) {
+    if (skip_ > 0) {
+      size_t k = static_cast<size_t>(std::min<uint64_t>(skip_, n));
+      p += k;
+      n -= k;
+      skip_ -= k;
+      continue;
+    }
+    size_t k = std::min(n, sizeof head_ - have_);
+    std::memcpy(head_ + have_, p, k);
+    have_ += k;
+    p += k;
+    n -= k;
+    if (have_ < sizeof head_) continue;
+    uint32_t type = load_le<uint32_t>(head_);
+    uint64_t len = load_le<uint32_t>(head_ + 16);
+    if (type == static_cast<uint32_t>(RecordType::kData) && len >= 16) covered_ += load_le<uint32_t>(head_ + 32);
+    if (type == static_cast<uint32_t>(RecordType::kZero) && len >= 16) covered_ += load_le<uint64_t>(head_ + 32);
+    // The record's rest: payload and checksum, minus what head_ took.
+    uint64_t total = kRecordHeaderSize + len + kRecordTrailerSize;
+    skip_ = total > sizeof head_ ? total - sizeof head_ : 0;
+    // A record shorter than head_ (the END's payload is 32: never) would
+    // have eaten the next one's start; streams have none.
+    have_ = 0;
+  }
+}
+
+}  // namespace multisnap::stream

@@ -74,3 +74,22 @@ class StreamReader {
 };
 
 }  // namespace multisnap::stream
+
+namespace multisnap::stream {
+
+// Follows a stream's framing as bytes go by, without checking anything, to
+// tell how many volume bytes its DATA and ZERO records have covered so far
+// (what `send --progress` counts against the volume or the changed bytes).
+class CoverageScanner {
+ public:
+  void feed(const uint8_t* p, size_t n);
+  uint64_t covered() const { return covered_; }
+
+ private:
+  uint8_t head_[kRecordHeaderSize + 16];
+  size_t have_ = 0;      // bytes of head_ filled for the current record
+  uint64_t skip_ = 0;    // bytes of the current record left after head_
+  uint64_t covered_ = 0;
+};
+
+}  // namespace multisnap::stream

@@ -27,6 +27,20 @@ rng = random.Random(SEED)
 SIZE = 24 << 20
 
 
+LIVE = []  # serve processes, killed on any exit
+
+
+def kill_all():
+    for p in LIVE:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+import atexit
+atexit.register(kill_all)
+
+
 def fail(msg):
     print(f"FAILED (seed {SEED}): {msg}", flush=True)
     sys.exit(1)
@@ -58,6 +72,7 @@ class Store:
         log = open(os.path.join(self.dir, "serve.log"), "ab")
         self.proc = subprocess.Popen([MS, "serve", self.store, "--nbd", "unix:" + self.sock, "--control", self.ctl],
                                      stdout=log, stderr=log)
+        LIVE.append(self.proc)
         for _ in range(400):
             if os.path.exists(self.sock) and os.path.exists(self.ctl):
                 return

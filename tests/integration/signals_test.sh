@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 need nbdsh qemu-io
 # Background clients write to files (nothing may keep ctest's pipe open) and
 # are killed on the way out.
-trap 'rc=$?; for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; (exit $rc); cleanup' EXIT
+trap 'rc=$?; set +e; for p in $(jobs -p); do kill "$p" 2>/dev/null; done; (exit $rc); cleanup' EXIT
 
 create_store origin.img store.img --origin-size 64M --chunk-size 64K >/dev/null
 
