@@ -140,6 +140,11 @@ class Engine {
   Result<std::vector<SnapshotInfo>> list_snapshots(SnapshotId from = 0, size_t limit = SIZE_MAX);
   EngineStatus status();
 
+  // ---- properties kept in the store (ExceptionStore::get_property); set
+  // is durable when it returns.
+  Result<std::optional<std::string>> property(uint64_t id);
+  Status set_property(uint64_t id, const std::optional<std::string>& value);
+
   // ---- replication (docs/replication.md)
   // Chunks in [first, last] where snapshot `a` and `b` (nullopt: the origin)
   // differ, from metadata alone; at most `max` of them, in order.

@@ -65,6 +65,21 @@ Result<Engine::ReplicaState> Engine::replica_state(const Uuid* uuid) {
   return rs;
 }
 
+Result<std::optional<std::string>> Engine::property(uint64_t id) {
+  Result<std::optional<std::string>> result = std::optional<std::string>();
+  core_->run_control(false, [&] { result = core_->store().get_property(id); });
+  return result;
+}
+
+Status Engine::set_property(uint64_t id, const std::optional<std::string>& value) {
+  Status result;
+  core_->run_control(false, [&] {
+    result = core_->store().set_property(id, value);
+    if (result.is_ok()) result = core_->commit_now();
+  });
+  return result;
+}
+
 Status Engine::begin_receive(const PendingReceive& pending) {
   Status result;
   core_->run_control(true, [&] {

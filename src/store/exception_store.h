@@ -173,6 +173,13 @@ class ExceptionStore {
   // True when the committed state lags the recorded origin change.
   virtual bool origin_change_uncommitted() const = 0;
 
+  // ---- properties: small settings kept in the store (the PROP tree), at
+  // most 254 bytes each, e.g. the rolling-snapshot policy. Ids are
+  // persisted: never renumber (store/properties.h lists them).
+  virtual Result<std::optional<std::string>> get_property(uint64_t id) = 0;
+  // nullopt removes it. A metadata change: durable at the next commit.
+  virtual Status set_property(uint64_t id, const std::optional<std::string>& value) = 0;
+
   // ---- a receive in progress (persisted in the store area)
   virtual const PendingReceive& pending_receive() const = 0;
   virtual void set_pending_receive(const PendingReceive& p) = 0;

@@ -11,6 +11,7 @@ namespace {
 constexpr uint64_t kNameSeed = 0x656d616e70616e73ull;
 using SnapshotTree = BTree<SnapshotTableTraits>;
 using NameTree = BTree<NameTraits>;
+using PropertyTree = BTree<PropertyTraits>;
 }  // namespace
 
 void SnapshotRecord::encode(uint8_t* p) const {
@@ -139,6 +140,32 @@ void StoreBase::load_common() {
   receive_.base = load_le<uint32_t>(a + 28);
   std::memcpy(receive_.target.bytes.data(), a + 32, 16);
   receive_.origin_changed_before = load_le<uint32_t>(a + 48);
+  properties_root_ = load_le<uint64_t>(a + 56);
+}
+
+Result<std::optional<std::string>> StoreBase::get_property(uint64_t id) {
+  if (properties_root_ == 0) return std::optional<std::string>();
+  PropertyTree t(*tm_, properties_root_);
+  MS_ASSIGN_OR_RETURN(auto v, t.lookup(id));
+  if (!v) return std::optional<std::string>();
+  return std::optional<std::string>(v->bytes);
+}
+
+Status StoreBase::set_property(uint64_t id, const std::optional<std::string>& value) {
+  if (value && value->size() > kMaxPropertyBytes)
+    return make_error(Code::kInvalidArgument, "a property holds at most {} bytes", kMaxPropertyBytes);
+  if (!value && properties_root_ == 0) return Status::ok();
+  MS_TRY(reserve(properties_root_ == 0 ? 2 : 1));
+  return apply([&]() -> Status {
+    if (properties_root_ == 0) {
+      MS_ASSIGN_OR_RETURN(properties_root_, PropertyTree::create(*tm_));
+    }
+    PropertyTree t(*tm_, properties_root_);
+    Status s = value ? t.insert(id, PropertyValue{*value}) : t.remove(id).status();
+    properties_root_ = t.root();
+    tm_->mutable_store_area();
+    return s;
+  });
 }
 
 bool StoreBase::record_origin_change() {
@@ -200,6 +227,7 @@ Status StoreBase::commit() {
   store_le(a + 28, receive_.base);
   std::memcpy(a + 32, receive_.target.bytes.data(), 16);
   store_le(a + 48, receive_.origin_changed_before);
+  store_le(a + 56, properties_root_);
   save_specific(a);
   if (next != tm_->store_area()) tm_->mutable_store_area() = next;
   return tm_->commit();
@@ -346,6 +374,10 @@ void StoreBase::check_common(CheckReport& report, const std::function<void(uint6
   if (count != snapshot_count_)
     report.problem(fmt::format("snapshot table holds {} snapshots but the commit record says {}", count,
                                snapshot_count_));
+  if (properties_root_ != 0) {
+    PropertyTree props(*tm_, properties_root_);
+    props.walk(on_node, [&](const uint64_t&, const PropertyValue&) {}, problem);
+  }
   uint64_t name_entries = 0;
   NameTree names(*tm_, names_root_);
   std::vector<std::pair<uint64_t, uint64_t>> name_keys;

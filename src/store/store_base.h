@@ -9,7 +9,8 @@
 //  24  u32 origin changed at (highest ID when the origin last changed)
 //  28  u32 pending receive: base ID    32  u8[16] pending receive: target uuid
 //  48  u32 pending receive: origin-changed-at before it
-//  52..63 reserved; 64..511 belong to the store format.
+//  52  u32 reserved   56  u64 properties tree root (0: none yet)
+//  64..511 belong to the store format.
 #pragma once
 
 #include "store/exception_store.h"
@@ -95,6 +96,8 @@ class StoreBase : public ExceptionStore {
   SnapshotId origin_changed_at() const override { return origin_changed_at_; }
   bool record_origin_change() override;
   bool origin_change_uncommitted() const override;
+  Result<std::optional<std::string>> get_property(uint64_t id) override;
+  Status set_property(uint64_t id, const std::optional<std::string>& value) override;
   const PendingReceive& pending_receive() const override { return receive_; }
   void set_pending_receive(const PendingReceive& p) override;
   void set_origin_changed_at(SnapshotId id) override;
@@ -142,6 +145,7 @@ class StoreBase : public ExceptionStore {
   uint32_t snapshot_count_ = 0;
   SnapshotId origin_changed_at_ = 0;
   PendingReceive receive_;
+  uint64_t properties_root_ = 0;
 
  private:
   static uint64_t name_hash(std::string_view name);
