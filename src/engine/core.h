@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <deque>
 #include <list>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -78,8 +79,23 @@ struct VolumeRegistry {
   std::mutex mu;
   std::unordered_map<SnapshotId, uint64_t> open_snapshots;  // id -> open volumes
   uint64_t open_volumes = 0;
+  uint64_t open_origins = 0;
   void closed(const Volume& v);
   uint64_t open_count(SnapshotId id);
+};
+
+// A rollback in progress (rollback.cc): the origin is rewritten with the
+// target's data, chunk by chunk, where they differ (from metadata), in
+// batches; after each batch the origin is flushed and the position
+// committed (store property kRollbackProperty), so it resumes after a crash.
+struct Rollback {
+  SnapshotId target = 0;
+  uint64_t next_chunk = 0;   // committed position: chunks below are done
+  uint64_t batch_end = 0;    // position once the batch in flight is done
+  uint64_t done_chunks = 0, total_chunks = 0;
+  uint32_t in_flight = 0;
+  VolumeRef snap, origin;    // internal: they keep the target from being deleted
+  Status error;
 };
 
 struct ControlOp {
@@ -106,6 +122,17 @@ class EngineCore {
   Result<VolumeRef> open_volume(std::string_view name);
   uint64_t open_count(SnapshotId id) { return volumes_->open_count(id); }
   uint64_t open_volumes();
+  uint64_t open_origins() {
+    std::lock_guard lock(volumes_->mu);
+    return volumes_->open_origins;
+  }
+
+  // rollback.cc. Starts one (a control op on the engine thread, store ok,
+  // target found); the loop carries it out.
+  Status start_rollback(const SnapshotInfo& target, uint64_t next_chunk);
+  RollbackStatus rollback_status();
+  Status wait_rollback();
+  SnapshotId rolling_back_to() const { return rollback_target_.load(); }
 
   void poll() { step(false); }
   void run_until_idle();
@@ -133,6 +160,10 @@ class EngineCore {
   void run_controls();
   void maybe_commit();
   void maybe_reclaim();
+  void maybe_rollback();
+  void rollback_checkpoint();
+  void rollback_chunk(uint64_t c);
+  VolumeRef internal_volume(const std::optional<SnapshotInfo>& snap);
   bool quiesced() const { return writes_in_flight_ == 0 && jobs_in_flight_ == 0; }
   void check_invariants() const;
 
@@ -219,6 +250,13 @@ class EngineCore {
   std::chrono::steady_clock::time_point last_reclaim_;
   std::chrono::milliseconds reclaim_pause_{0};  // backs off after a failed step
   bool loop_exit_ = false;
+  std::optional<Rollback> rollback_;
+  std::atomic<SnapshotId> rollback_target_{0};  // 0: none; read by any thread
+  std::mutex rollback_mu_;                       // guards rollback_done_, rollback_result_
+  std::condition_variable rollback_cv_;
+  bool rollback_done_ = true;
+  Status rollback_result_;
+  RollbackStatus rollback_progress_;  // copy for other threads, under rollback_mu_
 };
 
 }  // namespace multisnap

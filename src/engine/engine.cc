@@ -4,6 +4,7 @@
 
 #include "engine/core.h"
 #include "util/clock.h"
+#include "util/endian.h"
 #include "util/log.h"
 
 namespace multisnap {
@@ -55,6 +56,16 @@ Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& s
     }
   }
   auto core = std::make_unique<EngineCore>(origin, store, std::move(st), std::move(io), options);
+  // A rollback that a crash or a stop interrupted carries on from its position.
+  MS_ASSIGN_OR_RETURN(auto position, core->store().get_property(kRollbackProperty));
+  if (position && position->size() == 12) {
+    SnapshotId target = load_le<uint32_t>(position->data());
+    uint64_t next = load_le<uint64_t>(position->data() + 4);
+    MS_ASSIGN_OR_RETURN(auto snap, core->store().find_snapshot(target));
+    if (!snap) return make_error(Code::kCorruption, "a rollback to snapshot {} is recorded, but it does not exist", target);
+    MS_TRY(core->start_rollback(*snap, next));
+    MS_LOG_INFO("resuming the rollback to snapshot {} at chunk {}", target, next);
+  }
   if (options.threaded) core->start_thread();
   return std::unique_ptr<Engine>(new Engine(std::move(core)));
 }
@@ -87,6 +98,11 @@ Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::
     Status s = core_->origin().flush();
     if (!s.is_ok()) {
       result = s.annotate("flushing the origin before the snapshot");
+      return;
+    }
+    if (!of && core_->rolling_back_to() != 0) {
+      result = make_error(Code::kBusy, "the origin is being rolled back to snapshot {}; snapshot it when that is done",
+                          core_->rolling_back_to());
       return;
     }
     result = core_->store().create_snapshot(of, name, wall_clock_ns(), uuid);
@@ -152,6 +168,7 @@ EngineStatus Engine::status() {
     if (!core_->store().tm().status().is_ok()) st.failure = core_->store().tm().status().to_string();
   });
   st.counters = core_->counters();
+  st.rollback = core_->rollback_status();
   st.requests_in_flight = core_->requests_in_flight();
   st.open_volumes = core_->open_volumes();
   return st;

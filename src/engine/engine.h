@@ -104,6 +104,13 @@ struct EngineCounters {
   uint64_t direct_writes = 0;  // origin writes that took the shortcut
 };
 
+struct RollbackStatus {
+  bool active = false;
+  SnapshotId target = 0;
+  uint64_t done_chunks = 0, total_chunks = 0;
+  std::string error;  // why it stopped (it resumes at the next open)
+};
+
 struct EngineStatus {
   StoreStats store;
   EngineCounters counters;
@@ -111,6 +118,7 @@ struct EngineStatus {
   uint64_t requests_in_flight = 0;
   uint64_t cache_hits = 0, cache_misses = 0, cache_blocks = 0, cache_capacity_blocks = 0;
   std::string failure;  // empty unless the store has failed
+  RollbackStatus rollback;
 };
 
 class Engine {
@@ -139,6 +147,16 @@ class Engine {
   // Snapshots with id >= from, at most `limit`, in ID order.
   Result<std::vector<SnapshotInfo>> list_snapshots(SnapshotId from = 0, size_t limit = SIZE_MAX);
   EngineStatus status();
+
+  // ---- rollback (docs/lifecycle.md): the origin becomes what snapshot
+  // `target` holds, every snapshot reads as before. Refused (kBusy) while
+  // the origin is open; while it runs the origin cannot be opened, the
+  // target is read-only and no snapshot of the origin can be taken. It is
+  // committed in steps and resumes by itself when the store is opened again
+  // after a crash. wait_rollback() returns when it is done and durable.
+  Status start_rollback(SnapshotId target);
+  RollbackStatus rollback_status();
+  Status wait_rollback();
 
   // ---- properties kept in the store (ExceptionStore::get_property); set
   // is durable when it returns.

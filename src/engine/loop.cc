@@ -195,10 +195,13 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
   auto v = std::shared_ptr<Volume>(new Volume);
   v->size_ = volume_size_;
   if (name.empty() || name == "origin") {
+    if (SnapshotId t = rollback_target_.load(); t != 0)
+      return make_error(Code::kBusy, "the origin is being rolled back to snapshot {}; it is offered again when that is done", t);
     v->name_ = "origin";
     v->registry_ = volumes_;
     std::lock_guard lock(volumes_->mu);
     ++volumes_->open_volumes;
+    ++volumes_->open_origins;
     return v;
   }
   constexpr std::string_view kPrefix = "snapshot/";
@@ -234,6 +237,7 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
 void VolumeRegistry::closed(const Volume& v) {
   std::lock_guard lock(mu);
   --open_volumes;
+  if (!v.snapshot()) --open_origins;
   if (v.snapshot()) {
     auto it = open_snapshots.find(v.snapshot()->id);
     if (it != open_snapshots.end() && --it->second == 0) open_snapshots.erase(it);
@@ -315,6 +319,7 @@ void EngineCore::step(bool may_block) {
   maybe_commit();
   run_controls();
   maybe_reclaim();
+  maybe_rollback();
 #ifndef NDEBUG
   check_invariants();
 #endif

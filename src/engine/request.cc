@@ -237,6 +237,8 @@ void EngineCore::process_snapshot_read(Request* r) {
 
 void EngineCore::process_snapshot_write(Request* r) {
   const SnapshotInfo& s = *r->volume->snapshot();
+  if (rollback_target_.load() == s.id)
+    return finish(r, make_error(Code::kReadOnly, "snapshot {} is read-only while the origin is rolled back to it", s.id));
   // A snapshot written to is no longer what was sent from it: it is marked
   // (durably, before the write) so that it is refused as a replication base.
   if (!(s.flags & kSnapshotWritten) && !written_.count(s.id)) {

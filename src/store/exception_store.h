@@ -43,6 +43,9 @@ using SnapshotId = uint32_t;  // user-visible, never reused; 0 stands for the or
 constexpr SnapshotId kOriginId = 0;
 constexpr size_t kMaxSnapshotName = 64;
 constexpr uint64_t kNoChunk = UINT64_MAX;
+// Property ids (persisted: never renumber; docs/format.md).
+constexpr uint64_t kPolicyProperty = 1;    // the rolling-snapshot policy (JSON)
+constexpr uint64_t kRollbackProperty = 2;  // a rollback in progress: u32 target, u64 next chunk
 
 // SnapshotInfo::flags (persisted in the snapshot record: never renumber).
 constexpr uint32_t kSnapshotWritten = 1;  // written to since it was created
