@@ -8,6 +8,7 @@
 #include <ctime>
 #include <thread>
 
+#include "control/requests.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -79,13 +80,10 @@ Status Daemon::stop() {
   return s;
 }
 
-Result<SnapshotId> Daemon::resolve(const Json& ref) {
-  std::string key;
-  if (ref.is_number_unsigned()) key = std::to_string(ref.get<uint64_t>());
-  else if (ref.is_string()) key = ref.get<std::string>();
-  else return make_error(Code::kInvalidArgument, "a snapshot is given by its ID or its name");
+Result<SnapshotId> Daemon::resolve(const control::SnapshotRef& ref) {
+  std::string key = ref.key();
   MS_ASSIGN_OR_RETURN(auto found, engine_->find_snapshot(key));
-  if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", key);
+  if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", control::quote_for_message(key));
   return found->id;
 }
 
@@ -99,30 +97,30 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
     snapshot_list(out);
     return std::nullopt;
   }
-  return control::error_answer(make_error(Code::kInvalidArgument, "unknown command '{}'", cmd));
+  return control::error_answer(
+      make_error(Code::kInvalidArgument, "unknown command '{}'", control::quote_for_message(cmd)));
 }
 
 Json Daemon::snapshot_create(const Json& req) {
+  auto args = control::parse_snapshot_create(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
   std::optional<SnapshotId> of;
-  if (req.contains("of") && !req["of"].is_null() && req["of"] != "origin") {
-    auto r = resolve(req["of"]);
+  if (args->of) {
+    auto r = resolve(*args->of);
     if (!r.is_ok()) return control::error_answer(r.status());
     of = *r;
   }
-  std::string name;
-  if (req.contains("name") && !req["name"].is_null()) {
-    if (!req["name"].is_string()) return control::error_answer(make_error(Code::kInvalidArgument, "name must be a string"));
-    name = req["name"].get<std::string>();
-  }
-  auto s = engine_->create_snapshot(of, name);
+  auto s = engine_->create_snapshot(of, args->name);
   if (!s.is_ok()) return control::error_answer(s.status());
   return Json{{"ok", true}, {"snapshot", snapshot_json(*s)}};
 }
 
 Json Daemon::snapshot_delete(const Json& req) {
-  auto id = resolve(req.value("snapshot", Json()));
+  auto args = control::parse_snapshot_delete(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
+  auto id = resolve(args->snapshot);
   if (!id.is_ok()) return control::error_answer(id.status());
-  bool force = req.value("force", false);
+  bool force = args->force;
   std::string name = "snapshot/" + std::to_string(*id);
   auto matches = [name](std::string_view export_name) { return export_name == name; };
   size_t clients = nbd_->count_connections(matches);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "control/control.h"
+#include "control/fields.h"
 #include "daemon/engine_backend.h"
 #include "engine/engine.h"
 #include "io/file_device.h"
@@ -39,7 +40,7 @@ class Daemon {
 
  private:
   Daemon() = default;
-  Result<SnapshotId> resolve(const control::Json& ref);
+  Result<SnapshotId> resolve(const control::SnapshotRef& ref);
   control::Json snapshot_create(const control::Json& req);
   control::Json snapshot_delete(const control::Json& req);
   void snapshot_list(control::Writer& out);
