@@ -143,25 +143,34 @@ Json Daemon::snapshot_delete(const Json& req) {
 }
 
 void Daemon::snapshot_list(control::Writer& out) {
-  // Streamed in pages: the daemon never holds the whole list.
-  std::string head = "{\"ok\":true,\"snapshots\":[";
-  if (!out.write(head)) return;
-  SnapshotId from = 0;
+  // Streamed in pages: the daemon never holds the whole list. "ok" comes
+  // last, so a page that fails half-way ends the answer as a failure
+  // (docs/control.md); a first page that fails is a plain error answer.
+  constexpr size_t kPage = 1024;
+  auto page = engine_->list_snapshots(0, kPage);
+  if (!page.is_ok()) {
+    out.write(control::to_text(control::error_answer(page.status())) + "\n");
+    return;
+  }
+  std::string text = "{\"snapshots\":[";
   bool first = true;
   for (;;) {
-    auto page = engine_->list_snapshots(from, 1024);
-    if (!page.is_ok()) break;  // the answer ends with what was listed
-    std::string chunk;
     for (const SnapshotInfo& s : *page) {
-      if (!first) chunk += ',';
+      if (!first) text += ',';
       first = false;
-      chunk += snapshot_json(s).dump();
+      text += control::to_text(snapshot_json(s));
     }
-    if (!out.write(chunk)) return;
-    if (page->size() < 1024) break;
-    from = page->back().id + 1;
+    if (page->size() < kPage || page->back().id == UINT32_MAX) break;
+    if (!out.write(text)) return;
+    text.clear();
+    page = engine_->list_snapshots(page->back().id + 1, kPage);
+    if (!page.is_ok()) {
+      Json error = control::error_answer(page.status().annotate("listing snapshots"))["error"];
+      out.write("],\"ok\":false,\"error\":" + control::to_text(error) + "}\n");
+      return;
+    }
   }
-  out.write("]}\n");
+  out.write(text + "],\"ok\":true}\n");
 }
 
 Json Daemon::status() {
