@@ -67,7 +67,8 @@ int run_snapshot_list(const OnlineArgs& o) {
   auto r = call(o, {{"command", "snapshot-list"}});
   if (!r.is_ok()) return fail(r.status());
   if (!r->contains("snapshots") || !r->at("snapshots").is_array())
-    return fail(make_error(Code::kIoError, "malformed snapshot-list answer from the control socket"));
+    return fail(
+        make_error(Code::kIoError, "malformed snapshot-list answer from the control socket"));
   const Json& list = r->at("snapshots");
   if (o.json) {
     printf("%s\n", list.dump(2).c_str());

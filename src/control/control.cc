@@ -120,24 +120,30 @@ class CountingWriter : public Writer {
   size_t written_ = 0;
 };
 
-bool write_answer(Writer& out, const Json& answer) { return out.write(to_text(answer) + "\n"); }
+bool write_answer(Writer& out, const Json& answer) {
+  return out.write(to_text(answer) + "\n");
+}
 
 // The request in `line`, or why it is not one.
 Result<Json> parse_request(std::string_view line) {
   if (nesting_depth(line) > kMaxRequestDepth)
-    return make_error(Code::kInvalidArgument, "request is nested deeper than {} levels", kMaxRequestDepth);
+    return make_error(Code::kInvalidArgument, "request is nested deeper than {} levels",
+                      kMaxRequestDepth);
   // The JSON parser takes a NUL byte for the end of its input, so
   // '{"command":"ping"}\0junk' would pass; JSON text never holds one.
   if (line.find('\0') != std::string_view::npos)
     return make_error(Code::kInvalidArgument, "request is not valid JSON (it holds a NUL byte)");
   Json request = Json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
-  if (request.is_discarded()) return make_error(Code::kInvalidArgument, "request is not valid JSON");
+  if (request.is_discarded())
+    return make_error(Code::kInvalidArgument, "request is not valid JSON");
   if (!request.is_object())
-    return make_error(Code::kInvalidArgument, "a request is one JSON object with a \"command\" string (got {})",
+    return make_error(Code::kInvalidArgument,
+                      "a request is one JSON object with a \"command\" string (got {})",
                       request.type_name());
   MS_ASSIGN_OR_RETURN(std::optional<std::string> command, optional_string(request, "command"));
   if (!command)
-    return make_error(Code::kInvalidArgument, "a request is one JSON object with a \"command\" string");
+    return make_error(Code::kInvalidArgument,
+                      "a request is one JSON object with a \"command\" string");
   return request;
 }
 
@@ -185,9 +191,12 @@ size_t nesting_depth(std::string_view text) {
   bool in_string = false, escaped = false;
   for (char c : text) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
@@ -213,12 +222,14 @@ bool serve_line(std::string_view line, const Handler& handler, Writer& out) {
   } catch (const Json::exception& e) {
     threw = true;
     MS_LOG_WARN("control request failed in the JSON library: {}", e.what());
-    answer = error_answer(make_error(Code::kInvalidArgument, "the request has a field of the wrong type or value ({})",
+    answer = error_answer(make_error(Code::kInvalidArgument,
+                                     "the request has a field of the wrong type or value ({})",
                                      e.what()));
   } catch (const std::exception& e) {
     threw = true;
     MS_LOG_ERROR("control request failed: {}", e.what());
-    answer = error_answer(make_error(Code::kIoError, "internal error handling the request: {}", e.what()));
+    answer = error_answer(
+        make_error(Code::kIoError, "internal error handling the request: {}", e.what()));
   }
   if (counted.written() > 0) {
     // Part of a streamed answer is on the wire: a second object would
@@ -342,7 +353,8 @@ class ControlServer::Impl {
       bool unterminated = got == LineReader::Got::kUnterminated;
       Status s = unterminated
                      ? make_error(Code::kInvalidArgument, "request does not end with a newline")
-                     : make_error(Code::kInvalidArgument, "request is longer than {} bytes", kMaxRequestBytes);
+                     : make_error(Code::kInvalidArgument, "request is longer than {} bytes",
+                                  kMaxRequestBytes);
       if (!write_answer(out, error_answer(s)) || unterminated) break;
     }
     // The client sees the end now; the descriptor is closed when reaped.
@@ -393,7 +405,8 @@ Result<std::unique_ptr<ControlClient>> ControlClient::connect(const std::string&
 ControlClient::~ControlClient() { ::close(fd_); }
 
 Result<Json> ControlClient::call(const Json& request) {
-  if (!write_all(fd_, to_text(request) + "\n")) return errno_status(errno, "sending to the control socket");
+  if (!write_all(fd_, to_text(request) + "\n"))
+    return errno_status(errno, "sending to the control socket");
   std::string line;
   if (LineReader(fd_, buffer_, SIZE_MAX).next(&line) != LineReader::Got::kLine)
     return make_error(Code::kIoError, "the server closed the control connection without answering");

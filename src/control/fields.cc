@@ -8,7 +8,8 @@ namespace {
 // a Json built in C++ from an int is signed even when it is positive.
 std::optional<uint64_t> as_uint(const Json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
+  if (v.is_number_integer() && v.get<int64_t>() >= 0)
+    return static_cast<uint64_t>(v.get<int64_t>());
   return std::nullopt;
 }
 
@@ -25,8 +26,8 @@ std::string kind(const Json& v) {
 }
 
 Status wrong_type(std::string_view field, std::string_view want, const Json& got) {
-  return make_error(Code::kInvalidArgument, "field \"{}\" must be {} (got {})", quote_for_message(field),
-                    want, kind(got));
+  return make_error(Code::kInvalidArgument, "field \"{}\" must be {} (got {})",
+                    quote_for_message(field), want, kind(got));
 }
 
 // The field's value, or nullptr when it is absent or null (rule 1).

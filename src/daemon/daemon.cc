@@ -83,7 +83,9 @@ Status Daemon::stop() {
 Result<SnapshotId> Daemon::resolve(const control::SnapshotRef& ref) {
   std::string key = ref.key();
   MS_ASSIGN_OR_RETURN(auto found, engine_->find_snapshot(key));
-  if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", control::quote_for_message(key));
+  if (!found)
+    return make_error(Code::kNotFound, "there is no snapshot '{}'",
+                      control::quote_for_message(key));
   return found->id;
 }
 

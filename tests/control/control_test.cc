@@ -22,7 +22,9 @@ class StringWriter : public Writer {
   std::string text;
 };
 
-std::optional<Json> echo(const Json& request, Writer&) { return Json{{"ok", true}, {"request", request}}; }
+std::optional<Json> echo(const Json& request, Writer&) {
+  return Json{{"ok", true}, {"request", request}};
+}
 
 // The one answer line serve_line wrote, parsed.
 Json answer_to(std::string_view line, const Handler& handler = echo) {
@@ -46,11 +48,12 @@ TEST(ServeLineTest, PassesWellFormedRequestsToTheHandler) {
 }
 
 TEST(ServeLineTest, RejectsWhatIsNotARequest) {
-  for (std::string_view line : std::vector<std::string_view>{"", " ", "{", "nul", "[]", "\"ping\"", "42", "null", "{}",
-                                R"({"command":null})", R"({"command":1})", R"({"command":["ping"]})",
-                                R"({"command":"ping"} {"command":"ping"})", "{\"command\":\"\xff\"}",
-                                R"({"command":"ping","n":1e400})", R"({"command":"ping","s":"\ud800"})",
-                                std::string_view("{\"command\":\"ping\"}\0junk", 23)}) {
+  for (std::string_view line : std::vector<std::string_view>{
+           "", " ", "{", "nul", "[]", "\"ping\"", "42", "null", "{}", R"({"command":null})",
+           R"({"command":1})", R"({"command":["ping"]})",
+           R"({"command":"ping"} {"command":"ping"})", "{\"command\":\"\xff\"}",
+           R"({"command":"ping","n":1e400})", R"({"command":"ping","s":"\ud800"})",
+           std::string_view("{\"command\":\"ping\"}\0junk", 23)}) {
     Json a = answer_to(line);
     EXPECT_EQ(code_of(a), "invalid-argument") << line;
     EXPECT_EQ(a["error"]["errno"], EINVAL);
@@ -76,7 +79,9 @@ TEST(ServeLineTest, HandlerExceptionsBecomeErrorAnswers) {
     return Json{{"ok", r["command"].get<bool>()}};  // throws json type_error
   };
   EXPECT_EQ(code_of(answer_to(R"({"command":"x"})", type_error)), "invalid-argument");
-  Handler other = [](const Json&, Writer&) -> std::optional<Json> { throw std::runtime_error("boom"); };
+  Handler other = [](const Json&, Writer&) -> std::optional<Json> {
+    throw std::runtime_error("boom");
+  };
   Json a = answer_to(R"({"command":"x"})", other);
   EXPECT_EQ(code_of(a), "io-error");
   EXPECT_NE(a["error"]["message"].get<std::string>().find("boom"), std::string::npos);
@@ -103,10 +108,15 @@ TEST(ServeLineTest, AHandlerThatFailsMidStreamClosesTheConnection) {
 
 TEST(ServeLineTest, AnswersWithInvalidUtf8AreStillOneValidLine) {
   Handler bad = [](const Json&, Writer&) -> std::optional<Json> {
-    return Json{{"ok", true}, {"name", "a\xff\xfe" "b"}};
+    return Json{{"ok", true},
+                {"name",
+                 "a\xff\xfe"
+                 "b"}};
   };
   Json a = answer_to(R"({"command":"x"})", bad);
-  EXPECT_EQ(a["name"], "a\xef\xbf\xbd\xef\xbf\xbd" "b");  // U+FFFD twice
+  EXPECT_EQ(a["name"],
+            "a\xef\xbf\xbd\xef\xbf\xbd"
+            "b");  // U+FFFD twice
 }
 
 // ---------------------------------------------------------------- socket

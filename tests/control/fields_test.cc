@@ -12,10 +12,26 @@ namespace {
 
 // One value of every JSON type (and the awkward numbers).
 std::vector<Json> every_type() {
-  return {Json(nullptr), Json(true), Json(false), Json(0), Json(1), Json(-1), Json(int64_t{INT64_MIN}),
-          Json(uint64_t{1} << 32), Json(UINT64_MAX), Json(1.5), Json(2.0), Json(""), Json("x"),
-          Json("12"), Json(std::string(100000, 'a')), Json::array(), Json::array({1, 2}),
-          Json::object(), Json::object({{"a", 1}}), Json::binary({1, 2, 3})};
+  return {Json(nullptr),
+          Json(true),
+          Json(false),
+          Json(0),
+          Json(1),
+          Json(-1),
+          Json(int64_t{INT64_MIN}),
+          Json(uint64_t{1} << 32),
+          Json(UINT64_MAX),
+          Json(1.5),
+          Json(2.0),
+          Json(""),
+          Json("x"),
+          Json("12"),
+          Json(std::string(100000, 'a')),
+          Json::array(),
+          Json::array({1, 2}),
+          Json::object(),
+          Json::object({{"a", 1}}),
+          Json::binary({1, 2, 3})};
 }
 
 Json with(std::string_view field, const Json& v) {
@@ -26,7 +42,8 @@ Json with(std::string_view field, const Json& v) {
 
 void expect_invalid(const Status& s, std::string_view field) {
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
-  EXPECT_NE(s.message().find(std::string("\"") + std::string(field) + "\""), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(std::string("\"") + std::string(field) + "\""), std::string::npos)
+      << s.message();
 }
 
 TEST(FieldsTest, BoolAcceptsOnlyBooleansAndTreatsNullAsAbsent) {
@@ -82,15 +99,17 @@ TEST(FieldsTest, SnapshotRefIsAnIdOrAName) {
   EXPECT_EQ(id.id, std::optional<uint32_t>(3));
   EXPECT_EQ(id.key(), "3");
   EXPECT_EQ(required_snapshot(with("s", UINT32_MAX), "s")->id, std::optional<uint32_t>(UINT32_MAX));
-  EXPECT_EQ(required_snapshot(with("s", "4294967295"), "s")->id, std::optional<uint32_t>(UINT32_MAX));
+  EXPECT_EQ(required_snapshot(with("s", "4294967295"), "s")->id,
+            std::optional<uint32_t>(UINT32_MAX));
   EXPECT_EQ(required_snapshot(with("s", "007"), "s")->key(), "7");
   auto name = *required_snapshot(with("s", "nightly"), "s");
   EXPECT_FALSE(name.id);
   EXPECT_EQ(name.key(), "nightly");
   EXPECT_TRUE(name.is_name("nightly"));
-  for (const Json& v : {Json(nullptr), Json(-1), Json(uint64_t{1} << 32), Json(UINT64_MAX), Json(1.5),
-                        Json(3.0), Json(""), Json("4294967296"), Json(std::string(30, '9')), Json(true),
-                        Json::array(), Json::object(), Json(std::string(kMaxStringField + 1, 'a'))}) {
+  for (const Json& v :
+       {Json(nullptr), Json(-1), Json(uint64_t{1} << 32), Json(UINT64_MAX), Json(1.5), Json(3.0),
+        Json(""), Json("4294967296"), Json(std::string(30, '9')), Json(true), Json::array(),
+        Json::object(), Json(std::string(kMaxStringField + 1, 'a'))}) {
     auto r = required_snapshot(with("s", v), "s");
     ASSERT_FALSE(r.is_ok()) << v.dump().substr(0, 40);
     expect_invalid(r.status(), "s");
@@ -124,8 +143,10 @@ TEST(RequestsTest, SnapshotCreate) {
   for (const Json& v : every_type()) {
     if (v.is_null()) continue;
     auto of = parse_snapshot_create(Json{{"of", v}});
-    bool of_ok = (v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= UINT32_MAX) ||
-                 (v.is_string() && !v.get<std::string>().empty() && v.get<std::string>().size() <= kMaxStringField);
+    bool of_ok =
+        (v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= UINT32_MAX) ||
+        (v.is_string() && !v.get<std::string>().empty() &&
+         v.get<std::string>().size() <= kMaxStringField);
     EXPECT_EQ(of.is_ok(), of_ok) << v.dump().substr(0, 40);
     if (!of.is_ok()) expect_invalid(of.status(), "of");
     auto name = parse_snapshot_create(Json{{"name", v}});

@@ -9,9 +9,9 @@
 // any answer that is not exactly one line holding a JSON object with a
 // boolean "ok" (and an error object when ok is false).
 //
-//   CXX=clang++ cmake -S . -B build-fuzz -DMULTISNAP_FUZZ=ON -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF
-//   ninja -C build-fuzz control_fuzz
-//   build-fuzz/tests/fuzz/control_fuzz -max_total_time=60 tests/fuzz/corpus/control
+//   CXX=clang++ cmake -S . -B build-fuzz -DMULTISNAP_FUZZ=ON -DMULTISNAP_TESTS=OFF
+//   -DMULTISNAP_BENCH=OFF ninja -C build-fuzz control_fuzz build-fuzz/tests/fuzz/control_fuzz
+//   -max_total_time=60 tests/fuzz/corpus/control
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -35,7 +35,9 @@ class StringWriter : public Writer {
   std::string text;
 };
 
-Json ref_json(const SnapshotRef& ref) { return ref.id ? Json(*ref.id) : Json(ref.name); }
+Json ref_json(const SnapshotRef& ref) {
+  return ref.id ? Json(*ref.id) : Json(ref.name);
+}
 
 std::optional<Json> handle(const Json& req, Writer& out) {
   try {
@@ -45,8 +47,10 @@ std::optional<Json> handle(const Json& req, Writer& out) {
     if (cmd == "snapshot-create") {
       auto args = parse_snapshot_create(req);
       if (!args.is_ok()) return error_answer(args.status());
-      return Json{{"ok", true},
-                  {"snapshot", {{"id", 1}, {"name", args->name}, {"of", args->of ? ref_json(*args->of) : "origin"}}}};
+      return Json{
+          {"ok", true},
+          {"snapshot",
+           {{"id", 1}, {"name", args->name}, {"of", args->of ? ref_json(*args->of) : "origin"}}}};
     }
     if (cmd == "snapshot-delete") {
       auto args = parse_snapshot_delete(req);
@@ -54,7 +58,8 @@ std::optional<Json> handle(const Json& req, Writer& out) {
       if (!args->snapshot.id)
         return error_answer(make_error(Code::kNotFound, "there is no snapshot '{}'",
                                        quote_for_message(args->snapshot.name)));
-      return Json{{"ok", true}, {"deleted", *args->snapshot.id}, {"disconnected", args->force ? 1 : 0}};
+      return Json{
+          {"ok", true}, {"deleted", *args->snapshot.id}, {"disconnected", args->force ? 1 : 0}};
     }
     if (cmd == "snapshot-list") {
       // The Daemon's streamed shape; an "x-fail" field makes it fail
@@ -71,7 +76,8 @@ std::optional<Json> handle(const Json& req, Writer& out) {
       }
       return std::nullopt;
     }
-    return error_answer(make_error(Code::kInvalidArgument, "unknown command '{}'", quote_for_message(cmd)));
+    return error_answer(
+        make_error(Code::kInvalidArgument, "unknown command '{}'", quote_for_message(cmd)));
   } catch (...) {
     __builtin_trap();  // the field layer must never throw
   }
