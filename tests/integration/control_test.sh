@@ -22,6 +22,7 @@ checked = 0
 def exchange(data, close="shutdown"):
     """Sends raw bytes on a new connection; returns the answer lines."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)  # a server that never ends the connection fails, not hangs
     s.connect(CTL)
     s.sendall(data)
     if close == "close":  # gone without reading: the server must cope
