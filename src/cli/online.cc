@@ -62,9 +62,14 @@ int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool f
 }
 
 int run_snapshot_list(const OnlineArgs& o) {
+  // The answer is streamed and says "ok" last: a list that failed half-way
+  // is an error here, never a short list.
   auto r = call(o, {{"command", "snapshot-list"}});
   if (!r.is_ok()) return fail(r.status());
-  const Json& list = (*r)["snapshots"];
+  if (!r->contains("snapshots") || !r->at("snapshots").is_array())
+    return fail(
+        make_error(Code::kIoError, "malformed snapshot-list answer from the control socket"));
+  const Json& list = r->at("snapshots");
   if (o.json) {
     printf("%s\n", list.dump(2).c_str());
     return 0;

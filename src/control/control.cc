@@ -6,13 +6,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <list>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
+#include "control/fields.h"
 #include "util/log.h"
 
 namespace multisnap::control {
@@ -56,23 +59,94 @@ bool write_all(int fd, std::string_view data) {
   return true;
 }
 
-// Reads one line (without the newline) into *line; false at EOF or error,
-// or when the line is longer than max.
-bool read_line(int fd, std::string& buffer, std::string* line, size_t max) {
-  for (;;) {
-    size_t nl = buffer.find('\n');
-    if (nl != std::string::npos) {
-      *line = buffer.substr(0, nl);
-      buffer.erase(0, nl + 1);
-      return true;
+// Splits what arrives on a socket into lines of at most `max` bytes.
+class LineReader {
+ public:
+  enum class Got {
+    kLine,          // *line holds the next line, without its newline
+    kTooLong,       // a line longer than max: skipped up to its newline
+    kUnterminated,  // end of stream after bytes that end no line
+    kClosed,        // end of stream (or an error) between lines
+  };
+  // `buffer` keeps bytes read past a line for the next call.
+  LineReader(int fd, std::string& buffer, size_t max) : fd_(fd), buffer_(buffer), max_(max) {}
+
+  Got next(std::string* line) {
+    for (;;) {
+      size_t nl = buffer_.find('\n');
+      if (skipping_) {
+        if (nl != std::string::npos) {
+          buffer_.erase(0, nl + 1);
+          skipping_ = false;
+          continue;
+        }
+        buffer_.clear();
+      } else if (nl != std::string::npos) {
+        bool too_long = nl > max_;
+        if (!too_long) *line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        return too_long ? Got::kTooLong : Got::kLine;
+      } else if (buffer_.size() > max_) {
+        buffer_.clear();
+        skipping_ = true;
+        return Got::kTooLong;
+      }
+      char tmp[8192];
+      ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return buffer_.empty() || skipping_ ? Got::kClosed : Got::kUnterminated;
+      buffer_.append(tmp, static_cast<size_t>(n));
     }
-    if (buffer.size() > max) return false;
-    char tmp[8192];
-    ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    buffer.append(tmp, static_cast<size_t>(n));
   }
+
+ private:
+  int fd_;
+  std::string& buffer_;
+  size_t max_;
+  bool skipping_ = false;  // inside a line that was too long
+};
+
+// Counts what a handler streams, so a failure half-way is noticed.
+class CountingWriter : public Writer {
+ public:
+  explicit CountingWriter(Writer& out) : out_(out) {}
+  bool write(std::string_view bytes) override {
+    written_ += bytes.size();
+    return out_.write(bytes);
+  }
+  ssize_t read_raw(void* buf, size_t len) override { return out_.read_raw(buf, len); }
+  size_t written() const { return written_; }
+
+ private:
+  Writer& out_;
+  size_t written_ = 0;
+};
+
+bool write_answer(Writer& out, const Json& answer) {
+  return out.write(to_text(answer) + "\n");
+}
+
+// The request in `line`, or why it is not one.
+Result<Json> parse_request(std::string_view line) {
+  if (nesting_depth(line) > kMaxRequestDepth)
+    return make_error(Code::kInvalidArgument, "request is nested deeper than {} levels",
+                      kMaxRequestDepth);
+  // The JSON parser takes a NUL byte for the end of its input, so
+  // '{"command":"ping"}\0junk' would pass; JSON text never holds one.
+  if (line.find('\0') != std::string_view::npos)
+    return make_error(Code::kInvalidArgument, "request is not valid JSON (it holds a NUL byte)");
+  Json request = Json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded())
+    return make_error(Code::kInvalidArgument, "request is not valid JSON");
+  if (!request.is_object())
+    return make_error(Code::kInvalidArgument,
+                      "a request is one JSON object with a \"command\" string (got {})",
+                      request.type_name());
+  MS_ASSIGN_OR_RETURN(std::optional<std::string> command, optional_string(request, "command"));
+  if (!command)
+    return make_error(Code::kInvalidArgument,
+                      "a request is one JSON object with a \"command\" string");
+  return request;
 }
 
 // Bytes already read past a line come first.
@@ -197,6 +271,68 @@ Status FrameWriter::end() {
   return Status::ok();
 }
 
+std::string to_text(const Json& value) {
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+size_t nesting_depth(std::string_view text) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+bool serve_line(std::string_view line, const Handler& handler, Writer& out) {
+  Result<Json> request = parse_request(line);
+  if (!request.is_ok()) return write_answer(out, error_answer(request.status()));
+  CountingWriter counted(out);
+  std::optional<Json> answer;
+  bool threw = false;
+  // The last line of defence: handlers read fields through fields.h and
+  // should never throw, but a bug there must cost one request, not the
+  // daemon and every NBD client with it.
+  try {
+    answer = handler(*request, counted);
+  } catch (const Json::exception& e) {
+    threw = true;
+    MS_LOG_WARN("control request failed in the JSON library: {}", e.what());
+    answer = error_answer(make_error(Code::kInvalidArgument,
+                                     "the request has a field of the wrong type or value ({})",
+                                     e.what()));
+  } catch (const std::exception& e) {
+    threw = true;
+    MS_LOG_ERROR("control request failed: {}", e.what());
+    answer = error_answer(
+        make_error(Code::kIoError, "internal error handling the request: {}", e.what()));
+  }
+  if (threw && counted.written() > 0) {
+    // Part of a streamed answer is on the wire: a second object would
+    // break the one-answer-per-line framing, so the connection ends.
+    return false;
+  }
+  // A handler that streamed its answer returns none; a stream command
+  // (send, receive) returns its final answer after the stream.
+  if (!answer && counted.written() > 0) return true;
+  if (!answer)
+    answer = error_answer(make_error(Code::kIoError, "internal error: the request got no answer"));
+  return write_answer(out, *answer);
+}
+
 // ---------------------------------------------------------------- server
 
 class ControlServer::Impl {
@@ -269,10 +405,16 @@ class ControlServer::Impl {
       conns_.emplace_back();
       Conn& c = conns_.back();
       c.fd = fd;
-      c.thread = std::thread([this, &c] {
-        serve(c.fd);
-        c.done = true;
-      });
+      try {
+        c.thread = std::thread([this, &c] {
+          serve(c.fd);
+          c.done = true;
+        });
+      } catch (const std::system_error& e) {  // out of threads: refuse this one
+        MS_LOG_WARN("control connection refused: {}", e.what());
+        ::close(fd);
+        conns_.pop_back();
+      }
     }
   }
 
@@ -289,20 +431,26 @@ class ControlServer::Impl {
   }
 
   void serve(int fd) {
-    std::string buffer, line;
+    std::string buffer;
+    LineReader reader(fd, buffer, kMaxRequestBytes);
     SocketWriter out(fd, buffer);
-    while (!stopped_ && read_line(fd, buffer, &line, kMaxRequestBytes)) {
-      Json request = Json::parse(line, nullptr, false);
-      std::optional<Json> answer;
-      if (request.is_discarded() || !request.is_object() || !request.contains("command") ||
-          !request["command"].is_string()) {
-        answer = error_answer(make_error(Code::kInvalidArgument,
-                                         "a request is one JSON object with a \"command\" string"));
-      } else {
-        answer = handler_(request, out);
+    std::string line;
+    while (!stopped_) {
+      LineReader::Got got = reader.next(&line);
+      if (got == LineReader::Got::kClosed) break;
+      if (got == LineReader::Got::kLine) {
+        if (!serve_line(line, handler_, out)) break;
+        continue;
       }
-      if (answer && !out.write(answer->dump() + "\n")) break;
+      bool unterminated = got == LineReader::Got::kUnterminated;
+      Status s = unterminated
+                     ? make_error(Code::kInvalidArgument, "request does not end with a newline")
+                     : make_error(Code::kInvalidArgument, "request is longer than {} bytes",
+                                  kMaxRequestBytes);
+      if (!write_answer(out, error_answer(s)) || unterminated) break;
     }
+    // The client sees the end now; the descriptor is closed when reaped.
+    ::shutdown(fd, SHUT_RDWR);
   }
 
   std::string path_;
@@ -354,7 +502,7 @@ Result<Json> ControlClient::call(const Json& request) {
 }
 
 Status ControlClient::send(const Json& request) {
-  if (!write_all(fd_, request.dump() + "\n")) return errno_status(errno, "sending to the control socket");
+  if (!write_all(fd_, to_text(request) + "\n")) return errno_status(errno, "sending to the control socket");
   return Status::ok();
 }
 
@@ -366,7 +514,7 @@ ssize_t ControlClient::read_raw(void* p, size_t n) { return read_buffered(fd_, b
 
 Result<Json> ControlClient::read_answer() {
   std::string line;
-  if (!read_line(fd_, buffer_, &line, SIZE_MAX))
+  if (LineReader(fd_, buffer_, SIZE_MAX).next(&line) != LineReader::Got::kLine)
     return make_error(Code::kIoError, "the server closed the control connection without answering");
   Json answer = Json::parse(line, nullptr, false);
   if (answer.is_discarded()) return make_error(Code::kIoError, "malformed answer from the control socket");

@@ -27,13 +27,24 @@ namespace multisnap::control {
 
 using Json = nlohmann::json;
 
-// Longest request line accepted.
+// Longest request line accepted (without its newline). A longer line gets an
+// invalid-argument answer and is skipped; the connection stays usable.
 constexpr size_t kMaxRequestBytes = 64 * 1024;
+// Deepest nesting of arrays and objects a request may have. Requests are
+// flat; the limit is checked before parsing, so that 64 KiB of "[" cannot
+// recurse deep in the JSON library (copy, compare and dump are recursive).
+constexpr size_t kMaxRequestDepth = 32;
 
 // {"ok": false, "error": {"code": "busy", "errno": 16, "message": "..."}}
 Json error_answer(const Status& status);
 // The Status an answer carries (ok for {"ok": true, ...}).
 Status answer_status(const Json& answer);
+// `value` as compact JSON text. Never throws: bytes that are not UTF-8 in a
+// string become U+FFFD.
+std::string to_text(const Json& value);
+// The deepest nesting of arrays and objects in `text` (brackets inside JSON
+// strings do not count); cheap, and safe on any bytes.
+size_t nesting_depth(std::string_view text);
 
 // Lets a handler send a long answer in pieces (one line in all), and, for
 // the stream commands, read the raw bytes that follow the request line.
@@ -88,7 +99,18 @@ class FrameWriter {
 };
 
 // Returns the answer, or nullopt when it already wrote it through the Writer.
+// `request` is an object with a "command" string. The handler should not
+// throw; if it does, the request gets an error answer (invalid-argument for
+// a JSON library error, io-error otherwise) and the server keeps serving.
 using Handler = std::function<std::optional<Json>(const Json& request, Writer& out)>;
+
+// What the server does with one request line (without its newline): checks
+// it (depth, JSON, an object, a "command" string), calls the handler and
+// writes exactly one answer line to `out`. Returns false when the
+// connection must be closed: a write failed, or the handler threw after
+// streaming part of its answer. Never throws (short of bad_alloc). Used by
+// ControlServer, its tests and the control fuzz target.
+bool serve_line(std::string_view line, const Handler& handler, Writer& out);
 
 class ControlServer {
  public:

@@ -8,6 +8,7 @@
 #include <ctime>
 #include <thread>
 
+#include "control/requests.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -71,13 +72,12 @@ Status Daemon::stop() {
   return s;
 }
 
-Result<SnapshotId> Daemon::resolve(const Json& ref) {
-  std::string key;
-  if (ref.is_number_unsigned()) key = std::to_string(ref.get<uint64_t>());
-  else if (ref.is_string()) key = ref.get<std::string>();
-  else return make_error(Code::kInvalidArgument, "a snapshot is given by its ID or its name");
+Result<SnapshotId> Daemon::resolve(const control::SnapshotRef& ref) {
+  std::string key = ref.key();
   MS_ASSIGN_OR_RETURN(auto found, engine_->find_snapshot(key));
-  if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", key);
+  if (!found)
+    return make_error(Code::kNotFound, "there is no snapshot '{}'",
+                      control::quote_for_message(key));
   return found->id;
 }
 
@@ -89,68 +89,59 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
   if (cmd == "status") return status();
   if (cmd == "send") return send(req, out);
   if (cmd == "receive") {
-    std::string name;
-    if (req.contains("name") && !req["name"].is_null()) {
-      if (!req["name"].is_string())
-        return control::error_answer(make_error(Code::kInvalidArgument, "name must be a string"));
-      name = req["name"].get<std::string>();
-    }
-    return replication_->receive(name, out);
+    auto args = control::parse_receive(req);
+    if (!args.is_ok()) return control::error_answer(args.status());
+    return replication_->receive(args->name, out);
   }
   if (cmd == "receive-abort") return replication_->receive_abort();
   if (cmd == "snapshot-list") {
     snapshot_list(out);
     return std::nullopt;
   }
-  return control::error_answer(make_error(Code::kInvalidArgument, "unknown command '{}'", cmd));
+  return control::error_answer(
+      make_error(Code::kInvalidArgument, "unknown command '{}'", control::quote_for_message(cmd)));
 }
 
 Json Daemon::snapshot_create(const Json& req) {
+  auto args = control::parse_snapshot_create(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
   std::optional<SnapshotId> of;
-  if (req.contains("of") && !req["of"].is_null() && req["of"] != "origin") {
-    auto r = resolve(req["of"]);
+  if (args->of) {
+    auto r = resolve(*args->of);
     if (!r.is_ok()) return control::error_answer(r.status());
     of = *r;
   }
-  std::string name;
-  if (req.contains("name") && !req["name"].is_null()) {
-    if (!req["name"].is_string()) return control::error_answer(make_error(Code::kInvalidArgument, "name must be a string"));
-    name = req["name"].get<std::string>();
-  }
-  auto s = engine_->create_snapshot(of, name);
+  auto s = engine_->create_snapshot(of, args->name);
   if (!s.is_ok()) return control::error_answer(s.status());
   return Json{{"ok", true}, {"snapshot", snapshot_json(*s)}};
 }
 
 std::optional<Json> Daemon::send(const Json& req, control::Writer& out) {
-  auto id = resolve(req.value("snapshot", Json()));
-  if (!id.is_ok()) return control::error_answer(id.status());
-  auto target = engine_->find_snapshot(std::to_string(*id));
-  if (!target.is_ok() || !*target)
-    return control::error_answer(target.is_ok() ? make_error(Code::kNotFound, "there is no snapshot {}", *id)
-                                                : target.status());
+  auto args = control::parse_send(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
+  auto find = [&](const control::SnapshotRef& ref) -> Result<SnapshotInfo> {
+    MS_ASSIGN_OR_RETURN(auto found, engine_->find_snapshot(ref.key()));
+    if (!found) return make_error(Code::kNotFound, "there is no snapshot '{}'", control::quote_for_message(ref.key()));
+    return *found;
+  };
+  auto target = find(args->snapshot);
+  if (!target.is_ok()) return control::error_answer(target.status());
   std::optional<SnapshotInfo> base;
-  if (req.contains("from") && !req["from"].is_null()) {
-    auto b = resolve(req["from"]);
+  if (args->from) {
+    auto b = find(*args->from);
     if (!b.is_ok()) return control::error_answer(b.status());
-    auto info = engine_->find_snapshot(std::to_string(*b));
-    if (!info.is_ok() || !*info) return control::error_answer(make_error(Code::kNotFound, "there is no snapshot {}", *b));
-    base = **info;
+    base = *b;
   }
-  bool compress = false;
-  if (req.contains("compress") && !req["compress"].is_null()) {
-    if (!req["compress"].is_boolean())
-      return control::error_answer(make_error(Code::kInvalidArgument, "compress must be true or false"));
-    compress = req["compress"].get<bool>();
-  }
-  return replication_->send(**target, base, compress, out);
+  return replication_->send(*target, base, args->compress, out);
 }
 
 Json Daemon::snapshot_delete(const Json& req) {
-  auto id = resolve(req.value("snapshot", Json()));
+  auto args = control::parse_snapshot_delete(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
+  auto id = resolve(args->snapshot);
   if (!id.is_ok()) return control::error_answer(id.status());
   if (Status busy = replication_->may_delete(*id); !busy.is_ok()) return control::error_answer(busy);
-  bool force = req.value("force", false);
+  bool force = args->force;
   std::string name = "snapshot/" + std::to_string(*id);
   auto matches = [name](std::string_view export_name) { return export_name == name; };
   size_t clients = nbd_->count_connections(matches);
@@ -173,25 +164,34 @@ Json Daemon::snapshot_delete(const Json& req) {
 }
 
 void Daemon::snapshot_list(control::Writer& out) {
-  // Streamed in pages: the daemon never holds the whole list.
-  std::string head = "{\"ok\":true,\"snapshots\":[";
-  if (!out.write(head)) return;
-  SnapshotId from = 0;
+  // Streamed in pages: the daemon never holds the whole list. "ok" comes
+  // last, so a page that fails half-way ends the answer as a failure
+  // (docs/control.md); a first page that fails is a plain error answer.
+  constexpr size_t kPage = 1024;
+  auto page = engine_->list_snapshots(0, kPage);
+  if (!page.is_ok()) {
+    out.write(control::to_text(control::error_answer(page.status())) + "\n");
+    return;
+  }
+  std::string text = "{\"snapshots\":[";
   bool first = true;
   for (;;) {
-    auto page = engine_->list_snapshots(from, 1024);
-    if (!page.is_ok()) break;  // the answer ends with what was listed
-    std::string chunk;
     for (const SnapshotInfo& s : *page) {
-      if (!first) chunk += ',';
+      if (!first) text += ',';
       first = false;
-      chunk += snapshot_json(s).dump();
+      text += control::to_text(snapshot_json(s));
     }
-    if (!out.write(chunk)) return;
-    if (page->size() < 1024) break;
-    from = page->back().id + 1;
+    if (page->size() < kPage || page->back().id == UINT32_MAX) break;
+    if (!out.write(text)) return;
+    text.clear();
+    page = engine_->list_snapshots(page->back().id + 1, kPage);
+    if (!page.is_ok()) {
+      Json error = control::error_answer(page.status().annotate("listing snapshots"))["error"];
+      out.write("],\"ok\":false,\"error\":" + control::to_text(error) + "}\n");
+      return;
+    }
   }
-  out.write("]}\n");
+  out.write(text + "],\"ok\":true}\n");
 }
 
 Json Daemon::status() {

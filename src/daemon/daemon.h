@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "control/control.h"
+#include "control/fields.h"
 #include "daemon/engine_backend.h"
 #include "daemon/replication.h"
 #include "engine/engine.h"
@@ -42,7 +43,7 @@ class Daemon {
 
  private:
   Daemon() = default;
-  Result<SnapshotId> resolve(const control::Json& ref);
+  Result<SnapshotId> resolve(const control::SnapshotRef& ref);
   control::Json snapshot_create(const control::Json& req);
   control::Json snapshot_delete(const control::Json& req);
   std::optional<control::Json> send(const control::Json& req, control::Writer& out);

@@ -76,6 +76,10 @@ class Store:
         for _ in range(400):
             if os.path.exists(self.sock) and os.path.exists(self.ctl):
                 return
+            if self.proc.poll() is not None:  # the lock of a serve just killed: try again
+                self.proc = subprocess.Popen([MS, "serve", self.store, "--nbd", "unix:" + self.sock, "--control",
+                                              self.ctl], stdout=log, stderr=log)
+                LIVE.append(self.proc)
             time.sleep(0.025)
         fail(f"{self.name}: serve did not start")
 
@@ -91,7 +95,13 @@ class Store:
         self.proc = None
 
     def check(self):
-        p = run("check", self.store, ok=False)
+        # Right after a kill -9 the kernel may still hold the dead serve's
+        # lock for a moment (io_uring tears its files down asynchronously).
+        for _ in range(100):
+            p = run("check", self.store, ok=False)
+            if p.returncode == 0 or b"in use" not in p.stderr:
+                break
+            time.sleep(0.05)
         if p.returncode != 0:
             fail(f"{self.name}: check: {p.stdout.decode()}{p.stderr.decode()}")
 

@@ -1,0 +1,43 @@
+#include "control/requests.h"
+
+namespace multisnap::control {
+
+Result<SnapshotCreateArgs> parse_snapshot_create(const Json& request) {
+  SnapshotCreateArgs args;
+  MS_ASSIGN_OR_RETURN(args.of, optional_snapshot(request, "of"));
+  if (args.of && args.of->is_name("origin")) args.of.reset();
+  MS_ASSIGN_OR_RETURN(std::optional<std::string> name, optional_string(request, "name"));
+  args.name = name.value_or("");
+  return args;
+}
+
+Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request) {
+  SnapshotDeleteArgs args;
+  MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));
+  MS_ASSIGN_OR_RETURN(args.force, bool_or(request, "force", false));
+  return args;
+}
+
+Result<SendArgs> parse_send(const Json& request) {
+  SendArgs args;
+  MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));
+  MS_ASSIGN_OR_RETURN(args.from, optional_snapshot(request, "from"));
+  MS_ASSIGN_OR_RETURN(args.compress, bool_or(request, "compress", false));
+  return args;
+}
+
+Result<ReceiveArgs> parse_receive(const Json& request) {
+  ReceiveArgs args;
+  MS_ASSIGN_OR_RETURN(std::optional<std::string> name, optional_string(request, "name"));
+  args.name = name.value_or("");
+  return args;
+}
+
+Result<RollbackArgs> parse_rollback(const Json& request) {
+  RollbackArgs args;
+  MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));
+  MS_ASSIGN_OR_RETURN(args.force, bool_or(request, "force", false));
+  return args;
+}
+
+}  // namespace multisnap::control

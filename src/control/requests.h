@@ -1,0 +1,52 @@
+// The arguments of each control command, decoded from a request object
+// through the typed accessors of fields.h (docs/control.md, "Commands").
+// Kept apart from the Daemon so they can be tested and fuzzed without an
+// engine or sockets. A decoder checks types and ranges only; whether a
+// snapshot exists or a name is acceptable is the engine's to say.
+//
+// Thread-safe: pure functions of their arguments.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "control/fields.h"
+
+namespace multisnap::control {
+
+// {"command": "snapshot-create", "of": REF|"origin"|null, "name": STRING|null}
+struct SnapshotCreateArgs {
+  std::optional<SnapshotRef> of;  // nullopt: the origin
+  std::string name;               // empty: no name
+};
+Result<SnapshotCreateArgs> parse_snapshot_create(const Json& request);
+
+// {"command": "snapshot-delete", "snapshot": REF, "force": BOOL|null}
+struct SnapshotDeleteArgs {
+  SnapshotRef snapshot;
+  bool force = false;
+};
+Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request);
+
+// {"command": "send", "snapshot": REF, "from": REF|null, "compress": BOOL|null}
+struct SendArgs {
+  SnapshotRef snapshot;
+  std::optional<SnapshotRef> from;  // nullopt: a full stream
+  bool compress = false;
+};
+Result<SendArgs> parse_send(const Json& request);
+
+// {"command": "receive", "name": STRING|null}
+struct ReceiveArgs {
+  std::string name;  // empty: the sent snapshot's
+};
+Result<ReceiveArgs> parse_receive(const Json& request);
+
+// {"command": "rollback", "snapshot": REF, "force": BOOL|null}
+struct RollbackArgs {
+  SnapshotRef snapshot;
+  bool force = false;
+};
+Result<RollbackArgs> parse_rollback(const Json& request);
+
+}  // namespace multisnap::control
