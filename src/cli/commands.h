@@ -46,6 +46,7 @@ struct ReceiveArgs {
   bool progress = false, abort = false;
 };
 int run_receive(const OnlineArgs& o, const ReceiveArgs& a);
+int run_rollback(const OnlineArgs& o, const std::string& snapshot, bool force, bool progress);
 
 int run_check(const std::string& store, bool json);
 int run_dump(const std::string& store, bool json);

@@ -81,6 +81,14 @@ int main(int argc, char** argv) {
   receive->add_flag("--abort", recv_args.abort, "undo an interrupted receive instead");
   add_online(receive);
 
+  std::string rollback_to;
+  bool rollback_force = false, rollback_progress = false;
+  auto* rollback = app.add_subcommand("rollback", "Make the origin what a snapshot holds (every snapshot stays as it is)");
+  rollback->add_option("SNAPSHOT", rollback_to, "ID or name")->required();
+  rollback->add_flag("--force", rollback_force, "disconnect the origin's NBD clients first");
+  rollback->add_flag("--progress", rollback_progress, "show progress on standard error");
+  add_online(rollback);
+
   std::string store;
   bool json = false;
   auto* check = app.add_subcommand("check", "Verify all metadata of a store that is not being served");
@@ -111,6 +119,7 @@ int main(int argc, char** argv) {
   if (slist->parsed()) return run_snapshot_list(oa);
   if (status->parsed()) return run_status(oa);
   if (send->parsed()) return run_send(oa, send_args);
+  if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);
   if (receive->parsed()) return run_receive(oa, recv_args);
   if (check->parsed()) return run_check(store, json);
   if (dump->parsed()) return run_dump(store, json);

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "cli/commands.h"
@@ -183,6 +185,46 @@ int run_receive(const OnlineArgs& o, const ReceiveArgs& a) {
   if (Status s = control::answer_status(*last); !s.is_ok()) return fail(s);
   if (o.json) printf("%s\n", (*last)["snapshot"].dump(2).c_str());
   else printf("%llu\n", static_cast<unsigned long long>((*last)["snapshot"]["id"].get<uint64_t>()));
+  return 0;
+}
+
+int run_rollback(const OnlineArgs& o, const std::string& snapshot, bool force, bool progress) {
+  auto client = control::ControlClient::connect(control_path(o.control));
+  if (!client.is_ok()) return fail(client.status());
+  // --progress: another connection polls status while this one waits.
+  std::atomic<bool> done{false};
+  std::thread watcher;
+  if (progress) {
+    watcher = std::thread([&] {
+      auto poll = control::ControlClient::connect(control_path(o.control));
+      if (!poll.is_ok()) return;
+      Progress line(true, "rolled back");
+      while (!done) {
+        auto st = (*poll)->call({{"command", "status"}});
+        if (st.is_ok() && control::answer_status(*st).is_ok()) {
+          const Json& rb = (*st)["status"]["rollback"];
+          if (rb.value("active", false)) {
+            uint64_t chunk = (*st)["status"]["store"]["chunk_size"].get<uint64_t>();
+            line.set_total(rb["total_chunks"].get<uint64_t>() * chunk);
+            line.update(rb["done_chunks"].get<uint64_t>() * chunk);
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+    });
+  }
+  auto r = (*client)->call({{"command", "rollback"}, {"snapshot", snapshot_ref(snapshot)}, {"force", force}});
+  done = true;
+  if (watcher.joinable()) watcher.join();
+  if (!r.is_ok()) return fail(r.status());
+  if (Status s = control::answer_status(*r); !s.is_ok()) return fail(s);
+  if (o.json) {
+    printf("%s\n", r->dump(2).c_str());
+  } else {
+    if (progress) fprintf(stderr, "\n");
+    printf("rolled the origin back to snapshot %s (%llu chunks rewritten)\n", snapshot.c_str(),
+           static_cast<unsigned long long>((*r)["rollback"]["chunks"].get<uint64_t>()));
+  }
   return 0;
 }
 

@@ -94,6 +94,7 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
     return replication_->receive(args->name, out);
   }
   if (cmd == "receive-abort") return replication_->receive_abort();
+  if (cmd == "rollback") return rollback(req);
   if (cmd == "snapshot-list") {
     snapshot_list(out);
     return std::nullopt;
@@ -133,6 +134,33 @@ std::optional<Json> Daemon::send(const Json& req, control::Writer& out) {
     base = *b;
   }
   return replication_->send(*target, base, args->compress, out);
+}
+
+Json Daemon::rollback(const Json& req) {
+  auto args = control::parse_rollback(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
+  auto id = resolve(args->snapshot);
+  if (!id.is_ok()) return control::error_answer(id.status());
+  auto on_origin = [](std::string_view export_name) { return export_name == "origin" || export_name.empty(); };
+  size_t clients = nbd_->count_connections(on_origin);
+  if (clients > 0 && !args->force)
+    return control::error_answer(make_error(
+        Code::kBusy, "the origin has {} NBD client(s) connected; use --force to disconnect them", clients));
+  size_t dropped = args->force ? nbd_->disconnect(on_origin) : 0;
+  Status s = engine_->start_rollback(*id);
+  // A client still negotiating may hold the origin for a moment.
+  for (int i = 0; i < 100 && s.code() == Code::kBusy && args->force && engine_->rollback_status().target == 0; ++i) {
+    dropped += nbd_->disconnect(on_origin);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s = engine_->start_rollback(*id);
+  }
+  if (!s.is_ok()) return control::error_answer(s);
+  RollbackStatus started = engine_->rollback_status();
+  s = engine_->wait_rollback();
+  if (!s.is_ok()) return control::error_answer(s.annotate("the rollback stopped (it resumes when serve restarts)"));
+  return Json{{"ok", true},
+              {"rollback", {{"snapshot", *id}, {"chunks", started.total_chunks}}},
+              {"disconnected", dropped}};
 }
 
 Json Daemon::snapshot_delete(const Json& req) {
@@ -235,6 +263,13 @@ Json Daemon::status() {
               {"protocol_violations", ns.protocol_violations}};
   j["open_volumes"] = st.open_volumes;
   j["failure"] = st.failure.empty() ? Json(nullptr) : Json(st.failure);
+  const RollbackStatus& rb = st.rollback;
+  j["rollback"] = {{"active", rb.active},
+                   {"snapshot", rb.active ? Json(rb.target) : Json(nullptr)},
+                   {"done_chunks", rb.done_chunks},
+                   {"total_chunks", rb.total_chunks},
+                   {"progress", rb.total_chunks ? double(rb.done_chunks) / double(rb.total_chunks) : 1.0},
+                   {"error", rb.error.empty() ? Json(nullptr) : Json(rb.error)}};
   return Json{{"ok", true}, {"status", j}};
 }
 

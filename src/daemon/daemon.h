@@ -47,6 +47,7 @@ class Daemon {
   control::Json snapshot_create(const control::Json& req);
   control::Json snapshot_delete(const control::Json& req);
   std::optional<control::Json> send(const control::Json& req, control::Writer& out);
+  control::Json rollback(const control::Json& req);
   void snapshot_list(control::Writer& out);
   control::Json status();
 

@@ -67,11 +67,17 @@ std::string EngineBackend::describe(const SnapshotInfo& s) {
 }
 
 nbd::ExportInfo EngineBackend::info_for(const Volume& v, const std::string& description) const {
-  nbd::ExportInfo info;
+  nbd::ExportInfo info = template_info();
   info.name = v.name();
   info.description = description;
   info.size = v.size();
   info.read_only = v.read_only();
+  return info;
+}
+
+nbd::ExportInfo EngineBackend::template_info() const {
+  nbd::ExportInfo info;
+  info.size = engine_.layout().origin_size;
   // A flush commits and flushes everything, whichever connection sent it.
   info.can_multi_conn = true;
   info.min_block = 1;
@@ -102,13 +108,14 @@ Result<VolumeRef> EngineBackend::open(std::string_view name) {
 
 Result<std::vector<nbd::ExportInfo>> EngineBackend::list_exports() {
   std::vector<nbd::ExportInfo> out;
-  MS_ASSIGN_OR_RETURN(VolumeRef origin, engine_.open_volume("origin"));
-  out.push_back(info_for(*origin, "the origin volume (live data)"));
+  auto origin = engine_.open_volume("origin");
+  if (origin.is_ok()) out.push_back(info_for(**origin, "the origin volume (live data)"));
+  else if (origin.status().code() != Code::kBusy) return origin.status();  // busy: being rolled back
   SnapshotId from = 0;
   for (;;) {  // in pages, so the engine thread is not held for long
     MS_ASSIGN_OR_RETURN(auto page, engine_.list_snapshots(from, 1024));
     for (const SnapshotInfo& s : page) {
-      nbd::ExportInfo info = out.front();
+      nbd::ExportInfo info = template_info();
       info.name = "snapshot/" + std::to_string(s.id);
       info.description = describe(s);
       info.read_only = read_only_snapshots_;

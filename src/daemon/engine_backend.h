@@ -33,6 +33,8 @@ class EngineBackend final : public nbd::Backend {
 
  private:
   nbd::ExportInfo info_for(const Volume& v, const std::string& description) const;
+  // What every export shares (size, block sizes, flags).
+  nbd::ExportInfo template_info() const;
   Result<VolumeRef> open(std::string_view name);
 
   Engine& engine_;

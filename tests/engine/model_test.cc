@@ -91,6 +91,7 @@ class ModelRun {
       else if (r < 77) flush();
       else if (r < 81) reopen();
       else if (r < 86) crash();
+      else if (r < 89) rollback();
       else if (r < 92) compare_all();
       else for (int i = 0; i < 20; ++i) h_.engine().poll();
     }
@@ -99,8 +100,9 @@ class ModelRun {
     h_.close();
     expect_check_clean("final");
     fprintf(stderr, "  %d steps: %d requests, %d snapshots created, %d crashes (%d with requests in flight), "
-            "%llu sectors rolled back by crashes, %llu chunks copied\n", step_, requests_, creates_, crashes_,
-            crashes_inflight_, (unsigned long long)rolled_back_, (unsigned long long)copies_);
+            "%llu sectors rolled back by crashes, %llu chunks copied, %d rollbacks (%d cut by a crash)\n", step_,
+            requests_, creates_, crashes_, crashes_inflight_, (unsigned long long)rolled_back_,
+            (unsigned long long)copies_, rollbacks_, rollbacks_cut_);
   }
 
  private:
@@ -336,6 +338,54 @@ class ModelRun {
     for (auto& [id, s] : snaps_) adopt(s.vol, s.model, "snapshot " + std::to_string(id));
   }
 
+  // Rollback to a random snapshot, sometimes cut by a power cut part way:
+  // the store reopens, the rollback finishes by itself, and then the origin
+  // is exactly the snapshot while every snapshot is as it was.
+  void rollback() {
+    if (snaps_.empty()) return;
+    auto it = std::next(snaps_.begin(), static_cast<long>(rng_() % snaps_.size()));
+    const SnapshotId id = it->first;
+    origin_vol_.reset();
+    Status s = h_.engine().start_rollback(id);
+    ASSERT_TRUE(s.is_ok()) << where() << ": " << s.to_string();
+    ++rollbacks_;
+    // The target is read-only meanwhile, and the origin cannot be opened.
+    if (h_.engine().rollback_status().active) {
+      ASSERT_EQ(h_.engine().open_volume("origin").status().code(), Code::kBusy) << where();
+    }
+    if (rng_() % 2) {
+      ++rollbacks_cut_;
+      ++crashes_;
+      for (int i = static_cast<int>(rng_() % 40); i > 0; --i) h_.engine().poll();
+      h_.cut_power();
+      release_volumes();
+      h_.close();
+      h_.restore_power();
+      abandoned_.clear();
+      CrashOptions co;
+      co.keep_probability = (rng_() % 3) / 2.0;
+      h_.origin_mem().crash(rng_, co);
+      h_.store_mem().crash(rng_, co);
+      expect_check_clean("rollback cut by a crash");
+      h_.open();  // resumes the rollback where its last checkpoint was
+      s = h_.engine().wait_rollback();
+      ASSERT_TRUE(s.is_ok()) << where() << ": " << s.to_string();
+      reopen_volumes();
+      if (::testing::Test::HasFatalFailure()) return;
+      for (auto& [sid, snap] : snaps_) {
+        auto got = read_all(snap.vol);
+        ASSERT_TRUE(got == snap.model.data) << where() << ": snapshot " << sid << " changed across a rollback cut";
+      }
+    } else {
+      s = h_.engine().wait_rollback();
+      ASSERT_TRUE(s.is_ok()) << where() << ": " << s.to_string();
+      origin_vol_ = h_.volume("origin");
+    }
+    origin_.data = snaps_[id].model.data;
+    origin_.flush_point();  // a finished rollback is durable
+    ASSERT_TRUE(read_all(origin_vol_) == origin_.data) << where() << ": the origin is not snapshot " << id;
+  }
+
   EngineHarness h_;
   std::mt19937_64 rng_;
   uint64_t chunk_, size_;
@@ -344,7 +394,7 @@ class ModelRun {
   VolumeRef origin_vol_;
   std::map<SnapshotId, Snap> snaps_;
   std::vector<std::unique_ptr<Pending>> abandoned_;
-  int requests_ = 0, creates_ = 0, crashes_ = 0, crashes_inflight_ = 0;
+  int requests_ = 0, creates_ = 0, crashes_ = 0, crashes_inflight_ = 0, rollbacks_ = 0, rollbacks_cut_ = 0;
   uint64_t rolled_back_ = 0, copies_ = 0;
 };
 
