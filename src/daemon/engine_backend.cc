@@ -6,6 +6,77 @@ namespace multisnap {
 
 namespace {
 
+constexpr std::string_view kChangedPrefix = "multisnap:changed:";
+// Changed chunks asked of the engine per BLOCK_STATUS: each becomes at most
+// two descriptors, and the server sends at most 1024 per context.
+constexpr size_t kMaxChangedChunks = 512;
+constexpr uint64_t kMaxExtent = 0x80000000u;  // NBD extents are 32-bit
+
+// The snapshot "multisnap:changed:<BASE>" names, if it is one and BASE exists.
+Result<std::optional<SnapshotInfo>> changed_base(Engine& engine, std::string_view context) {
+  if (!context.starts_with(kChangedPrefix)) return std::optional<SnapshotInfo>();
+  auto found = engine.find_snapshot(context.substr(kChangedPrefix.size()));
+  // A malformed name is a snapshot that does not exist.
+  if (!found.is_ok() && found.status().code() == Code::kInvalidArgument) {
+    return std::optional<SnapshotInfo>();
+  }
+  return found;
+}
+
+void push_extent(std::vector<nbd::ContextExtent>* out, uint64_t length, uint32_t flags) {
+  while (length > 0) {
+    uint32_t n = static_cast<uint32_t>(std::min(length, kMaxExtent));
+    out->push_back({n, flags});
+    length -= n;
+  }
+}
+
+// "multisnap:changed:<BASE>" on one export: flag 1 on the chunks where the
+// export and BASE differ (Engine::changed_chunks, from metadata alone).
+class ChangedContext final : public nbd::MetaContext {
+ public:
+  ChangedContext(Engine& engine, const VolumeRef& volume, std::optional<SnapshotId> base,
+                 std::string name)
+      : engine_(engine),
+        target_(volume->snapshot() ? std::optional(volume->snapshot()->id) : std::nullopt),
+        size_(volume->size()),
+        base_(base),
+        name_(std::move(name)) {}
+
+  // Runs the metadata query on the calling (connection) thread: it waits for
+  // the engine thread, which must not block in a completion.
+  void block_status(uint64_t offset, uint64_t length, nbd::ContextExtentsDone done) override {
+    if (!base_) {
+      return done(make_error(Code::kNotFound, "{}: the snapshot no longer exists", name_));
+    }
+    const uint64_t chunk = engine_.layout().chunk_size;
+    const uint64_t end = std::min(offset + length, size_);
+    auto changed = engine_.changed_chunks(*base_, target_, offset / chunk, (end - 1) / chunk,
+                                          kMaxChangedChunks);
+    if (!changed.is_ok()) return done(changed.status());
+    std::vector<nbd::ContextExtent> out;
+    uint64_t pos = offset;
+    for (uint64_t c : *changed) {
+      uint64_t from = std::max(c * chunk, offset);
+      uint64_t to = std::min((c + 1) * chunk, end);
+      if (from > pos) push_extent(&out, from - pos, 0);
+      push_extent(&out, to - from, 1);
+      pos = to;
+    }
+    // After a full page the state past its last chunk is not known yet:
+    // the reply stops there and the client asks again.
+    if (changed->size() < kMaxChangedChunks && pos < end) push_extent(&out, end - pos, 0);
+    done(std::move(out));
+  }
+
+ private:
+  Engine& engine_;
+  const std::optional<SnapshotId> target_;  // nullopt: the origin
+  const uint64_t size_;
+  const std::optional<SnapshotId> base_;
+  const std::string name_;
+};
+
 class EngineExport final : public nbd::Export {
  public:
   EngineExport(Engine& engine, VolumeRef volume, nbd::ExportInfo info)
@@ -49,6 +120,17 @@ class EngineExport final : public nbd::Export {
       }
       done(std::move(out));
     });
+  }
+
+  // BASE is resolved to its ID once, here (IDs are never reused); if it was
+  // deleted since SET_META_CONTEXT, the context opens and its requests fail.
+  Result<std::unique_ptr<nbd::MetaContext>> open_meta_context(std::string_view name) override {
+    if (!name.starts_with(kChangedPrefix)) {
+      return make_error(Code::kNotFound, "no meta context '{}'", name);
+    }
+    MS_ASSIGN_OR_RETURN(auto base, changed_base(engine_, name));
+    std::optional<SnapshotId> id = base ? std::optional(base->id) : std::nullopt;
+    return std::unique_ptr<nbd::MetaContext>(new ChangedContext(engine_, volume_, id, std::string(name)));
   }
 
  private:
@@ -130,6 +212,18 @@ Result<std::vector<nbd::ExportInfo>> EngineBackend::list_exports() {
 Result<nbd::ExportInfo> EngineBackend::export_info(std::string_view name) {
   MS_ASSIGN_OR_RETURN(VolumeRef v, open(name));
   return info_for(*v, v->snapshot() ? describe(*v->snapshot()) : "the origin volume (live data)");
+}
+
+Result<std::vector<std::string>> EngineBackend::meta_contexts(std::string_view /*name*/, std::string_view query,
+                                                             nbd::MetaQuery kind) {
+  std::vector<std::string> out;
+  if (kind == nbd::MetaQuery::kList && (query.empty() || query == "multisnap:" || query == kChangedPrefix)) {
+    out.emplace_back(kChangedPrefix);  // the family: one context per snapshot, too many to list
+    return out;
+  }
+  MS_ASSIGN_OR_RETURN(auto base, changed_base(engine_, query));
+  if (base) out.emplace_back(query);  // named exactly as asked
+  return out;
 }
 
 Result<std::unique_ptr<nbd::Export>> EngineBackend::open_export(std::string_view name) {

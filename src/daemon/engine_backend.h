@@ -5,6 +5,12 @@
 // "origin" or "snapshot/<id>". OPT_LIST shows the canonical names, with the
 // snapshot's name and time in the description.
 //
+// Meta contexts: every export offers "multisnap:changed:<BASE>" (BASE a
+// snapshot ID or name): flag 1 on the chunks where the export differs from
+// BASE, 0 elsewhere, from the store's metadata (Engine::changed_chunks).
+// LIST shows the family "multisnap:changed:"; SET of a BASE that does not
+// exist selects nothing. docs/nbd.md has the details.
+//
 // Thread-safe (the engine is).
 #pragma once
 
@@ -24,6 +30,8 @@ class EngineBackend final : public nbd::Backend {
   Result<std::vector<nbd::ExportInfo>> list_exports() override;
   Result<nbd::ExportInfo> export_info(std::string_view name) override;
   Result<std::unique_ptr<nbd::Export>> open_export(std::string_view name) override;
+  Result<std::vector<std::string>> meta_contexts(std::string_view name, std::string_view query,
+                                                 nbd::MetaQuery kind) override;
 
   // While a snapshot is being deleted, new opens of it are refused.
   void block_snapshot(SnapshotId id);

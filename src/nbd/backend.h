@@ -41,8 +41,31 @@ struct Extent {
   bool zero = false;  // NBD_STATE_ZERO: reads as zeros
 };
 
+// One run of bytes with the same state in a metadata context other than
+// base:allocation; `flags` goes to the client as it is, its meaning is the
+// context's.
+struct ContextExtent {
+  uint32_t length = 0;
+  uint32_t flags = 0;
+};
+
 using Done = std::function<void(Status)>;
 using ExtentsDone = std::function<void(Result<std::vector<Extent>>)>;
+using ContextExtentsDone = std::function<void(Result<std::vector<ContextExtent>>)>;
+
+// A metadata context of an open export, other than base:allocation (which
+// the server answers with Export::block_status). Obtained from
+// Export::open_meta_context; destroyed before its Export. Same threading
+// rules as Export.
+class MetaContext {
+ public:
+  virtual ~MetaContext() = default;
+  // As Export::block_status: extents starting at offset and covering at
+  // least the first byte; they may stop before offset+length and must not
+  // pass the end of the export. The server merges neighbours with equal
+  // flags and clips what passes the request.
+  virtual void block_status(uint64_t offset, uint64_t length, ContextExtentsDone done) = 0;
+};
 
 class Export {
  public:
@@ -64,6 +87,22 @@ class Export {
   // Extents starting at offset and covering at least the first byte; they
   // may stop before offset+length and must not pass the end of the export.
   virtual void block_status(uint64_t offset, uint64_t length, ExtentsDone done) = 0;
+
+  // A context the Backend's meta_contexts(kSet) selected for this export's
+  // name, `name` exactly as it returned it. Called on the connection thread
+  // when the client enters transmission (GO, EXPORT_NAME), once per selected
+  // context. An error fails the GO (drops an EXPORT_NAME client), so a
+  // context that has lost its meaning since it was selected should rather
+  // open and fail its requests.
+  virtual Result<std::unique_ptr<MetaContext>> open_meta_context(std::string_view name) {
+    return make_error(Code::kNotSupported, "no meta context '{}'", name);
+  }
+};
+
+// What a meta context query is for.
+enum class MetaQuery {
+  kList,  // NBD_OPT_LIST_META_CONTEXT: may also name families ("ns:leaf-prefix:")
+  kSet,   // NBD_OPT_SET_META_CONTEXT: only contexts open_meta_context can open
 };
 
 class Backend {
@@ -77,6 +116,21 @@ class Backend {
   // Opens an export for a connection (NBD_OPT_GO, NBD_OPT_EXPORT_NAME).
   // The export stays valid until the returned object is destroyed.
   virtual Result<std::unique_ptr<Export>> open_export(std::string_view name) = 0;
+
+  // Metadata contexts besides base:allocation (which the server offers on
+  // every export itself): the names `query` matches on export `name`, which
+  // the server has checked exists. `query` is one client query: it starts
+  // with a namespace and a colon, and is never in the "base:" namespace; for
+  // kList an empty query means "every context, or enough names to find them".
+  // Unknown namespaces and queries that match nothing give an empty list, not
+  // an error (the protocol says to ignore them). For kSet a context's name
+  // must be the query exactly as the client sent it: the reply must name
+  // it as asked. Errors fail the option (mapped as for export_info).
+  virtual Result<std::vector<std::string>> meta_contexts(std::string_view /*name*/,
+                                                         std::string_view /*query*/,
+                                                         MetaQuery /*kind*/) {
+    return std::vector<std::string>{};
+  }
 };
 
 }  // namespace multisnap::nbd

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -276,6 +277,53 @@ void MemoryBackend::Completer::worker(uint64_t seed) {
 
 namespace {
 
+constexpr std::string_view kStripesPrefix = "memory:stripes:";
+constexpr uint64_t kMaxStripe = 1u << 30;
+
+// The stripe size of "memory:stripes:<N>", or 0 when `name` is not one.
+uint64_t parse_stripes(std::string_view name) {
+  if (!name.starts_with(kStripesPrefix)) return 0;
+  std::string_view digits = name.substr(kStripesPrefix.size());
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+  if (ec != std::errc() || end != digits.data() + digits.size() || n == 0 || n > kMaxStripe) {
+    return 0;
+  }
+  return n;
+}
+
+// "memory:stripes:<N>": flag 1 on the odd N-byte stripes of the export, 0
+// on the even ones; one extent per stripe. Injected errors apply.
+class StripesContext final : public MetaContext {
+ public:
+  using Volume = MemoryBackend::Volume;
+  using Completer = MemoryBackend::Completer;
+
+  StripesContext(std::shared_ptr<Volume> volume, std::shared_ptr<Completer> completer,
+                 uint64_t stripe)
+      : v_(std::move(volume)), completer_(std::move(completer)), stripe_(stripe) {}
+
+  void block_status(uint64_t offset, uint64_t length, ContextExtentsDone done) override {
+    completer_->submit([v = v_.get(), stripe = stripe_, offset, length, done = std::move(done)] {
+      Status faults = v->touch(offset, length);
+      if (!faults.is_ok()) return done(faults);
+      std::vector<ContextExtent> out;
+      uint64_t end = std::min(offset + length, v->info().size);
+      for (uint64_t pos = offset; pos < end;) {
+        uint64_t next = std::min((pos / stripe + 1) * stripe, end);
+        out.push_back({static_cast<uint32_t>(next - pos), static_cast<uint32_t>((pos / stripe) & 1)});
+        pos = next;
+      }
+      done(std::move(out));
+    });
+  }
+
+ private:
+  std::shared_ptr<Volume> v_;
+  std::shared_ptr<Completer> completer_;
+  const uint64_t stripe_;
+};
+
 class MemoryExport final : public Export {
  public:
   using Volume = MemoryBackend::Volume;
@@ -329,6 +377,11 @@ class MemoryExport final : public Export {
     completer_->submit([v = v_.get(), offset, length, done = std::move(done)] {
       done(v->extents(offset, length));
     });
+  }
+  Result<std::unique_ptr<MetaContext>> open_meta_context(std::string_view name) override {
+    uint64_t stripe = parse_stripes(name);
+    if (stripe == 0) return make_error(Code::kNotFound, "no meta context '{}'", name);
+    return std::unique_ptr<MetaContext>(new StripesContext(v_, completer_, stripe));
   }
 
  private:
@@ -417,6 +470,19 @@ Result<ExportInfo> MemoryBackend::export_info(std::string_view name) {
   auto v = find(name);
   if (!v) return make_error(Code::kNotFound, "no export '{}'", name);
   return v->info();
+}
+
+Result<std::vector<std::string>> MemoryBackend::meta_contexts(std::string_view /*name*/,
+                                                             std::string_view query,
+                                                             MetaQuery kind) {
+  std::vector<std::string> out;
+  if (parse_stripes(query) != 0) {
+    out.emplace_back(query);
+  } else if (kind == MetaQuery::kList &&
+             (query.empty() || query == "memory:" || query == kStripesPrefix)) {
+    out.emplace_back(kStripesPrefix);  // the family: any N works
+  }
+  return out;
 }
 
 Result<std::unique_ptr<Export>> MemoryBackend::open_export(std::string_view name) {

@@ -15,6 +15,11 @@
 // random 0..max_delay_us first, so completions arrive out of order and on
 // other threads.
 //
+// Meta contexts: besides base:allocation, every export offers the fake
+// context "memory:stripes:<N>" (N from 1 to 2^30): flag 1 on the odd N-byte
+// stripes (offset / N odd), 0 on the even ones. LIST answers "memory:",
+// "memory:stripes:" and no query with the family "memory:stripes:".
+//
 // Faults: inject_error() makes requests touching a range fail with a chosen
 // code, to test how errors reach clients.
 //
@@ -96,6 +101,8 @@ class MemoryBackend final : public Backend {
   Result<std::vector<ExportInfo>> list_exports() override;
   Result<ExportInfo> export_info(std::string_view name) override;
   Result<std::unique_ptr<Export>> open_export(std::string_view name) override;
+  Result<std::vector<std::string>> meta_contexts(std::string_view name, std::string_view query,
+                                                 MetaQuery kind) override;
 
   class Volume;
   class Completer;

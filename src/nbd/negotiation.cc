@@ -65,15 +65,16 @@ struct InfoRequests {
   bool description = false;
 };
 
-// How a meta context query relates to "base:allocation".
-enum class QueryMatch { kAllocation, kBaseWildcard, kOther, kMalformed };
-
-QueryMatch classify_query(std::string_view query) {
+// A meta context query must start with a namespace and a colon.
+bool has_namespace(std::string_view query) {
   size_t colon = query.find(':');
-  if (colon == std::string_view::npos || colon == 0) return QueryMatch::kMalformed;
-  if (query == proto::kBaseAllocation) return QueryMatch::kAllocation;
-  if (query == "base:") return QueryMatch::kBaseWildcard;
-  return QueryMatch::kOther;
+  return colon != std::string_view::npos && colon != 0;
+}
+
+void add_unique(std::vector<std::string>* names, std::string name) {
+  if (std::find(names->begin(), names->end(), name) == names->end()) {
+    names->push_back(std::move(name));
+  }
 }
 
 }  // namespace
@@ -186,14 +187,16 @@ void Negotiation::handle_export_name(std::string_view name, std::string* out) {
   }
   auto params = make_export_params((*exp)->info(), structured_replies_);
   if (!params.is_ok()) return fail(params.status().to_string());
+  Status contexts = open_contexts(name, **exp);
+  if (!contexts.is_ok()) {
+    return fail(fmt::format("NBD_OPT_EXPORT_NAME '{}': {}", name, contexts.to_string()));
+  }
   append64(out, params->size);
   append16(out, params->flags);
   if (!no_zeroes_) out->append(proto::kExportNameZeroes, '\0');
   result_.exp = std::move(exp).value();
   result_.params = *params;
   result_.structured_replies = structured_replies_;
-  result_.meta_context_id =
-      meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId : 0;
   state_ = State::kTransmission;
 }
 
@@ -249,6 +252,12 @@ void Negotiation::handle_info_or_go(bool go, std::string_view payload, std::stri
   if (!params.is_ok()) {
     return reply_error(proto::kRepErrPlatform, params.status().to_string(), out);
   }
+  if (go) {
+    Status contexts = open_contexts(name, *exp);
+    if (!contexts.is_ok()) {
+      return reply_error(option_error(contexts), contexts.to_string(), out);
+    }
+  }
 
   std::string data;
   append16(&data, proto::kInfoExport);
@@ -280,8 +289,6 @@ void Negotiation::handle_info_or_go(bool go, std::string_view payload, std::stri
   result_.exp = std::move(exp);
   result_.params = *params;
   result_.structured_replies = structured_replies_;
-  result_.meta_context_id =
-      meta_selected_ && meta_export_name_ == name ? kBaseAllocationContextId : 0;
   state_ = State::kTransmission;
 }
 
@@ -294,7 +301,7 @@ void Negotiation::handle_structured_reply(std::string_view payload, std::string*
 }
 
 void Negotiation::handle_meta_context(bool set, std::string_view payload, std::string* out) {
-  if (set) meta_selected_ = false;  // replaced even when this request fails
+  if (set) selected_.clear();  // replaced even when this request fails
   if (!structured_replies_) {
     return reply_error(proto::kRepErrInvalid, "negotiate structured replies first", out);
   }
@@ -304,19 +311,16 @@ void Negotiation::handle_meta_context(bool set, std::string_view payload, std::s
   if (!reader.string(&name) || !reader.u32(&count)) {
     return reply_error(proto::kRepErrInvalid, "malformed meta context request", out);
   }
-  bool allocation = !set && count == 0;  // no query lists everything
+  std::vector<std::string_view> queries;
   for (uint32_t i = 0; i < count; ++i) {
     std::string_view query;
     if (!reader.string(&query)) {
       return reply_error(proto::kRepErrInvalid, "malformed meta context query", out);
     }
-    QueryMatch match = classify_query(query);
-    if (match == QueryMatch::kMalformed) {
+    if (!has_namespace(query)) {
       return reply_error(proto::kRepErrInvalid, "meta context query without a namespace", out);
     }
-    if (match == QueryMatch::kAllocation || (!set && match == QueryMatch::kBaseWildcard)) {
-      allocation = true;
-    }
+    queries.push_back(query);
   }
   if (reader.remaining() != 0) {
     return reply_error(proto::kRepErrInvalid, "trailing bytes in meta context request", out);
@@ -325,17 +329,80 @@ void Negotiation::handle_meta_context(bool set, std::string_view payload, std::s
   if (!found.is_ok()) {
     return reply_error(option_error(found.status()), found.status().to_string(), out);
   }
-  if (allocation) {
-    std::string data;
-    append32(&data, set ? kBaseAllocationContextId : 0);
-    data += proto::kBaseAllocation;
+  auto contexts = match_contexts(name, queries, set);
+  if (!contexts.is_ok()) {
+    return reply_error(option_error(contexts.status()), contexts.status().to_string(), out);
+  }
+  if (set) {
+    size_t new_names = 0;
+    for (const std::string& c : *contexts) {
+      if (c != proto::kBaseAllocation && !context_ids_.contains(c)) ++new_names;
+    }
+    if (contexts->size() > kMaxSelectedContexts ||
+        context_ids_.size() + new_names > kMaxContextNames) {
+      return reply_error(proto::kRepErrTooBig, "too many meta contexts", out);
+    }
+  }
+  std::string data;
+  for (std::string& c : *contexts) {
+    uint32_t id = set ? context_id(c) : 0;  // LIST replies carry id 0
+    data.clear();
+    append32(&data, id);
+    data += c;
     reply(proto::kRepMetaContext, data, out);
+    if (set) selected_.push_back({id, std::move(c)});
   }
-  if (set && allocation) {
-    meta_selected_ = true;
-    meta_export_name_ = std::string(name);
-  }
+  if (set) selected_export_ = std::string(name);
   reply(proto::kRepAck, {}, out);
+}
+
+Result<std::vector<std::string>> Negotiation::match_contexts(
+    std::string_view name, const std::vector<std::string_view>& queries, bool set) {
+  std::vector<std::string> found;
+  const MetaQuery kind = set ? MetaQuery::kSet : MetaQuery::kList;
+  if (queries.empty()) {  // LIST: everything; SET: nothing
+    if (set) return found;
+    found.emplace_back(proto::kBaseAllocation);
+    MS_ASSIGN_OR_RETURN(auto others, backend_.meta_contexts(name, "", kind));
+    for (std::string& c : others) add_unique(&found, std::move(c));
+    return found;
+  }
+  for (std::string_view query : queries) {
+    if (query.starts_with("base:")) {
+      // "base:" lists the namespace; other leaves are unknown and ignored.
+      if (query == proto::kBaseAllocation || (!set && query == "base:")) {
+        add_unique(&found, proto::kBaseAllocation);
+      }
+      continue;
+    }
+    MS_ASSIGN_OR_RETURN(auto matched, backend_.meta_contexts(name, query, kind));
+    for (std::string& c : matched) add_unique(&found, std::move(c));
+  }
+  return found;
+}
+
+uint32_t Negotiation::context_id(const std::string& context) {
+  if (context == proto::kBaseAllocation) return kBaseAllocationContextId;
+  uint32_t next = kBaseAllocationContextId + 1 + static_cast<uint32_t>(context_ids_.size());
+  return context_ids_.try_emplace(context, next).first->second;
+}
+
+// On failure nothing is kept: contexts must not outlive the Export, which
+// the caller then drops.
+Status Negotiation::open_contexts(std::string_view name, Export& exp) {
+  std::vector<NegotiatedContext> opened;
+  if (selected_export_ == name) {
+    for (const SelectedContext& c : selected_) {
+      if (c.id == kBaseAllocationContextId) {
+        opened.push_back({c.id, nullptr});
+        continue;
+      }
+      MS_ASSIGN_OR_RETURN(auto context, exp.open_meta_context(c.name));
+      opened.push_back({c.id, std::move(context)});
+    }
+  }
+  result_.contexts = std::move(opened);
+  return Status::ok();
 }
 
 void Negotiation::reply(uint32_t type, std::string_view data, std::string* out) const {

@@ -8,7 +8,9 @@
 //
 // Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO (NBD_INFO_EXPORT,
 // NAME, DESCRIPTION, BLOCK_SIZE), STRUCTURED_REPLY, LIST_META_CONTEXT and
-// SET_META_CONTEXT ("base:allocation"). Anything else gets NBD_REP_ERR_UNSUP.
+// SET_META_CONTEXT ("base:allocation", which the server serves itself, and
+// whatever contexts the Backend offers: Backend::meta_contexts). Anything
+// else gets NBD_REP_ERR_UNSUP.
 // Options longer than max_option_length are skipped and refused with
 // NBD_REP_ERR_TOO_BIG; longer than kMaxSkippedOptionLength, or with a bad
 // IHAVEOPT magic, the connection fails (the caller drops it).
@@ -19,9 +21,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "nbd/backend.h"
 #include "nbd/export_params.h"
@@ -29,14 +33,25 @@
 namespace multisnap::nbd {
 
 // The id the server gives "base:allocation" in NBD_OPT_SET_META_CONTEXT.
+// Other contexts get 2, 3, ... in the order a connection first selects
+// them; a name keeps its id for the whole connection.
 inline constexpr uint32_t kBaseAllocationContextId = 1;
+
+// One metadata context selected for the transmission phase.
+struct NegotiatedContext {
+  uint32_t id = 0;
+  std::unique_ptr<MetaContext> context;  // null: base:allocation (Export::block_status)
+};
 
 // What a successful negotiation hands to the transmission phase.
 struct NegotiatedExport {
   std::unique_ptr<Export> exp;
   ExportParams params;
   bool structured_replies = false;
-  uint32_t meta_context_id = 0;  // kBaseAllocationContextId or 0 (none selected)
+  // Selected by the last SET_META_CONTEXT for this export; BLOCK_STATUS
+  // answers one chunk per context, in this order. Empty: BLOCK_STATUS is
+  // refused.
+  std::vector<NegotiatedContext> contexts;
 };
 
 class Negotiation {
@@ -50,6 +65,10 @@ class Negotiation {
 
   static constexpr uint32_t kDefaultMaxOptionLength = 64 << 10;
   static constexpr uint32_t kMaxSkippedOptionLength = 1 << 20;
+  // At most this many contexts per SET_META_CONTEXT, and this many distinct
+  // context names per connection (each keeps its id); beyond: ERR_TOO_BIG.
+  static constexpr size_t kMaxSelectedContexts = 16;
+  static constexpr size_t kMaxContextNames = 1024;
 
   explicit Negotiation(Backend& backend, uint32_t max_option_length = kDefaultMaxOptionLength);
 
@@ -86,6 +105,13 @@ class Negotiation {
   void handle_info_or_go(bool go, std::string_view payload, std::string* out);
   void handle_structured_reply(std::string_view payload, std::string* out);
   void handle_meta_context(bool set, std::string_view payload, std::string* out);
+  // The contexts `queries` match on export `name`, without duplicates.
+  Result<std::vector<std::string>> match_contexts(std::string_view name,
+                                                  const std::vector<std::string_view>& queries,
+                                                  bool set);
+  uint32_t context_id(const std::string& context);
+  // Opens the contexts selected for `name` on `exp` into result_.contexts.
+  Status open_contexts(std::string_view name, Export& exp);
 
   void reply(uint32_t type, std::string_view data, std::string* out) const;
   void reply_error(uint32_t type, std::string_view message, std::string* out) const;
@@ -100,8 +126,13 @@ class Negotiation {
   uint32_t skip_remaining_ = 0;
   bool no_zeroes_ = false;
   bool structured_replies_ = false;
-  bool meta_selected_ = false;    // base:allocation selected ...
-  std::string meta_export_name_;  // ... for this export name
+  struct SelectedContext {
+    uint32_t id;
+    std::string name;
+  };
+  std::vector<SelectedContext> selected_;  // by the last SET_META_CONTEXT ...
+  std::string selected_export_;            // ... for this export name
+  std::map<std::string, uint32_t, std::less<>> context_ids_;  // every name given an id
   std::string failure_;
   NegotiatedExport result_;
 };

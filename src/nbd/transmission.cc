@@ -19,9 +19,52 @@ using namespace proto;
 constexpr size_t kMaxRetainedBufferBytes = 16u << 20;
 // WRITE payloads at least this large are received straight into the slot.
 constexpr size_t kDirectPayloadMin = 64u << 10;
-// At most this many base:allocation descriptors per BLOCK_STATUS reply.
+// At most this many descriptors per context in a BLOCK_STATUS reply.
 constexpr size_t kMaxDescriptors = 1024;
+// A BLOCK_STATUS chunk: header, context id, descriptors. Each context's
+// chunk is built in its own part of the slot buffer, this size apart.
+constexpr size_t kStatusChunkHeader = kStructuredHeaderSize + 4;
+constexpr size_t kStatusChunkSize = kStatusChunkHeader + 8 * kMaxDescriptors;
 constexpr size_t kMaxErrorMessage = 1024;
+
+uint32_t flags_of(const Extent& e) {
+  return (e.hole ? kStateHole : 0) | (e.zero ? kStateZero : 0);
+}
+uint32_t flags_of(const ContextExtent& e) {
+  return e.flags;
+}
+
+// Writes the descriptors for `extents` to out: cut at `limit` bytes (the end
+// of the export), neighbours with the same flags merged, at most
+// kMaxDescriptors, stopping at the first one that reaches `length`; with
+// req_one a single descriptor no longer than `length`. Returns how many.
+template <typename E>
+size_t encode_descriptors(const std::vector<E>& extents, uint64_t limit, uint32_t length,
+                          bool req_one, uint8_t* out) {
+  size_t count = 0;
+  uint64_t covered = 0;
+  uint64_t last_len = 0;
+  uint32_t last_flags = 0;
+  for (const E& e : extents) {
+    uint64_t len = std::min<uint64_t>(e.length, limit - covered);
+    if (len == 0) break;
+    uint32_t flags = flags_of(e);
+    if (count > 0 && flags == last_flags && last_len + len <= UINT32_MAX) {
+      last_len += len;  // same state as the previous descriptor: extend it
+    } else {
+      if (count == kMaxDescriptors || (req_one && count == 1)) break;
+      ++count;
+      last_len = len;
+      last_flags = flags;
+    }
+    if (req_one) last_len = std::min<uint64_t>(last_len, length);
+    put32(out + 8 * (count - 1), static_cast<uint32_t>(last_len));
+    put32(out + 8 * (count - 1) + 4, last_flags);
+    covered += len;
+    if (covered >= length) break;
+  }
+  return count;
+}
 
 size_t add_piece(struct iovec* iov, int* n, const uint8_t* p, size_t len, size_t skip) {
   if (skip >= len) return skip - len;
@@ -43,8 +86,9 @@ void Transmission::Buffer::ensure(size_t n) {
 Transmission::Transmission(NegotiatedExport negotiated, const TransmissionLimits& limits,
                            std::function<void()> wake)
     : export_(std::move(negotiated.exp)),
+      contexts_(std::move(negotiated.contexts)),
       params_(negotiated.params),
-      context_{&params_, negotiated.structured_replies, negotiated.meta_context_id != 0},
+      context_{&params_, negotiated.structured_replies, !contexts_.empty()},
       limits_(limits),
       wake_(std::move(wake)),
       slots_(std::max<uint32_t>(limits.max_requests, 1)) {
@@ -198,12 +242,7 @@ void Transmission::dispatch(uint32_t idx) {
     case kCmdWriteZeroes:
       return export_->write_zeroes(r.offset, r.length, fua, (r.flags & kCmdFlagNoHole) != 0,
                                    (r.flags & kCmdFlagFastZero) != 0, done);
-    case kCmdBlockStatus:
-      ensure_buffer(s, 8 * kMaxDescriptors);
-      return export_->block_status(r.offset, r.length,
-                                   [this, idx](Result<std::vector<Extent>> extents) {
-                                     complete_block_status(idx, std::move(extents));
-                                   });
+    case kCmdBlockStatus: return dispatch_block_status(idx);
   }
   complete(idx, make_error(Code::kInvalidArgument, "unknown command"));
 }
@@ -227,39 +266,50 @@ void Transmission::complete(uint32_t idx, const Status& status) {
   push_ready(idx);
 }
 
-void Transmission::complete_block_status(uint32_t idx, Result<std::vector<Extent>> extents) {
-  if (!extents.is_ok()) return complete(idx, extents.status());
+void Transmission::dispatch_block_status(uint32_t idx) {
   Slot& s = slots_[idx];
-  const Request& r = s.req;
-  bool req_one = (r.flags & kCmdFlagReqOne) != 0;
-  uint64_t limit = params_.size - r.offset;  // never describe past the end
-  uint8_t* out = s.buf.data();
-  size_t count = 0;
-  uint64_t covered = 0;
-  uint64_t last_len = 0;
-  uint32_t last_flags = 0;
-  for (const Extent& e : *extents) {
-    uint64_t len = std::min<uint64_t>(e.length, limit - covered);
-    if (len == 0) break;
-    uint32_t flags = (e.hole ? kStateHole : 0) | (e.zero ? kStateZero : 0);
-    if (count > 0 && flags == last_flags && last_len + len <= UINT32_MAX) {
-      last_len += len;  // same state as the previous descriptor: extend it
+  const Request r = s.req;
+  const size_t n = contexts_.size();
+  ensure_buffer(s, n * kStatusChunkSize);
+  s.status.assign(n, {});
+  s.status_pending.store(static_cast<uint32_t>(n));
+  const bool req_one = (r.flags & kCmdFlagReqOne) != 0;
+  const uint64_t limit = params_.size - r.offset;  // never describe past the end
+  // Each context answers into its own part of the buffer, on any thread.
+  auto encoder = [this, idx, r, req_one, limit](size_t i) {
+    return [this, idx, i, r, req_one, limit](auto extents) {
+      if (!extents.is_ok()) return context_answered(idx, i, extents.status());
+      uint8_t* out = slots_[idx].buf.data() + i * kStatusChunkSize + kStatusChunkHeader;
+      size_t count = encode_descriptors(*extents, limit, r.length, req_one, out);
+      if (count == 0) {
+        return context_answered(idx, i,
+                                make_error(Code::kIoError, "the export returned no block status"));
+      }
+      context_answered(idx, i, static_cast<uint32_t>(8 * count));
+    };
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (contexts_[i].context) {
+      contexts_[i].context->block_status(r.offset, r.length, encoder(i));
     } else {
-      if (count == kMaxDescriptors || (req_one && count == 1)) break;
-      ++count;
-      last_len = len;
-      last_flags = flags;
+      export_->block_status(r.offset, r.length, encoder(i));
     }
-    if (req_one) last_len = std::min<uint64_t>(last_len, r.length);
-    put32(out + 8 * (count - 1), static_cast<uint32_t>(last_len));
-    put32(out + 8 * (count - 1) + 4, last_flags);
-    covered += len;
-    if (covered >= r.length) break;
   }
-  if (count == 0) {
-    return complete(idx, make_error(Code::kIoError, "the export returned no block status"));
+}
+
+void Transmission::context_answered(uint32_t idx, size_t context, Result<uint32_t> bytes) {
+  Slot& s = slots_[idx];
+  if (bytes.is_ok()) {
+    s.status[context].bytes = *bytes;
+  } else {
+    s.status[context].status = bytes.status();
   }
-  s.extents_bytes = static_cast<uint32_t>(8 * count);
+  // The last context to answer completes the request; acq_rel makes the
+  // others' descriptors visible to it.
+  if (s.status_pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  for (const ContextStatus& c : s.status) {
+    if (!c.status.is_ok()) return complete(idx, c.status);  // the whole reply is the error
+  }
   s.error = 0;
   push_ready(idx);
 }
@@ -344,16 +394,32 @@ void Transmission::build_reply(Slot& s) {
       put64(h + 20, r.offset);
       s.header_len = kStructuredHeaderSize + 8;
       return;
-    case kCmdBlockStatus:
-      structured_header(kReplyTypeBlockStatus, 4 + s.extents_bytes);
-      put32(h + 20, kBaseAllocationContextId);
-      s.header_len = kStructuredHeaderSize + 4;
-      s.body = s.buf.data();
-      s.body_len = s.extents_bytes;
-      return;
+    case kCmdBlockStatus: return build_block_status_reply(s);
     case kCmdWrite: counters_.bytes_written += r.length; return simple_header(0);
     default: return simple_header(0);
   }
+}
+
+// One NBD_REPLY_TYPE_BLOCK_STATUS chunk per context, DONE on the last; each
+// is completed in place and moved down so they are contiguous.
+void Transmission::build_block_status_reply(Slot& s) {
+  uint8_t* base = s.buf.data();
+  size_t pos = 0;
+  for (size_t i = 0; i < contexts_.size(); ++i) {
+    uint8_t* chunk = base + i * kStatusChunkSize;
+    uint32_t bytes = s.status[i].bytes;
+    put32(chunk, kStructuredReplyMagic);
+    put16(chunk + 4, i + 1 == contexts_.size() ? kReplyFlagDone : 0);
+    put16(chunk + 6, kReplyTypeBlockStatus);
+    put64(chunk + 8, s.req.handle);
+    put32(chunk + 16, 4 + bytes);
+    put32(chunk + 20, contexts_[i].id);
+    if (chunk != base + pos) std::memmove(base + pos, chunk, kStatusChunkHeader + bytes);
+    pos += kStatusChunkHeader + bytes;
+  }
+  s.header_len = 0;
+  s.body = base;
+  s.body_len = static_cast<uint32_t>(pos);
 }
 
 int Transmission::gather_output(struct iovec* iov, int max_iov) const {

@@ -124,13 +124,20 @@ class Transmission {
     size_t capacity_ = 0;
   };
 
+  // BLOCK_STATUS: what one context answered.
+  struct ContextStatus {
+    Status status;
+    uint32_t bytes = 0;  // descriptor bytes in the context's part of the buffer
+  };
+
   struct Slot {
     Request req;
-    Buffer buf;                  // READ data, WRITE payload or BLOCK_STATUS descriptors
-    uint32_t charged = 0;        // bytes counted against limits.max_bytes
-    uint32_t error = 0;          // NBD errno of the reply
-    uint32_t extents_bytes = 0;  // BLOCK_STATUS: descriptor bytes in buf
-    std::string message;         // error text for a structured error chunk
+    Buffer buf;            // READ data, WRITE payload or BLOCK_STATUS chunks (one part per context)
+    uint32_t charged = 0;  // bytes counted against limits.max_bytes
+    uint32_t error = 0;    // NBD errno of the reply
+    std::vector<ContextStatus> status;         // BLOCK_STATUS: one per context ...
+    std::atomic<uint32_t> status_pending{0};  // ... and how many have not answered
+    std::string message;                       // error text for a structured error chunk
     uint8_t header[32];
     uint32_t header_len = 0;
     const uint8_t* body = nullptr;  // sent after the header
@@ -144,7 +151,10 @@ class Transmission {
   void dispatch(uint32_t idx);
   void refuse(uint32_t idx, uint32_t error, const char* reason);
   void complete(uint32_t idx, const Status& status);
-  void complete_block_status(uint32_t idx, Result<std::vector<Extent>> extents);
+  void dispatch_block_status(uint32_t idx);
+  // One context of a BLOCK_STATUS answered: `bytes` of descriptors, or an error.
+  void context_answered(uint32_t idx, size_t context, Result<uint32_t> bytes);
+  void build_block_status_reply(Slot& slot);
   void push_ready(uint32_t idx);
   void build_reply(Slot& slot);
   void release(uint32_t idx);
@@ -152,6 +162,8 @@ class Transmission {
   uint32_t payload_charge(const Request& r) const;
 
   std::unique_ptr<Export> export_;
+  // After export_, so destroyed before it.
+  const std::vector<NegotiatedContext> contexts_;
   const ExportParams params_;
   const RequestContext context_;
   const TransmissionLimits limits_;

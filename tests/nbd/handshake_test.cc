@@ -1,6 +1,8 @@
 // The handshake and option haggling, byte by byte over a raw socket.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "nbd/test_server.h"
 
 namespace multisnap::nbd::testing {
@@ -326,8 +328,14 @@ TEST_F(HandshakeTest, ListMetaContext) {
   ASSERT_TRUE(c->handshake());
   ASSERT_TRUE(c->structured_replies());
   using Names = std::vector<std::string>;
-  EXPECT_EQ(list_contexts(*c, "origin", {}), Names{"base:allocation"});
+  EXPECT_EQ(list_contexts(*c, "origin", {}), (Names{"base:allocation", "memory:stripes:"}))
+      << "no query: every context, the backend's as a family";
   EXPECT_EQ(list_contexts(*c, "origin", {"base:"}), Names{"base:allocation"});
+  EXPECT_EQ(list_contexts(*c, "origin", {"memory:"}), Names{"memory:stripes:"});
+  EXPECT_EQ(list_contexts(*c, "origin", {"memory:stripes:0", "memory:stripes:x"}), Names{});
+  EXPECT_EQ(list_contexts(*c, "origin", {"memory:stripes:512", "base:allocation", "x-a:b",
+                                         "memory:stripes:512"}),
+            (Names{"memory:stripes:512", "base:allocation"}));
   EXPECT_EQ(list_contexts(*c, "", {"base:allocation"}), Names{"base:allocation"});
   EXPECT_EQ(list_contexts(*c, "origin", {"x-other:thing", "base:nothing"}), Names{});
   uint32_t error = 0;
@@ -398,6 +406,140 @@ TEST_F(HandshakeTest, LaterSetMetaContextReplacesTheSelection) {
   ASSERT_TRUE(go);
   ASSERT_EQ(go->final_type, wire::kAck);
   EXPECT_EQ(c->command(wire::kBlockStatus, 0, 4096), wire::kEinval);
+}
+
+// SET_META_CONTEXT with several queries: the (id, name) pairs returned, or
+// nullopt plus the error type in *error.
+std::optional<std::vector<std::pair<uint32_t, std::string>>> set_contexts(
+    RawClient& c, std::string_view name, const std::vector<std::string>& queries,
+    uint32_t* error = nullptr) {
+  Bytes p;
+  p.u32(static_cast<uint32_t>(name.size())).str(name).u32(static_cast<uint32_t>(queries.size()));
+  for (const std::string& q : queries) p.u32(static_cast<uint32_t>(q.size())).str(q);
+  if (!c.send_option(wire::kSetMetaContext, p)) return std::nullopt;
+  std::vector<std::pair<uint32_t, std::string>> out;
+  for (;;) {
+    auto r = c.read_option_reply();
+    if (!r) return std::nullopt;
+    if (r->type == wire::kAck) return out;
+    if (r->type != wire::kMetaContext || r->data.size() < 4) {
+      if (error) *error = r->type;
+      return std::nullopt;
+    }
+    out.emplace_back(be32(r->data.data()), r->data.substr(4));
+  }
+}
+
+// The chunks of one BLOCK_STATUS reply, up to DONE, as context id ->
+// descriptors.
+std::map<uint32_t, std::vector<std::pair<uint32_t, uint32_t>>> block_status(
+    RawClient& c, uint64_t offset, uint32_t length, uint16_t flags = 0) {
+  std::map<uint32_t, std::vector<std::pair<uint32_t, uint32_t>>> out;
+  if (!c.send_request(flags, wire::kBlockStatus, 42, offset, length)) return out;
+  for (;;) {
+    auto r = c.read_reply();
+    if (!r || !r->structured) {
+      ADD_FAILURE() << "no structured reply";
+      return out;
+    }
+    EXPECT_EQ(r->chunk.type, wire::kBlockStatusChunk);
+    EXPECT_EQ(r->chunk.handle, 42u);
+    const std::string& p = r->chunk.payload;
+    if (p.size() >= 4) {
+      uint32_t id = be32(p.data());
+      EXPECT_EQ(out.count(id), 0u) << "one chunk per context";
+      auto& d = out[id];
+      for (size_t pos = 4; pos + 8 <= p.size(); pos += 8) {
+        d.emplace_back(be32(p.data() + pos), be32(p.data() + pos + 4));
+      }
+    }
+    if (r->chunk.flags & 1) return out;
+  }
+}
+
+TEST_F(HandshakeTest, SetSeveralContextsNamesThemAsAskedWithStableIds) {
+  auto c = connect();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->structured_replies());
+  using Pairs = std::vector<std::pair<uint32_t, std::string>>;
+  auto first = set_contexts(*c, "origin",
+                            {"memory:stripes:4096", "base:allocation", "memory:stripes:0",
+                             "x-other:thing", "memory:stripes:04096", "memory:stripes:4096",
+                             "memory:stripes:", "base:"});
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->size(), 3u) << "unknown, invalid and family queries select nothing";
+  EXPECT_EQ((*first)[0].second, "memory:stripes:4096");
+  EXPECT_EQ((*first)[1], (std::pair<uint32_t, std::string>{1, "base:allocation"}));
+  EXPECT_EQ((*first)[2].second, "memory:stripes:04096") << "the name exactly as the client sent it";
+  uint32_t id_4096 = (*first)[0].first, id_04096 = (*first)[2].first;
+  EXPECT_NE(id_4096, 0u);
+  EXPECT_NE(id_4096, 1u);
+  EXPECT_NE(id_04096, 0u);
+  EXPECT_NE(id_04096, 1u);
+  EXPECT_NE(id_4096, id_04096);
+
+  // A later SET replaces the selection; known names keep their ids.
+  auto second = set_contexts(*c, "origin", {"memory:stripes:65536", "memory:stripes:04096"});
+  ASSERT_TRUE(second);
+  ASSERT_EQ(second->size(), 2u);
+  EXPECT_EQ((*second)[1], (std::pair<uint32_t, std::string>{id_04096, "memory:stripes:04096"}));
+  uint32_t id_65536 = (*second)[0].first;
+  EXPECT_NE(id_65536, 0u);
+  EXPECT_NE(id_65536, 1u);
+  EXPECT_NE(id_65536, id_4096);
+  EXPECT_NE(id_65536, id_04096);
+  EXPECT_EQ(set_contexts(*c, "origin", {"memory:stripes:4096"}), (Pairs{{id_4096, "memory:stripes:4096"}}));
+  second = set_contexts(*c, "origin", {"memory:stripes:65536", "memory:stripes:04096"});
+  ASSERT_TRUE(second);
+
+  auto go = c->info(wire::kGo, "origin");
+  ASSERT_TRUE(go);
+  ASSERT_EQ(go->final_type, wire::kAck);
+  using D = std::vector<std::pair<uint32_t, uint32_t>>;
+  auto map = block_status(*c, 4096, 3 * 4096);
+  EXPECT_EQ(map.size(), 2u) << "only the last selection";
+  EXPECT_EQ(map[id_04096], (D{{4096, 1}, {4096, 0}, {4096, 1}}));
+  EXPECT_EQ(map[id_65536], (D{{12288, 0}}));
+  map = block_status(*c, 4096, 3 * 4096, wire::kReqOne);
+  EXPECT_EQ(map[id_04096], (D{{4096, 1}}));
+  EXPECT_EQ(map[id_65536], (D{{12288, 0}}));
+  map = block_status(*c, kOriginSize - 4096, 4096);
+  EXPECT_EQ(map[id_04096], (D{{4096, 1}}));
+  EXPECT_EQ(map[id_65536], (D{{4096, 1}})) << "clipped at the end of the export";
+  expect_server_healthy();
+}
+
+TEST_F(HandshakeTest, SetMetaContextOfUnknownContextsSelectsNothing) {
+  auto c = connect();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->structured_replies());
+  using Pairs = std::vector<std::pair<uint32_t, std::string>>;
+  EXPECT_EQ(set_contexts(*c, "origin", {"memory:stripes:0", "memory:nothing", "x-y:z"}), Pairs{});
+  EXPECT_EQ(set_contexts(*c, "origin", {}), Pairs{}) << "no query selects nothing";
+  uint32_t error = 0;
+  EXPECT_FALSE(set_contexts(*c, "missing", {"memory:stripes:1"}, &error));
+  EXPECT_EQ(error, wire::kErrUnknown);
+  EXPECT_FALSE(set_contexts(*c, "origin", {"memory:stripes:1", "nocolon"}, &error));
+  EXPECT_EQ(error, wire::kErrInvalid);
+  auto go = c->info(wire::kGo, "origin");
+  ASSERT_TRUE(go);
+  ASSERT_EQ(go->final_type, wire::kAck);
+  EXPECT_EQ(c->command(wire::kBlockStatus, 0, 4096), wire::kEinval) << "nothing was selected";
+}
+
+TEST_F(HandshakeTest, SetMetaContextOfTooManyContextsIsTooBig) {
+  auto c = connect();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->structured_replies());
+  std::vector<std::string> queries;
+  for (int i = 1; i <= 17; ++i) queries.push_back("memory:stripes:" + std::to_string(i));
+  uint32_t error = 0;
+  EXPECT_FALSE(set_contexts(*c, "origin", queries, &error));
+  EXPECT_EQ(error, wire::kErrTooBig);
+  queries.pop_back();
+  auto ok = set_contexts(*c, "origin", queries);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->size(), 16u);
 }
 
 TEST_F(HandshakeTest, ManyOptionsInOneWrite) {

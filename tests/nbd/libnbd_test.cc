@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -171,6 +172,40 @@ TEST_P(LibnbdTest, BlockStatusBaseAllocation) {
   EXPECT_EQ(map(h, 0, 1 << 20),
             (std::vector<Extent>{{65536, kHole}, {8192, 0}, {(1 << 20) - 65536 - 8192, kHole}}));
   EXPECT_EQ(map(h, 65536 + 4096, 100, LIBNBD_CMD_FLAG_REQ_ONE), (std::vector<Extent>{{100, 0}}));
+}
+
+TEST_P(LibnbdTest, BlockStatusOfSeveralContexts) {
+  NbdHandle h;
+  nbd_add_meta_context(h, "memory:stripes:4096");
+  nbd_add_meta_context(h, "memory:stripes:0");  // no such context
+  nbd_add_meta_context(h, "memory:stripes:016384");
+  ASSERT_TRUE(connect(h, "origin", true)) << err();
+  if (!GetParam()) return;
+  EXPECT_EQ(nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION), 1);
+  EXPECT_EQ(nbd_can_meta_context(h, "memory:stripes:4096"), 1);
+  EXPECT_EQ(nbd_can_meta_context(h, "memory:stripes:0"), 0);
+  EXPECT_EQ(nbd_can_meta_context(h, "memory:stripes:016384"), 1) << "named as asked";
+  using Map = std::map<std::string, std::vector<Extent>>;
+  Map seen;
+  nbd_extent_callback cb = {
+      .callback =
+          [](void* user, const char* context, uint64_t, uint32_t* entries, size_t n, int*) {
+            auto& v = (*static_cast<Map*>(user))[context];
+            for (size_t i = 0; i + 1 < n; i += 2) v.push_back({entries[i], entries[i + 1]});
+            return 0;
+          },
+      .user_data = &seen,
+      .free = nullptr};
+  ASSERT_EQ(nbd_block_status(h, 16384, 8192, cb, 0), 0) << err();
+  constexpr uint32_t kHole = LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO;
+  EXPECT_EQ(seen, (Map{{"base:allocation", {{16384, kHole}}},
+                       {"memory:stripes:4096", {{4096, 0}, {4096, 1}, {4096, 0}, {4096, 1}}},
+                       {"memory:stripes:016384", {{8192, 0}, {8192, 1}}}}));
+  seen.clear();
+  ASSERT_EQ(nbd_block_status(h, 16384, 8192, cb, LIBNBD_CMD_FLAG_REQ_ONE), 0) << err();
+  EXPECT_EQ(seen, (Map{{"base:allocation", {{16384, kHole}}},
+                       {"memory:stripes:4096", {{4096, 0}}},
+                       {"memory:stripes:016384", {{8192, 0}}}}));
 }
 
 TEST_P(LibnbdTest, AlignedExportRejectsMisalignedRequests) {

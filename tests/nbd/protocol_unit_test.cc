@@ -152,6 +152,51 @@ TEST(NegotiationTest, SkipsOversizedOptionsInPieces) {
   }
 }
 
+// SET_META_CONTEXT then GO, without sockets: what the transmission phase gets.
+TEST(NegotiationTest, SelectedContextsReachTheTransmissionPhase) {
+  MemoryBackend backend;
+  ASSERT_TRUE(backend.add_export({.name = "disk", .size = 65536}).is_ok());
+  ASSERT_TRUE(backend.add_export({.name = "other", .size = 65536}).is_ok());
+  auto meta = [](std::string_view name, const std::vector<std::string>& queries) {
+    Bytes q;
+    q.u32(static_cast<uint32_t>(name.size())).str(name).u32(static_cast<uint32_t>(queries.size()));
+    for (const auto& s : queries) q.u32(static_cast<uint32_t>(s.size())).str(s);
+    Bytes b;
+    b.u64(wire::kIHaveOpt).u32(wire::kSetMetaContext).u32(static_cast<uint32_t>(q.size()));
+    b.raw(q.data().data(), q.size());
+    return b;
+  };
+  auto go = [](std::string_view name) {
+    Bytes b;
+    b.u64(wire::kIHaveOpt).u32(wire::kGo).u32(static_cast<uint32_t>(4 + name.size() + 2));
+    b.u32(static_cast<uint32_t>(name.size())).str(name).u16(0);
+    return b;
+  };
+  auto run = [&](const std::vector<Bytes>& options) {
+    Negotiation n(backend);
+    Bytes input;
+    input.u32(3);
+    input.u64(wire::kIHaveOpt).u32(wire::kStructuredReply).u32(0);
+    for (const Bytes& o : options) input.raw(o.data().data(), o.size());
+    std::string out;
+    EXPECT_EQ(n.consume(input.data().data(), input.size(), &out), input.size());
+    EXPECT_EQ(n.state(), Negotiation::State::kTransmission);
+    return n.take_export();
+  };
+  NegotiatedExport e = run({meta("disk", {"memory:stripes:8", "x-no:such", "base:allocation"}), go("disk")});
+  ASSERT_EQ(e.contexts.size(), 2u);
+  EXPECT_EQ(e.contexts[0].id, 2u);
+  EXPECT_NE(e.contexts[0].context, nullptr);
+  EXPECT_EQ(e.contexts[1].id, kBaseAllocationContextId);
+  EXPECT_EQ(e.contexts[1].context, nullptr) << "base:allocation is the Export's block_status";
+  e = run({meta("disk", {"memory:stripes:8"}), go("other")});
+  EXPECT_TRUE(e.contexts.empty()) << "selected for another export";
+  e = run({meta("disk", {"memory:stripes:8"}), meta("disk", {"memory:stripes:9"}),
+           meta("disk", {"memory:stripes:8"}), go("disk")});
+  ASSERT_EQ(e.contexts.size(), 1u);
+  EXPECT_EQ(e.contexts[0].id, 2u) << "a name keeps its id for the connection";
+}
+
 TEST(MemoryBackendTest, TracksAllocation) {
   MemoryBackend backend;
   ASSERT_TRUE(backend.add_export({.name = "m", .size = 10 * 4096 + 512, .min_block = 512}).is_ok());

@@ -1,12 +1,14 @@
 // Transmission without sockets, against a scripted Export whose completions
 // the test triggers by hand: reply order, in-flight bounds, and how block
-// status from the Export is turned into descriptors.
+// status from the Export and from other meta contexts is turned into
+// descriptors and chunks.
 #include <gtest/gtest.h>
 #include <sys/uio.h>
 
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <optional>
 
 #include "nbd/raw_client.h"
 #include "nbd/transmission.h"
@@ -46,19 +48,49 @@ class ScriptedExport final : public Export {
   ExportInfo info_;
 };
 
+// A meta context whose answers the test gives by hand (or at once, when
+// `extents` is set).
+class ScriptedContext final : public MetaContext {
+ public:
+  void block_status(uint64_t offset, uint64_t length, ContextExtentsDone done) override {
+    asked.emplace_back(offset, length);
+    if (extents) return done(*extents);
+    pending.push_back(std::move(done));
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> asked;
+  std::deque<ContextExtentsDone> pending;
+  std::optional<Result<std::vector<ContextExtent>>> extents;
+};
+
 class TransmissionUnitTest : public ::testing::Test {
  protected:
-  void start(TransmissionLimits limits = {}) {
+  // With base:allocation (id 1) unless `allocation` is false, then one
+  // ScriptedContext per id in `ids`, in that order.
+  void start(TransmissionLimits limits = {}, std::vector<uint32_t> ids = {},
+             bool allocation = true) {
     auto exp = std::make_unique<ScriptedExport>();
     export_ = exp.get();
     NegotiatedExport n;
     n.exp = std::move(exp);
     n.params = *make_export_params(export_->info(), true);
     n.structured_replies = true;
-    n.meta_context_id = kBaseAllocationContextId;
+    if (allocation) n.contexts.push_back({kBaseAllocationContextId, nullptr});
+    contexts_.clear();
+    for (uint32_t id : ids) {
+      auto c = std::make_unique<ScriptedContext>();
+      contexts_.push_back(c.get());
+      n.contexts.push_back({id, std::move(c)});
+    }
     tx_ = std::make_unique<Transmission>(std::move(n), limits, [] {});
   }
   void TearDown() override {
+    for (ScriptedContext* c : contexts_) {
+      while (!c->pending.empty()) {
+        ContextExtentsDone done = std::move(c->pending.front());
+        c->pending.pop_front();
+        done(Status(Code::kShutdown, "test over"));
+      }
+    }
     while (!export_->pending.empty()) complete_next(0);
     tx_->stop_input();
     tx_->collect_completions();
@@ -112,7 +144,33 @@ class TransmissionUnitTest : public ::testing::Test {
     return d;
   }
 
+  // Every chunk in `out`: (type, flags, handle, payload).
+  struct ChunkView {
+    uint16_t flags, type;
+    uint64_t handle;
+    std::string payload;
+  };
+  static std::vector<ChunkView> chunks(const std::string& out) {
+    std::vector<ChunkView> v;
+    for (size_t pos = 0; pos + 20 <= out.size();) {
+      uint32_t len = be32(out.data() + pos + 16);
+      v.push_back({be16(out.data() + pos + 4), be16(out.data() + pos + 6), be64(out.data() + pos + 8),
+                   out.substr(pos + 20, len)});
+      pos += 20 + len;
+    }
+    return v;
+  }
+  // The descriptors of one BLOCK_STATUS chunk's payload (after its context id).
+  static std::vector<std::pair<uint32_t, uint32_t>> payload_descriptors(const std::string& p) {
+    std::vector<std::pair<uint32_t, uint32_t>> d;
+    for (size_t pos = 4; pos + 8 <= p.size(); pos += 8) {
+      d.emplace_back(be32(p.data() + pos), be32(p.data() + pos + 4));
+    }
+    return d;
+  }
+
   ScriptedExport* export_ = nullptr;
+  std::vector<ScriptedContext*> contexts_;
   std::unique_ptr<Transmission> tx_;
 };
 
@@ -200,6 +258,88 @@ TEST_F(TransmissionUnitTest, BlockStatusFailures) {
   send(request(wire::kBlockStatus, 2, 0, 4096));
   out = output();
   EXPECT_EQ(be32(out.data() + 20), wire::kEnospc);
+}
+
+TEST_F(TransmissionUnitTest, BlockStatusSendsOneChunkPerContextInSelectionOrder) {
+  start({}, {7, 3});
+  export_->extents = std::vector<Extent>{{65536, true, true}};
+  send(request(wire::kBlockStatus, 9, 4096, 16384));
+  ASSERT_EQ(contexts_[0]->asked, (std::vector<std::pair<uint64_t, uint64_t>>{{4096, 16384}}));
+  ASSERT_EQ(contexts_[1]->asked, contexts_[0]->asked);
+  // The contexts answer out of order; nothing goes out before the last.
+  contexts_[1]->pending.front()(std::vector<ContextExtent>{{8192, 1}, {4096, 1}, {65536, 0}});
+  EXPECT_EQ(output(), "");
+  contexts_[0]->pending.front()(std::vector<ContextExtent>{{2048, 5}, {2048, 0}});
+  contexts_[0]->pending.clear();
+  contexts_[1]->pending.clear();
+  auto c = chunks(output());
+  ASSERT_EQ(c.size(), 3u);
+  using D = std::vector<std::pair<uint32_t, uint32_t>>;
+  const uint32_t ids[] = {1, 7, 3};
+  const D want[] = {{{65536, 3}}, {{2048, 5}, {2048, 0}}, {{12288, 1}, {65536, 0}}};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(c[i].type, wire::kBlockStatusChunk);
+    EXPECT_EQ(c[i].handle, 9u);
+    EXPECT_EQ(c[i].flags & 1, i == 2 ? 1 : 0) << "DONE only on the last chunk";
+    ASSERT_GE(c[i].payload.size(), 4u);
+    EXPECT_EQ(be32(c[i].payload.data()), ids[i]);
+    EXPECT_EQ(payload_descriptors(c[i].payload), want[i]) << "context " << ids[i];
+  }
+  EXPECT_EQ(tx_->in_flight(), 0u);
+}
+
+TEST_F(TransmissionUnitTest, BlockStatusOfOtherContextsOnly) {
+  start({}, {2}, false);
+  contexts_[0]->extents = std::vector<ContextExtent>{{4096, 1}, {4096, 1}, {4096, 0}};
+  send(request(wire::kBlockStatus, 1, 0, 65536));
+  auto c = chunks(output());
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].flags & 1, 1);
+  EXPECT_EQ(be32(c[0].payload.data()), 2u);
+  using D = std::vector<std::pair<uint32_t, uint32_t>>;
+  EXPECT_EQ(payload_descriptors(c[0].payload), (D{{8192, 1}, {4096, 0}}))
+      << "merged; a short answer is passed on as it is";
+  EXPECT_EQ(export_->pending.size(), 0u);
+  EXPECT_EQ(tx_->counters().requests, 1u);
+}
+
+TEST_F(TransmissionUnitTest, BlockStatusReqOneAndTheEndApplyToEveryContext) {
+  start({}, {2, 3});
+  export_->extents = std::vector<Extent>{{65536, false, false}};
+  contexts_[0]->extents = std::vector<ContextExtent>{{4096, 1}, {4096, 1}, {4096, 0}};
+  contexts_[1]->extents = std::vector<ContextExtent>{{1 << 20, 0}};
+  send(request(wire::kBlockStatus, 1, 0, 6000, wire::kReqOne));
+  using D = std::vector<std::pair<uint32_t, uint32_t>>;
+  auto c = chunks(output());
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(payload_descriptors(c[0].payload), (D{{6000, 0}}));
+  EXPECT_EQ(payload_descriptors(c[1].payload), (D{{6000, 1}}));
+  EXPECT_EQ(payload_descriptors(c[2].payload), (D{{6000, 0}}));
+  send(request(wire::kBlockStatus, 2, kSize - 8192, 8192));
+  c = chunks(output());
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(payload_descriptors(c[0].payload), (D{{8192, 0}}));
+  EXPECT_EQ(payload_descriptors(c[1].payload), (D{{8192, 1}})) << "stops at the requested length";
+  EXPECT_EQ(payload_descriptors(c[2].payload), (D{{8192, 0}})) << "clipped at the end of the export";
+}
+
+TEST_F(TransmissionUnitTest, BlockStatusFailsWholeWhenOneContextFails) {
+  start({}, {2, 3});
+  export_->extents = std::vector<Extent>{{65536, false, false}};
+  contexts_[0]->extents = std::vector<ContextExtent>{{4096, 1}};
+  contexts_[1]->extents = Status(Code::kNotFound, "base went away");
+  send(request(wire::kBlockStatus, 1, 0, 4096));
+  auto c = chunks(output());
+  ASSERT_EQ(c.size(), 1u) << "one error chunk, nothing else";
+  EXPECT_EQ(c[0].type, wire::kError);
+  EXPECT_EQ(c[0].flags & 1, 1);
+  EXPECT_EQ(be32(c[0].payload.data()), wire::kEio);
+  EXPECT_NE(c[0].payload.find("base went away"), std::string::npos);
+  contexts_[1]->extents = std::vector<ContextExtent>{};
+  send(request(wire::kBlockStatus, 2, 0, 4096));
+  c = chunks(output());
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].type, wire::kError) << "a context with nothing to say is an error too";
 }
 
 TEST_F(TransmissionUnitTest, LargeWritePayloadCanBeReceivedInPlace) {
