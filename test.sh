@@ -22,10 +22,10 @@ fi
 echo "== Release"
 run build-release -DCMAKE_BUILD_TYPE=Release
 if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
-  echo "== libFuzzer: NBD handshake and request parser, control requests (${MULTISNAP_FUZZ_SECONDS:-30} s each)"
+  echo "== libFuzzer: NBD handshake and requests, control requests, replication streams, damaged metadata (${MULTISNAP_FUZZ_SECONDS:-30} s each)"
   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMULTISNAP_FUZZ=ON \
     -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF >/dev/null
-  ninja -C build-fuzz nbd_fuzz control_fuzz
+  ninja -C build-fuzz nbd_fuzz control_fuzz stream_fuzz store_fuzz
   [ -d build-fuzz/corpus ] || /usr/bin/python3 tests/nbd/make_fuzz_corpus.py build-fuzz/corpus
   build-fuzz/src/nbd/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
     build-fuzz/corpus 2>&1 | tail -3
@@ -33,5 +33,10 @@ if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
   mkdir -p build-fuzz/corpus-control
   build-fuzz/tests/fuzz/control_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
     -max_len=8192 build-fuzz/corpus-control tests/fuzz/corpus/control 2>&1 | tail -3
+  for t in stream store; do
+    mkdir -p build-fuzz/corpus-$t
+    build-fuzz/tests/fuzz/${t}_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+      build-fuzz/corpus-$t tests/fuzz/corpus/$t 2>&1 | tail -3
+  done
 fi
 echo "all tests passed"

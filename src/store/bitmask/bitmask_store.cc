@@ -276,7 +276,8 @@ Status BitmaskStore::reclaim_step(uint32_t budget) {
   const bool pass_done = batch.size() < budget;
   Status stopped;
   for (size_t i = 0; i < batch.size(); ++i) {
-    auto [k, mask] = batch[i];
+    const PairKey k = batch[i].first;  // not a structured binding: captured below (clang 14)
+    const uint64_t mask = batch[i].second;
     uint64_t keep = mask & live_;  // deleted bits go, pending ones too (harmless)
     if (keep == mask) continue;
     stopped = reserve(1);
