@@ -287,7 +287,7 @@ Result<policy::Policy> parse_policy_request(const Json& req) {
   for (auto it = req.begin(); it != req.end(); ++it) {
     const std::string& key = it.key();
     const Json& v = it.value();
-    if (key == "command") continue;
+    if (key == "command" || v.is_null()) continue;  // null: the default, as absent
     if (key == "every") {
       if (v.is_number_unsigned()) {
         uint64_t n = v.get<uint64_t>();

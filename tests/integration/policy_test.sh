@@ -24,6 +24,25 @@ expect_fail "must keep something" ms policy set --every 1h
 expect_fail "error or delete-oldest" ms policy set --keep-last 3 --on-full panic
 expect_fail "prefix" ms policy set --keep-last 3 --prefix 'a b'
 expect_fail "0 or more" ms policy set --keep-last -2
+# Every field of the wrong JSON type is an invalid-argument answer, not a crash.
+$PY - "$MULTISNAP_CONTROL" <<'PY' || fail "policy-set with fields of the wrong type"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+bad = [{"every": [1]}, {"every": {}}, {"every": True}, {"every": -5}, {"every": 1.5}, {"every": "5 m"},
+       {"keep_last": "3"}, {"keep_last": 3.5}, {"keep_last": -1}, {"keep_last": True}, {"keep_daily": [7]},
+       {"keep_weekly": 10**12}, {"prefix": 5}, {"prefix": ""}, {"prefix": "x" * 48}, {"on_full": True},
+       {"on_full": "panic"}, {"keep-last": 3}, {"bogus": 1}]
+for fields in bad:
+    req = {"command": "policy-set", "keep_last": 3}
+    req.update(fields)
+    f.write(json.dumps(req) + "\n"); f.flush()
+    a = json.loads(f.readline())
+    assert a["ok"] is False and a["error"]["code"] == "invalid-argument", (req, a)
+f.write(json.dumps({"command": "policy-show"}) + "\n"); f.flush()
+assert json.loads(f.readline())["policy"] is None
+PY
 ms policy show | grep -q "no snapshot policy" || fail "a refused policy set stored something"
 
 ms snapshot create --name before >/dev/null
