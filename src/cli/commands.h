@@ -48,6 +48,17 @@ struct ReceiveArgs {
 int run_receive(const OnlineArgs& o, const ReceiveArgs& a);
 int run_rollback(const OnlineArgs& o, const std::string& snapshot, bool force, bool progress);
 
+// policy set: the request carries only what was given.
+struct PolicyArgs {
+  static constexpr int64_t kNotGiven = INT64_MIN;
+  std::string every, prefix, on_full;
+  int64_t keep_last = kNotGiven, keep_hourly = kNotGiven, keep_daily = kNotGiven, keep_weekly = kNotGiven,
+          keep_monthly = kNotGiven;
+};
+int run_policy_set(const OnlineArgs& o, const PolicyArgs& a);
+int run_policy_show(const OnlineArgs& o);
+int run_policy_clear(const OnlineArgs& o);
+
 int run_check(const std::string& store, bool json);
 int run_dump(const std::string& store, bool json);
 

@@ -88,6 +88,25 @@ int main(int argc, char** argv) {
   rollback->add_flag("--force", rollback_force, "disconnect the origin's NBD clients first");
   rollback->add_flag("--progress", rollback_progress, "show progress on standard error");
   add_online(rollback);
+  PolicyArgs pa;
+  auto* policy = app.add_subcommand("policy", "Set, show or clear the rolling-snapshot policy of a running store");
+  policy->require_subcommand(1);
+  policy->fallthrough();
+  auto* pset = policy->add_subcommand("set", "Take a snapshot every DURATION and prune them by the --keep-* rules");
+  pset->add_option("--every", pa.every, "interval: 30s, 5m, 1h, 1d (default 1h)");
+  pset->add_option("--keep-last", pa.keep_last, "keep the newest N automatic snapshots");
+  pset->add_option("--keep-hourly", pa.keep_hourly, "keep the newest of each of the last N hours");
+  pset->add_option("--keep-daily", pa.keep_daily, "keep the newest of each of the last N days");
+  pset->add_option("--keep-weekly", pa.keep_weekly, "keep the newest of each of the last N weeks");
+  pset->add_option("--keep-monthly", pa.keep_monthly, "keep the newest of each of the last N months");
+  pset->add_option("--prefix", pa.prefix, "name automatic snapshots PREFIX-<UTC time> (default auto)");
+  pset->add_option("--on-full", pa.on_full,
+                   "error (default): a full store fails writes; delete-oldest: delete the oldest automatic snapshot");
+  add_online(pset);
+  auto* pshow = policy->add_subcommand("show", "Show the policy and when the next snapshot is due");
+  add_online(pshow);
+  auto* pclear = policy->add_subcommand("clear", "Stop taking and pruning automatic snapshots (they stay)");
+  add_online(pclear);
 
   std::string store;
   bool json = false;
@@ -121,6 +140,9 @@ int main(int argc, char** argv) {
   if (send->parsed()) return run_send(oa, send_args);
   if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);
   if (receive->parsed()) return run_receive(oa, recv_args);
+  if (pset->parsed()) return run_policy_set(oa, pa);
+  if (pshow->parsed()) return run_policy_show(oa);
+  if (pclear->parsed()) return run_policy_clear(oa);
   if (check->parsed()) return run_check(store, json);
   if (dump->parsed()) return run_dump(store, json);
   return 2;

@@ -218,10 +218,15 @@ int run_rollback(const OnlineArgs& o, const std::string& snapshot, bool force, b
   if (watcher.joinable()) watcher.join();
   if (!r.is_ok()) return fail(r.status());
   if (Status s = control::answer_status(*r); !s.is_ok()) return fail(s);
+  if (progress) {  // the last line, however quick it was
+    Progress last(true, "rolled back");
+    uint64_t bytes = (*r)["rollback"].value("bytes", uint64_t{0});
+    last.set_total(bytes);
+    last.update(bytes, true);
+  }
   if (o.json) {
     printf("%s\n", r->dump(2).c_str());
   } else {
-    if (progress) fprintf(stderr, "\n");
     printf("rolled the origin back to snapshot %s (%llu chunks rewritten)\n", snapshot.c_str(),
            static_cast<unsigned long long>((*r)["rollback"]["chunks"].get<uint64_t>()));
   }

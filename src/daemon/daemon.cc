@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "control/requests.h"
+#include "policy/policy.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -38,14 +39,23 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
     return origin.status().annotate(fmt::format("the origin of {} (pass --origin if it moved)", options.store_path));
   d->origin_ = std::move(origin).value();
   MS_TRY(lock_device(*d->origin_, true));
-  MS_ASSIGN_OR_RETURN(d->engine_, Engine::open(*d->origin_, *d->store_, options.engine));
+  Daemon* self = d.get();
+  EngineOptions eo = options.engine;
+  eo.on_no_space = [self] {
+    PolicyRunner* p = self->policy_hook_.load();
+    return p != nullptr && p->on_no_space();
+  };
+  MS_ASSIGN_OR_RETURN(d->engine_, Engine::open(*d->origin_, *d->store_, eo));
   d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
   d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
   so.handshake_timeout = options.nbd_handshake_timeout;
+  d->policy_ = std::make_unique<PolicyRunner>(*d->engine_, options.clock ? *options.clock : system_clock(),
+                                              [self](SnapshotId id) { return self->delete_unused_snapshot(id); });
   MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
-  Daemon* self = d.get();
+  MS_TRY(d->policy_->start());
+  d->policy_hook_ = d->policy_.get();
   MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path,
                                                                   [self](const Json& req, control::Writer& out) {
                                                                     return self->handle(req, out);
@@ -63,6 +73,10 @@ Status Daemon::stop() {
   stopped_ = true;
   if (control_) control_->stop();
   if (nbd_) nbd_->stop();  // in-flight requests finish and are answered first
+  // After the NBD clients: a write waiting for the policy to free space
+  // is among those requests.
+  policy_hook_ = nullptr;
+  if (policy_) policy_->stop();
   Status s;
   if (engine_) {
     s = engine_->sync();
@@ -95,6 +109,9 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
   }
   if (cmd == "receive-abort") return replication_->receive_abort();
   if (cmd == "rollback") return rollback(req);
+  if (cmd == "policy-set") return policy_set(req);
+  if (cmd == "policy-show") return policy_show();
+  if (cmd == "policy-clear") return policy_clear();
   if (cmd == "snapshot-list") {
     snapshot_list(out);
     return std::nullopt;
@@ -159,7 +176,10 @@ Json Daemon::rollback(const Json& req) {
   s = engine_->wait_rollback();
   if (!s.is_ok()) return control::error_answer(s.annotate("the rollback stopped (it resumes when serve restarts)"));
   return Json{{"ok", true},
-              {"rollback", {{"snapshot", *id}, {"chunks", started.total_chunks}}},
+              {"rollback",
+               {{"snapshot", *id},
+                {"chunks", started.total_chunks},
+                {"bytes", started.total_chunks * engine_->layout().chunk_size}}},
               {"disconnected", dropped}};
 }
 
@@ -271,6 +291,102 @@ Json Daemon::status() {
                    {"progress", rb.total_chunks ? double(rb.done_chunks) / double(rb.total_chunks) : 1.0},
                    {"error", rb.error.empty() ? Json(nullptr) : Json(rb.error)}};
   return Json{{"ok", true}, {"status", j}};
+}
+
+Status Daemon::delete_unused_snapshot(SnapshotId id) {
+  MS_TRY(replication_->may_delete(id));
+  std::string name = "snapshot/" + std::to_string(id);
+  size_t clients = nbd_->count_connections([&](std::string_view e) { return e == name; });
+  if (clients > 0) return make_error(Code::kBusy, "snapshot {} has {} NBD client(s) connected", id, clients);
+  backend_->block_snapshot(id);
+  Status s = engine_->delete_snapshot(id);
+  backend_->unblock_snapshot(id);
+  return s;
+}
+
+namespace {
+Json policy_json(const policy::Policy& p) {
+  return Json{{"every", policy::format_duration(p.every)},
+              {"every_seconds", p.every},
+              {"keep_last", p.keep_last},
+              {"keep_hourly", p.keep_hourly},
+              {"keep_daily", p.keep_daily},
+              {"keep_weekly", p.keep_weekly},
+              {"keep_monthly", p.keep_monthly},
+              {"prefix", p.prefix},
+              {"on_full", std::string(policy::on_full_name(p.on_full))},
+              {"set_at", iso8601(static_cast<uint64_t>(p.set_at) * 1000000000ull)},
+              {"first_id", p.first_id}};
+}
+
+// The fields of a policy-set request, each of its one JSON type.
+Result<policy::Policy> parse_policy_request(const Json& req) {
+  policy::Policy p;
+  for (auto it = req.begin(); it != req.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& v = it.value();
+    if (key == "command" || v.is_null()) continue;  // null: the default, as absent
+    if (key == "every") {
+      if (v.is_number_unsigned()) {
+        uint64_t n = v.get<uint64_t>();
+        if (n < 1 || n > policy::kMaxEvery)
+          return make_error(Code::kInvalidArgument, "every must be from 1 second to 366 days");
+        p.every = n;
+      } else if (v.is_string()) {
+        MS_ASSIGN_OR_RETURN(p.every, policy::parse_duration(v.get<std::string>()));
+      } else {
+        return make_error(Code::kInvalidArgument, "every must be a duration string (e.g. \"5m\") or seconds");
+      }
+    } else if (key.rfind("keep_", 0) == 0) {
+      uint32_t policy::Policy::*field = key == "keep_last"      ? &policy::Policy::keep_last
+                                        : key == "keep_hourly"  ? &policy::Policy::keep_hourly
+                                        : key == "keep_daily"   ? &policy::Policy::keep_daily
+                                        : key == "keep_weekly"  ? &policy::Policy::keep_weekly
+                                        : key == "keep_monthly" ? &policy::Policy::keep_monthly
+                                                                : nullptr;
+      if (!field) return make_error(Code::kInvalidArgument, "unknown policy field '{}'", key);
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > policy::kMaxKeep)
+        return make_error(Code::kInvalidArgument, "{} must be a whole number from 0 to {}", key, policy::kMaxKeep);
+      p.*field = static_cast<uint32_t>(v.get<uint64_t>());
+    } else if (key == "prefix") {
+      if (!v.is_string()) return make_error(Code::kInvalidArgument, "prefix must be a string");
+      p.prefix = v.get<std::string>();
+    } else if (key == "on_full") {
+      if (!v.is_string()) return make_error(Code::kInvalidArgument, "on_full must be \"error\" or \"delete-oldest\"");
+      MS_ASSIGN_OR_RETURN(p.on_full, policy::parse_on_full(v.get<std::string>()));
+    } else {
+      return make_error(Code::kInvalidArgument, "unknown policy field '{}'", key);
+    }
+  }
+  MS_TRY(policy::validate(p));
+  return p;
+}
+}  // namespace
+
+Json Daemon::policy_set(const Json& req) {
+  auto p = parse_policy_request(req);
+  if (!p.is_ok()) return control::error_answer(p.status());
+  auto stored = policy_->set(*p);
+  if (!stored.is_ok()) return control::error_answer(stored.status());
+  return policy_show();
+}
+
+Json Daemon::policy_show() {
+  auto st = policy_->state();
+  if (!st.is_ok()) return control::error_answer(st.status());
+  if (!st->policy) return Json{{"ok", true}, {"policy", nullptr}, {"next_due", nullptr}, {"automatic_snapshots", 0}};
+  return Json{{"ok", true},
+              {"policy", policy_json(*st->policy)},
+              {"next_due", iso8601(static_cast<uint64_t>(std::max<int64_t>(st->next_due, 0)) * 1000000000ull)},
+              {"automatic_snapshots", st->automatic}};
+}
+
+Json Daemon::policy_clear() {
+  auto st = policy_->state();
+  bool had = st.is_ok() && st->policy.has_value();
+  Status s = policy_->clear();
+  if (!s.is_ok()) return control::error_answer(s);
+  return Json{{"ok", true}, {"cleared", had}};
 }
 
 }  // namespace multisnap

@@ -15,6 +15,7 @@
 #include "control/control.h"
 #include "control/fields.h"
 #include "daemon/engine_backend.h"
+#include "daemon/policy_runner.h"
 #include "daemon/replication.h"
 #include "engine/engine.h"
 #include "io/file_device.h"
@@ -29,6 +30,7 @@ struct DaemonOptions {
   std::string control_path;
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
   EngineOptions engine;
+  Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
 };
 
 class Daemon {
@@ -50,9 +52,16 @@ class Daemon {
   control::Json rollback(const control::Json& req);
   void snapshot_list(control::Writer& out);
   control::Json status();
+  control::Json policy_set(const control::Json& req);
+  control::Json policy_show();
+  control::Json policy_clear();
+  // What `snapshot delete` without --force does, for the policy.
+  Status delete_unused_snapshot(SnapshotId id);
 
   DaemonOptions options_;
   std::unique_ptr<FileDevice> store_, origin_;
+  std::unique_ptr<PolicyRunner> policy_;  // declared before engine_: destroyed after it
+  std::atomic<PolicyRunner*> policy_hook_{nullptr};  // the engine's on_no_space goes here
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<EngineBackend> backend_;
   std::unique_ptr<Replication> replication_;

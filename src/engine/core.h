@@ -3,8 +3,8 @@
 //
 // Invariants (check_invariants() asserts them in debug builds):
 //  E1. A request waits in exactly one place: the run queue, a chunk's
-//      waiters, job_waiters_, commit_waiters_ or quiesce_waiters_; or it has
-//      data I/O in flight.
+//      waiters, job_waiters_, commit_waiters_, quiesce_waiters_ or
+//      space_waiters_; or it has data I/O in flight.
 //  E2. The origin is written only for a request that found every chunk it
 //      touches free of pending jobs and of in-flight snapshot reads from the
 //      origin, and for which the store had nothing (more) to preserve.
@@ -65,6 +65,7 @@ struct Request {
   std::vector<uint64_t> store_io_chunks;     // registered as store I/O
   bool is_write = false;                     // counts toward quiesce
   bool retried = false;
+  std::chrono::steady_clock::time_point space_wait_since{};  // first parked for space (on_no_space)
 };
 
 struct ChunkState {
@@ -180,6 +181,10 @@ class EngineCore {
   void op_done(Request* r, Status s);
   void finish(Request* r, Status s);
   bool store_writable(Request* r);
+  // A write that got kNoSpace: parks it in space_waiters_ when
+  // EngineOptions::on_no_space says space will be freed (returns true).
+  bool wait_for_space(Request* r, const Status& s);
+  void retry_space_waiters();
 
   // jobs.cc
   ChunkState& chunk(uint64_t c) { return chunks_[c]; }
@@ -237,6 +242,8 @@ class EngineCore {
   std::vector<Request*> job_waiters_;
   std::vector<Request*> commit_waiters_;
   std::vector<Request*> quiesce_waiters_;
+  std::vector<Request*> space_waiters_;  // kNoSpace, waiting for a snapshot delete to free space
+  std::chrono::steady_clock::time_point last_space_retry_;
   std::unordered_set<SnapshotId> written_;  // snapshots known marked written
   std::vector<CopyJob*> jobs_done_;
   uint32_t slots_used_ = 0;

@@ -51,6 +51,17 @@ struct EngineOptions {
   size_t clean_map_bytes = 8u << 20;
   // Open the older commit if both copies of a possibly newer one are damaged.
   bool use_older_commit = false;
+  // A full store. Unset: a write that needs a store chunk (or metadata) the
+  // store does not have fails with kNoSpace at once. Set: when no background
+  // reclaim is under way that could free some, the engine calls it (on the
+  // engine thread; it must not block nor call into the engine) and it
+  // returns true when its owner will free space, e.g. by deleting a
+  // snapshot from another thread. The write then waits (a reclaim under way
+  // counts too) and is retried after every commit and at least every 200 ms;
+  // it fails with kNoSpace once the hook returns false, or after waiting
+  // no_space_wait_ms in all, or when the engine shuts down.
+  std::function<bool()> on_no_space;
+  uint32_t no_space_wait_ms = 30000;
 };
 
 // An open volume: the origin or one snapshot. Obtained from open_volume();

@@ -179,6 +179,7 @@ EngineCore::Prep EngineCore::prepare_writable(Request* r, uint64_t c, ChunkMappi
   }
   auto plan = store_->make_chunk_writeable(c, s);
   if (!plan.is_ok()) {
+    if (wait_for_space(r, plan.status())) return Prep::kParked;
     finish(r, plan.status());
     return Prep::kFailed;
   }
@@ -209,6 +210,7 @@ Status EngineCore::commit_now() {
   }
   release(commit_waiters_);
   release(job_waiters_);
+  retry_space_waiters();
   return s;
 }
 

@@ -10,6 +10,7 @@ namespace multisnap {
 
 namespace {
 constexpr auto kReclaimPacing = std::chrono::milliseconds(100);
+constexpr auto kSpaceRetry = std::chrono::milliseconds(200);  // writes waiting for space (on_no_space)
 }
 
 EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_ptr<ExceptionStore> store,
@@ -320,6 +321,9 @@ void EngineCore::step(bool may_block) {
   run_controls();
   maybe_reclaim();
   maybe_rollback();
+  if (!space_waiters_.empty() &&
+      (stopping_ || std::chrono::steady_clock::now() - last_space_retry_ > kSpaceRetry))
+    retry_space_waiters();
 #ifndef NDEBUG
   check_invariants();
 #endif
@@ -331,6 +335,7 @@ void EngineCore::step(bool may_block) {
   }
   int timeout = store_->reclaim_pending() ? 100 : static_cast<int>(options_.commit_interval_ms);
   if (commit_due_) timeout = 10;
+  if (!space_waiters_.empty()) timeout = std::min<int>(timeout, kSpaceRetry.count());
   io_->run(may_block && !busy && !loop_exit_, timeout);
 }
 

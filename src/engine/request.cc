@@ -75,6 +75,24 @@ void EngineCore::process(Request* r) {
   else process_snapshot_write(r);
 }
 
+bool EngineCore::wait_for_space(Request* r, const Status& s) {
+  if (s.code() != Code::kNoSpace || !options_.on_no_space || stopping_) return false;
+  auto now = std::chrono::steady_clock::now();
+  if (r->space_wait_since == std::chrono::steady_clock::time_point{}) r->space_wait_since = now;
+  else if (now - r->space_wait_since > std::chrono::milliseconds(options_.no_space_wait_ms)) return false;
+  // A reclaim under way may free what is needed (it commits each step, and
+  // space freed becomes usable at that commit); only otherwise ask.
+  if (!store_->reclaim_pending() && !options_.on_no_space()) return false;
+  r->retried = true;
+  space_waiters_.push_back(r);
+  return true;
+}
+
+void EngineCore::retry_space_waiters() {
+  last_space_retry_ = std::chrono::steady_clock::now();
+  release(space_waiters_);
+}
+
 bool EngineCore::store_writable(Request* r) {
   const Status& failed = store_->tm().status();
   if (failed.is_ok()) return true;
@@ -154,7 +172,7 @@ void EngineCore::process_origin_write(Request* r) {
       clean_.mark(c);
     }
     if (!error.is_ok()) {
-      finish(r, error);
+      if (!wait_for_space(r, error)) finish(r, error);
       return;
     }
     if (starved) {
@@ -277,7 +295,10 @@ void EngineCore::process_snapshot_write(Request* r) {
         return;
       }
       auto plan = store_->zero_chunk(c, s);
-      if (!plan.is_ok()) return finish(r, plan.status());
+      if (!plan.is_ok()) {
+        if (!wait_for_space(r, plan.status())) finish(r, plan.status());
+        return;
+      }
       start_job(c, *plan);
       waiting_on = c;
       continue;

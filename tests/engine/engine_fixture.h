@@ -21,6 +21,7 @@ struct EngineParams {
   uint64_t seed = 1;
   uint32_t copy_slots = 8;
   StoreFormat format = StoreFormat::kRange;
+  std::function<bool()> on_no_space;  // EngineOptions::on_no_space
 };
 
 class EngineHarness {
@@ -44,6 +45,7 @@ class EngineHarness {
     eo.io = p_.io;
     eo.io_seed = p_.seed;
     eo.copy_slots = p_.copy_slots;
+    eo.on_no_space = p_.on_no_space;
     auto e = Engine::open(origin_, store_, eo);
     ASSERT_TRUE(e.is_ok()) << e.status().to_string();
     engine_ = std::move(e).value();

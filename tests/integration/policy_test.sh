@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# multisnap policy set/show/clear with a real serve: automatic snapshots
+# every 2 s pruned to the newest 3, manual snapshots untouched, the policy
+# kept across a restart of serve, clear stopping it; --on-full
+# delete-oldest keeping a writer running on a small store where `error`
+# fails it with ENOSPC.
+source "$(dirname "$0")/lib.sh"
+$PY -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
+
+for c in "policy set" "policy show" "policy clear"; do
+  ms $c --help | grep -q -i usage || fail "no help for $c"
+done
+expect_fail "no multisnap is serving" ms policy show
+
+create_store origin.img store.img --origin-size 64M >/dev/null
+start_serve
+ms policy show | grep -q "no snapshot policy" || fail "a new store has a policy"
+[ "$(ms policy show --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["policy"])')" = None ] \
+  || fail "policy show --json without a policy"
+
+# Refusals change nothing.
+expect_fail "not a duration" ms policy set --every 5x --keep-last 3
+expect_fail "must keep something" ms policy set --every 1h
+expect_fail "error or delete-oldest" ms policy set --keep-last 3 --on-full panic
+expect_fail "prefix" ms policy set --keep-last 3 --prefix 'a b'
+expect_fail "0 or more" ms policy set --keep-last -2
+# Every field of the wrong JSON type is an invalid-argument answer, not a crash.
+$PY - "$MULTISNAP_CONTROL" <<'PY' || fail "policy-set with fields of the wrong type"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+bad = [{"every": [1]}, {"every": {}}, {"every": True}, {"every": -5}, {"every": 1.5}, {"every": "5 m"},
+       {"keep_last": "3"}, {"keep_last": 3.5}, {"keep_last": -1}, {"keep_last": True}, {"keep_daily": [7]},
+       {"keep_weekly": 10**12}, {"prefix": 5}, {"prefix": ""}, {"prefix": "x" * 48}, {"on_full": True},
+       {"on_full": "panic"}, {"keep-last": 3}, {"bogus": 1}]
+for fields in bad:
+    req = {"command": "policy-set", "keep_last": 3}
+    req.update(fields)
+    f.write(json.dumps(req) + "\n"); f.flush()
+    a = json.loads(f.readline())
+    assert a["ok"] is False and a["error"]["code"] == "invalid-argument", (req, a)
+f.write(json.dumps({"command": "policy-show"}) + "\n"); f.flush()
+assert json.loads(f.readline())["policy"] is None
+PY
+ms policy show | grep -q "no snapshot policy" || fail "a refused policy set stored something"
+
+ms snapshot create --name before >/dev/null
+ms policy set --every 2s --keep-last 3 >/dev/null
+ms snapshot create --name during >/dev/null
+sleep 10.5
+
+autos() { ms snapshot list --json | $PY -c '
+import json, re, sys
+print(" ".join(s["name"] for s in json.load(sys.stdin) if s["name"] and re.fullmatch(r"auto-\d{8}T\d{6}Z", s["name"])))'; }
+n=$(autos | wc -w)
+[ "$n" = 3 ] || fail "$n automatic snapshots after 10 s, not 3: $(autos)"
+for m in before during; do ms snapshot list | grep -q " $m " || fail "manual snapshot $m was pruned"; done
+
+ms policy show --json > show.json
+$PY - <<'PY' || fail "policy show --json: $(cat show.json)"
+import json, datetime
+a = json.load(open("show.json"))
+p = a["policy"]
+assert p["every"] == "2s" and p["every_seconds"] == 2, p
+assert p["keep_last"] == 3 and p["keep_hourly"] == p["keep_daily"] == p["keep_weekly"] == p["keep_monthly"] == 0, p
+assert p["prefix"] == "auto" and p["on_full"] == "error", p
+assert a["automatic_snapshots"] == 3, a
+now = datetime.datetime.now(datetime.timezone.utc)
+due = datetime.datetime.fromisoformat(a["next_due"].replace("Z", "+00:00"))
+assert -1 <= (due - now).total_seconds() <= 3, (due, now)
+set_at = datetime.datetime.fromisoformat(p["set_at"].replace("Z", "+00:00"))
+assert 9 <= (now - set_at).total_seconds() <= 30, (set_at, now)
+PY
+ms policy show | grep -q "every 2s" || fail "policy show"
+
+# A restart of serve: the policy is in the store.
+before_restart=$(autos)
+stop_serve
+start_serve
+ms policy show --json > show2.json
+$PY -c 'import json,sys; a,b=(json.load(open(f))["policy"] for f in sys.argv[1:]); assert a==b,(a,b)' show.json show2.json \
+  || fail "the policy changed across a restart"
+sleep 4.5
+n=$(autos | wc -w)
+[ "$n" = 3 ] || fail "$n automatic snapshots after the restart, not 3"
+[ "$(autos)" != "$before_restart" ] || fail "no automatic snapshot after the restart"
+
+# Clear: nothing is taken or pruned any more; what was taken stays.
+ms policy clear | grep -q "cleared" || fail "policy clear"
+left=$(autos)
+sleep 4.5
+[ "$(autos)" = "$left" ] || fail "automatic snapshots changed after policy clear: $left -> $(autos)"
+ms policy show | grep -q "no snapshot policy" || fail "policy show after clear"
+ms policy clear | grep -q "no snapshot policy was set" || fail "a second clear"
+stop_serve
+ms check store.img | grep -q clean || fail "check after the policy"
+
+# --on-full: a writer rewriting a 32M origin whose store has room for 24M of
+# copies, with a snapshot every second.
+writer() {  # prints ok or the error
+  $PY - "$(uri origin)" <<'PY'
+import nbd, os, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size, chunk = h.get_size(), 1 << 20
+end = time.time() + 6
+try:
+    while time.time() < end:
+        for off in range(0, size, chunk):
+            h.pwrite(os.urandom(chunk), off)
+    h.flush()
+    print("ok")
+except nbd.Error as e:
+    print("error", e.errno, e)
+PY
+}
+for mode in error delete-oldest; do
+  rm -f origin.img store.img
+  create_store origin.img store.img --origin-size 32M --store-size 28M --metadata-size 4M >/dev/null
+  start_serve
+  ms policy set --every 1s --keep-last 100 --on-full $mode >/dev/null
+  sleep 1.2
+  result=$(writer)
+  if [ $mode = error ]; then
+    echo "$result" | grep -q "^error .*ENOSPC" || fail "on-full error: the writer did not fail with ENOSPC: $result"
+  else
+    [ "$result" = ok ] || fail "on-full delete-oldest: the writer failed: $result"
+    grep -q "the store is full: deleted the oldest automatic snapshot" serve.log || fail "no deletion was logged"
+  fi
+  stop_serve
+  ms check store.img | grep -q clean || fail "check after on-full $mode"
+done
+echo "policy test passed ($FORMAT)"
