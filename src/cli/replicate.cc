@@ -12,6 +12,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -67,6 +71,63 @@ bool write_fd(int fd, const void* p, size_t n) {
   return true;
 }
 
+// Moves bytes from `produce` to `consume` through a queue of up to `depth`
+// blocks, the producer on its own thread, so that reading one side and
+// writing the other overlap (the control socket's buffer is small). A
+// failing consumer detaches the producer, which may be blocked on its input;
+// the process ends soon after.
+Status pump(const std::function<Result<size_t>(uint8_t*, size_t)>& produce,
+            const std::function<Status(const uint8_t*, size_t)>& consume, size_t block = 1 << 20, size_t depth = 8) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::vector<uint8_t>> full;
+    bool ended = false, stop = false;
+    Status error;
+  };
+  auto sh = std::make_shared<Shared>();
+  std::thread producer([sh, produce, block, depth] {
+    for (;;) {
+      std::vector<uint8_t> b(block);
+      auto n = produce(b.data(), b.size());
+      std::unique_lock lock(sh->mu);
+      if (!n.is_ok() || *n == 0) {
+        if (!n.is_ok()) sh->error = n.status();
+        sh->ended = true;
+        sh->cv.notify_all();
+        return;
+      }
+      b.resize(*n);
+      sh->cv.wait(lock, [&] { return sh->full.size() < depth || sh->stop; });
+      if (sh->stop) return;
+      sh->full.push_back(std::move(b));
+      sh->cv.notify_all();
+    }
+  });
+  for (;;) {
+    std::vector<uint8_t> b;
+    {
+      std::unique_lock lock(sh->mu);
+      sh->cv.wait(lock, [&] { return !sh->full.empty() || sh->ended; });
+      if (sh->full.empty()) break;
+      b = std::move(sh->full.front());
+      sh->full.pop_front();
+      sh->cv.notify_all();
+    }
+    if (Status s = consume(b.data(), b.size()); !s.is_ok()) {
+      {
+        std::lock_guard lock(sh->mu);
+        sh->stop = true;
+        sh->cv.notify_all();
+      }
+      producer.detach();
+      return s;
+    }
+  }
+  producer.join();
+  return sh->error;
+}
+
 Json snapshot_ref(const std::string& s) {
   if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() <= 10)
     return Json(std::stoull(s));
@@ -104,23 +165,23 @@ int run_send(const OnlineArgs& o, const SendArgs& a) {
   progress.set_total((*first)["stream"].value("total_bytes", uint64_t{0}));
   stream::CoverageScanner coverage;  // progress in volume bytes, not stream bytes
   control::FrameReader frames([&](void* p, size_t n) { return (*client)->read_raw(p, n); });
-  std::vector<uint8_t> buf(1 << 20);
   uint64_t done = 0;
-  for (;;) {
-    auto n = frames.read(buf.data(), buf.size());
-    if (!n.is_ok()) return cleanup(fail(n.status().annotate("receiving the stream from serve")));
-    if (*n == 0) break;
-    if (!write_fd(fd, buf.data(), *n)) {
-      if (errno == EPIPE)
-        return cleanup(fail(make_error(Code::kIoError, "the reader of the stream went away after {} bytes (did the "
-                                                       "receiving side refuse it? see its error)",
-                                       done)));
-      return cleanup(fail(errno_status(errno, "writing the stream")));
-    }
-    done += *n;
-    coverage.feed(buf.data(), *n);
-    progress.update(coverage.covered());
-  }
+  Status pumped = pump([&](uint8_t* p, size_t n) { return frames.read(p, n); },
+                       [&](const uint8_t* p, size_t n) -> Status {
+                         if (!write_fd(fd, p, n)) {
+                           if (errno == EPIPE)
+                             return make_error(Code::kIoError,
+                                               "the reader of the stream went away after {} bytes (did the "
+                                               "receiving side refuse it? see its error)",
+                                               done);
+                           return errno_status(errno, "writing the stream");
+                         }
+                         done += n;
+                         coverage.feed(p, n);
+                         progress.update(coverage.covered());
+                         return Status::ok();
+                       });
+  if (!pumped.is_ok()) return cleanup(fail(pumped.annotate("send")));
   auto last = (*client)->read_answer();
   if (!last.is_ok()) return cleanup(fail(last.status()));
   if (Status s = control::answer_status(*last); !s.is_ok()) return cleanup(fail(s));
@@ -162,21 +223,27 @@ int run_receive(const OnlineArgs& o, const ReceiveArgs& a) {
   Progress progress(a.progress, "received");
   progress.set_total(total);
   control::FrameWriter frames([&](const void* p, size_t n) { return (*client)->write_raw(p, n); });
-  std::vector<uint8_t> buf(1 << 20);
   uint64_t done = 0;
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(errno_status(errno, "reading the stream"));
-    if (n == 0) break;
-    if (Status s = frames.write(buf.data(), static_cast<size_t>(n)); !s.is_ok()) {
-      // serve stopped reading: it may still have said why.
-      auto why = (*client)->read_answer();
-      if (why.is_ok() && !control::answer_status(*why).is_ok()) return fail(control::answer_status(*why));
-      return fail(s);
-    }
-    done += static_cast<uint64_t>(n);
-    progress.update(done);
+  Status pumped = pump(
+      [&](uint8_t* p, size_t n) -> Result<size_t> {
+        for (;;) {
+          ssize_t got = ::read(fd, p, n);
+          if (got < 0 && errno == EINTR) continue;
+          if (got < 0) return errno_status(errno, "reading the stream");
+          return static_cast<size_t>(got);
+        }
+      },
+      [&](const uint8_t* p, size_t n) -> Status {
+        MS_TRY(frames.write(p, n));
+        done += n;
+        progress.update(done);
+        return Status::ok();
+      });
+  if (!pumped.is_ok()) {
+    // serve may have stopped reading and said why.
+    auto why = (*client)->read_answer();
+    if (why.is_ok() && !control::answer_status(*why).is_ok()) return fail(control::answer_status(*why));
+    return fail(pumped);
   }
   if (Status s = frames.end(); !s.is_ok()) return fail(s);
   progress.update(done, true);

@@ -151,6 +151,15 @@ Result<Json> parse_request(std::string_view line) {
 
 // Bytes already read past a line come first.
 ssize_t read_buffered(int fd, std::string& buffered, void* buf, size_t len) {
+  if (buffered.empty() && len < (64u << 10)) {
+    // Small reads (a stream's record headers) come from one big recv.
+    char tmp[256 << 10];
+    ssize_t n;
+    do n = ::recv(fd, tmp, sizeof tmp, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) return n;
+    buffered.append(tmp, static_cast<size_t>(n));
+  }
   if (!buffered.empty()) {
     size_t n = std::min(len, buffered.size());
     std::memcpy(buf, buffered.data(), n);

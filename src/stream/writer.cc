@@ -31,22 +31,31 @@ Status StreamWriter::put(const uint8_t* p, size_t n) {
   return sink_(p, n);
 }
 
-Status StreamWriter::record(RecordType type, uint32_t flags, const uint8_t* payload, size_t len) {
-  scratch_.resize(kRecordHeaderSize + len + kRecordTrailerSize);
-  uint8_t* r = scratch_.data();
-  store_le(r, static_cast<uint32_t>(type));
-  store_le(r + 4, flags);
-  store_le(r + 8, seq_);
-  store_le(r + 16, static_cast<uint32_t>(len));
-  store_le(r + 20, uint32_t{0});
-  if (len) std::memcpy(r + kRecordHeaderSize, payload, len);
-  store_le(r + kRecordHeaderSize + len, checksum64(r, kRecordHeaderSize + len, kRecordSeed));
-  if (type != RecordType::kEnd) {
-    whole_.update(r, scratch_.size());
-    ++trailer_.records;
-  }
+Status StreamWriter::record(RecordType type, uint32_t flags, std::initializer_list<Piece> payload) {
+  size_t len = 0;
+  for (const Piece& p : payload) len += p.len;
+  uint8_t h[kRecordHeaderSize];
+  store_le(h, static_cast<uint32_t>(type));
+  store_le(h + 4, flags);
+  store_le(h + 8, seq_);
+  store_le(h + 16, static_cast<uint32_t>(len));
+  store_le(h + 20, uint32_t{0});
+  one_.reset(kRecordSeed);
+  one_.update(h, sizeof h);
+  for (const Piece& p : payload) one_.update(p.data, p.len);
+  uint8_t sum[kRecordTrailerSize];
+  store_le(sum, one_.digest());
+  const bool counted = type != RecordType::kEnd;
+  auto put_piece = [&](const uint8_t* p, size_t n) -> Status {
+    if (counted) whole_.update(p, n);
+    return put(p, n);
+  };
+  MS_TRY(put_piece(h, sizeof h));
+  for (const Piece& p : payload) MS_TRY(put_piece(p.data, p.len));
+  MS_TRY(put_piece(sum, sizeof sum));
+  if (counted) ++trailer_.records;
   ++seq_;
-  return put(r, scratch_.size());
+  return Status::ok();
 }
 
 Status StreamWriter::header(const Header& h) {
@@ -64,7 +73,7 @@ Status StreamWriter::header(const Header& h) {
   store_le(p.data() + 88, h.base_id);
   store_le(p.data() + 92, h.target_id);
   std::memcpy(p.data() + kHeaderFixedSize, h.target_name.data(), h.target_name.size());
-  return record(RecordType::kHeader, 0, p.data(), p.size());
+  return record(RecordType::kHeader, 0, {{p.data(), p.size()}});
 }
 
 Status StreamWriter::data(uint64_t offset, const uint8_t* buf, uint32_t len) {
@@ -91,15 +100,13 @@ Status StreamWriter::data(uint64_t offset, const uint8_t* buf, uint32_t len) {
       body_len = n;
     }
   }
-  std::vector<uint8_t>& p = plain_;
-  p.resize(16 + body_len);
-  store_le(p.data(), offset);
-  store_le(p.data() + 8, len);
-  store_le(p.data() + 12, static_cast<uint32_t>(enc));
-  std::memcpy(p.data() + 16, body, body_len);
+  uint8_t p[16];
+  store_le(p, offset);
+  store_le(p + 8, len);
+  store_le(p + 12, static_cast<uint32_t>(enc));
   trailer_.data_bytes += len;
   next_offset_ = offset + len;
-  return record(RecordType::kData, 0, p.data(), p.size());
+  return record(RecordType::kData, 0, {{p, sizeof p}, {body, body_len}});
 }
 
 Status StreamWriter::zero(uint64_t offset, uint64_t len) {
@@ -111,7 +118,7 @@ Status StreamWriter::zero(uint64_t offset, uint64_t len) {
   store_le(p + 8, len);
   trailer_.zero_bytes += len;
   next_offset_ = offset + len;
-  return record(RecordType::kZero, 0, p, sizeof p);
+  return record(RecordType::kZero, 0, {{p, sizeof p}});
 }
 
 Status StreamWriter::finish() {
@@ -120,7 +127,7 @@ Status StreamWriter::finish() {
   store_le(p + 8, trailer_.data_bytes);
   store_le(p + 16, trailer_.zero_bytes);
   store_le(p + 24, whole_.digest());
-  return record(RecordType::kEnd, 0, p, sizeof p);
+  return record(RecordType::kEnd, 0, {{p, sizeof p}});
 }
 
 }  // namespace multisnap::stream

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <initializer_list>
 #include <string_view>
 
 #include "stream/stream.h"
@@ -33,7 +34,12 @@ class StreamWriter {
   uint64_t zero_bytes() const { return trailer_.zero_bytes; }
 
  private:
-  Status record(RecordType type, uint32_t flags, const uint8_t* payload, size_t len);
+  struct Piece {
+    const uint8_t* data;
+    size_t len;
+  };
+  // Frames a record whose payload is the pieces, in order, without copying them.
+  Status record(RecordType type, uint32_t flags, std::initializer_list<Piece> payload);
   Status put(const uint8_t* p, size_t n);
 
   Sink sink_;
@@ -43,9 +49,8 @@ class StreamWriter {
   uint64_t next_offset_ = 0;  // extents must not go backwards
   Trailer trailer_;
   StreamingChecksum64 whole_{kStreamSeed};
-  std::vector<uint8_t> scratch_;
+  StreamingChecksum64 one_{kRecordSeed};
   std::vector<uint8_t> zbuf_;
-  std::vector<uint8_t> plain_;
   void* zctx_ = nullptr;
 };
 

@@ -20,6 +20,7 @@ class StreamingChecksum64 {
   ~StreamingChecksum64();
   StreamingChecksum64(const StreamingChecksum64&) = delete;
   StreamingChecksum64& operator=(const StreamingChecksum64&) = delete;
+  void reset(uint64_t seed);
   void update(const void* data, size_t len);
   uint64_t digest() const;
 
