@@ -54,7 +54,6 @@ Status MemoryDevice::write_locked(uint64_t offset, const uint8_t* data, size_t l
   std::vector<uint8_t> sectors(end - start);
   image_read(current_, start, sectors.data(), sectors.size());
   log_.push_back({start, std::move(sectors)});
-  if (tracing_) trace_.push_back({TraceOp::Kind::kWrite, log_.back().offset, log_.back().data});
   ++writes_;
   return Status::ok();
 }
@@ -69,7 +68,6 @@ Status MemoryDevice::flush() {
   std::lock_guard lock(mu_);
   for (const auto& w : log_) image_write(durable_, w.offset, w.data.data(), w.data.size());
   log_.clear();
-  if (tracing_) trace_.push_back({TraceOp::Kind::kFlush, 0, {}});
   ++flushes_;
   return Status::ok();
 }
@@ -128,16 +126,6 @@ void MemoryDevice::crash(std::mt19937_64& rng, const CrashOptions& options) {
 size_t MemoryDevice::unflushed_writes() const {
   std::lock_guard lock(mu_);
   return log_.size();
-}
-
-void MemoryDevice::enable_trace(bool on) {
-  std::lock_guard lock(mu_);
-  tracing_ = on;
-}
-
-std::vector<TraceOp> MemoryDevice::take_trace() {
-  std::lock_guard lock(mu_);
-  return std::move(trace_);
 }
 
 void MemoryDevice::apply(const TraceOp& op) {

@@ -8,8 +8,9 @@
 // tearing one of them at 512-byte granularity, as a disk with a volatile
 // write cache may do. discard and write_zeroes are logged as writes of zeros.
 //
-// With tracing on, every write and flush is also recorded; the crash-replay
-// test replays prefixes of a trace onto a fresh device and crashes it there.
+// apply() replays one write or flush: the crash-replay test records the
+// operations of both devices itself (a recording BlockDevice in front of
+// this one) and replays prefixes of them onto fresh devices.
 //
 // Thread-safe (one mutex).
 #pragma once
@@ -53,9 +54,7 @@ class MemoryDevice final : public BlockDevice {
   void crash(std::mt19937_64& rng, const CrashOptions& options = {});
   size_t unflushed_writes() const;
 
-  void enable_trace(bool on);
-  std::vector<TraceOp> take_trace();
-  void apply(const TraceOp& op);  // replays one traced operation
+  void apply(const TraceOp& op);  // replays one recorded operation
 
   // Writes bytes straight into both images, bypassing the write log: for
   // tests that damage a block on purpose.
@@ -84,8 +83,6 @@ class MemoryDevice final : public BlockDevice {
     std::vector<uint8_t> data;
   };
   std::vector<Pending> log_;
-  bool tracing_ = false;
-  std::vector<TraceOp> trace_;
   uint64_t writes_ = 0;
   uint64_t flushes_ = 0;
 };

@@ -363,6 +363,7 @@ Status TransactionManager::commit() {
   newest_slot_ = slot;
   ++generation_;
   changed_ = false;
+  check_invariants();
   return Status::ok();
 }
 
@@ -372,6 +373,7 @@ void TransactionManager::check_invariants() const {
   assert(meta_->used() <= meta_->total());
   assert(data_->used() <= data_->total());
   assert(!options_.read_only || !changed_);
+  assert(failure_.is_ok() || !changed_ || generation_ >= 2);
 #endif
 }
 
