@@ -42,8 +42,9 @@ class Replication {
 
   Engine& engine_;
   // One receive at a time. A receive whose client just died may still be
-  // winding down, so others wait for it a little before they give up.
-  std::timed_mutex receive_mu_;
+  // winding down, so others wait for it a little before they give up
+  // (lock_receive() in replication.cc).
+  std::mutex receive_mu_;
 };
 
 }  // namespace multisnap

@@ -18,12 +18,11 @@
 //      chunk zeroed waits for that I/O), so it cannot be reused under it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <list>
 #include <optional>
-#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -32,6 +31,7 @@
 #include "engine/counters.h"
 #include "engine/engine.h"
 #include "io/io_context.h"
+#include "util/thread_annotations.h"
 
 namespace multisnap {
 
@@ -75,17 +75,18 @@ struct ChunkState {
   std::vector<Request*> waiters;
 };
 
-// Which volumes are open; outlives the engine if a Volume does.
+// Which volumes are open; outlives the engine if a Volume does. Any thread
+// (a Volume is closed on whichever thread drops its last reference).
 struct VolumeRegistry {
-  std::mutex mu;
-  std::unordered_map<SnapshotId, uint64_t> open_snapshots;  // id -> open volumes
-  uint64_t open_volumes = 0;
-  uint64_t open_origins = 0;
-  void closed(const Volume& v);
-  uint64_t open_count(SnapshotId id);
+  Mutex mu;
+  std::unordered_map<SnapshotId, uint64_t> open_snapshots GUARDED_BY(mu);  // id -> open volumes
+  uint64_t open_volumes GUARDED_BY(mu) = 0;
+  uint64_t open_origins GUARDED_BY(mu) = 0;
+  void closed(const Volume& v) EXCLUDES(mu);
+  uint64_t open_count(SnapshotId id) EXCLUDES(mu);
 };
 
-// A rollback in progress (rollback.cc): the origin is rewritten with the
+// A rollback in progress (rollback.cc; engine thread only): the origin is rewritten with the
 // target's data, chunk by chunk, where they differ (from metadata), in
 // batches; after each batch the origin is flushed and the position
 // committed (store property kRollbackProperty), so it resumes after a crash.
@@ -99,10 +100,12 @@ struct Rollback {
   Status error;
 };
 
+// A control operation: queued by any thread (under in_mu_), run on the
+// engine thread; its caller waits for `done`.
 struct ControlOp {
   bool needs_quiesce = false;
   std::function<void()> run;
-  bool done = false;  // guarded by EngineCore::control_mu_
+  bool done = false;  // guarded by EngineCore::control_mu_ (not expressible as GUARDED_BY here)
 };
 
 class EngineCore {
@@ -124,7 +127,7 @@ class EngineCore {
   uint64_t open_count(SnapshotId id) { return volumes_->open_count(id); }
   uint64_t open_volumes();
   uint64_t open_origins() {
-    std::lock_guard lock(volumes_->mu);
+    MutexLock lock(volumes_->mu);
     return volumes_->open_origins;
   }
 
@@ -218,24 +221,43 @@ class EngineCore {
   const uint32_t chunk_size_;
   const uint64_t volume_size_;
 
-  // Cross-thread: incoming work and volume registry.
-  std::mutex in_mu_;
-  std::vector<Request*> incoming_;
-  std::vector<ControlOp*> incoming_controls_;
-  std::mutex control_mu_;
-  std::condition_variable control_cv_;
+  // Who owns what. Three kinds of state:
+  //  * immutable after construction (above, and thread_/threaded_, set by
+  //    start_thread() before any other thread can see the engine);
+  //  * shared between the engine thread and client threads: under a Mutex
+  //    (GUARDED_BY, checked by clang -Wthread-safety) or atomic;
+  //  * owned by the engine thread: everything from run_queue_ down. Without
+  //    an engine thread (threaded false) the one caller driving poll() plays
+  //    its part. Store, cache, transaction manager and IoContext (except
+  //    wake()) are engine-thread only too.
+  // Client threads touch the devices directly for origin reads and direct
+  // origin writes (FileDevice and MemoryDevice are thread-safe).
+
+  // -- any thread, under in_mu_: work handed to the engine thread.
+  Mutex in_mu_;
+  std::vector<Request*> incoming_ GUARDED_BY(in_mu_);
+  std::vector<ControlOp*> incoming_controls_ GUARDED_BY(in_mu_);
+  // -- any thread, under control_mu_: ControlOp::done, waited for on control_cv_.
+  Mutex control_mu_;
+  CondVar control_cv_;
+  // -- any thread, under volumes_->mu (the registry may outlive the engine).
   std::shared_ptr<VolumeRegistry> volumes_ = std::make_shared<VolumeRegistry>();
-  std::atomic<uint64_t> outstanding_{0};
+  // -- any thread, atomic.
+  std::atomic<uint64_t> outstanding_{0};  // requests accepted and not yet done
   std::atomic<bool> stopping_{false};
-  std::thread thread_;
-  bool threaded_ = false;
   AtomicCounters counters_;
+  // Direct origin writes (try_direct_write): client threads test clean_ and
+  // announce themselves in direct_in_flight_; the engine thread marks
+  // chunks clean, and shuts the gate before clearing (see close_gate()).
   CleanMap clean_;
   std::atomic<bool> gate_closed_{false};
   std::atomic<uint64_t> direct_in_flight_{0};
   std::atomic<bool> store_failed_{false};
+  // -- set once by start_thread(), before the thread runs; read-only after.
+  std::thread thread_;
+  bool threaded_ = false;
 
-  // Engine thread only.
+  // -- engine thread only.
   std::deque<Request*> run_queue_;
   std::deque<ControlOp*> controls_;
   std::unordered_map<uint64_t, ChunkState> chunks_;
@@ -258,12 +280,15 @@ class EngineCore {
   std::chrono::milliseconds reclaim_pause_{0};  // backs off after a failed step
   bool loop_exit_ = false;
   std::optional<Rollback> rollback_;
-  std::atomic<SnapshotId> rollback_target_{0};  // 0: none; read by any thread
-  std::mutex rollback_mu_;                       // guards rollback_done_, rollback_result_
-  std::condition_variable rollback_cv_;
-  bool rollback_done_ = true;
-  Status rollback_result_;
-  RollbackStatus rollback_progress_;  // copy for other threads, under rollback_mu_
+
+  // -- rollback state other threads read: the target atomically, the rest
+  // under rollback_mu_ (waited for on rollback_cv_).
+  std::atomic<SnapshotId> rollback_target_{0};  // 0: none
+  Mutex rollback_mu_;
+  CondVar rollback_cv_;
+  bool rollback_done_ GUARDED_BY(rollback_mu_) = true;
+  Status rollback_result_ GUARDED_BY(rollback_mu_);
+  RollbackStatus rollback_progress_ GUARDED_BY(rollback_mu_);  // a copy of rollback_'s progress
 };
 
 }  // namespace multisnap

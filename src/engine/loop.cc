@@ -110,7 +110,7 @@ void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone don
   r->done = std::move(done);
   ++outstanding_;
   {
-    std::lock_guard lock(in_mu_);
+    MutexLock lock(in_mu_);
     incoming_.push_back(r);
   }
   io_->wake();
@@ -165,7 +165,7 @@ void EngineCore::block_status(const VolumeRef& volume, uint64_t offset, uint64_t
   r->extents_done = std::move(done);
   ++outstanding_;
   {
-    std::lock_guard lock(in_mu_);
+    MutexLock lock(in_mu_);
     incoming_.push_back(r);
   }
   io_->wake();
@@ -176,17 +176,17 @@ void EngineCore::run_control(bool needs_quiesce, std::function<void()> fn) {
   op.needs_quiesce = needs_quiesce;
   op.run = std::move(fn);
   {
-    std::lock_guard lock(in_mu_);
+    MutexLock lock(in_mu_);
     incoming_controls_.push_back(&op);
   }
   io_->wake();
   auto finished = [&] {
-    std::lock_guard lock(control_mu_);
+    MutexLock lock(control_mu_);
     return op.done;
   };
   if (threaded_ && std::this_thread::get_id() != thread_.get_id()) {
-    std::unique_lock lock(control_mu_);
-    control_cv_.wait(lock, [&] { return op.done; });
+    MutexLock lock(control_mu_);
+    while (!op.done) control_cv_.wait(control_mu_);
     return;
   }
   while (!finished()) step(false);
@@ -200,7 +200,7 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
       return make_error(Code::kBusy, "the origin is being rolled back to snapshot {}; it is offered again when that is done", t);
     v->name_ = "origin";
     v->registry_ = volumes_;
-    std::lock_guard lock(volumes_->mu);
+    MutexLock lock(volumes_->mu);
     ++volumes_->open_volumes;
     ++volumes_->open_origins;
     return v;
@@ -227,7 +227,7 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
     v->name_ = "snapshot/" + std::to_string((*found)->id);
     v->read_only_ = options_.read_only_snapshots;
     v->registry_ = volumes_;
-    std::lock_guard lock(volumes_->mu);
+    MutexLock lock(volumes_->mu);
     ++volumes_->open_snapshots[(*found)->id];
     ++volumes_->open_volumes;
   });
@@ -236,7 +236,7 @@ Result<VolumeRef> EngineCore::open_volume(std::string_view name) {
 }
 
 void VolumeRegistry::closed(const Volume& v) {
-  std::lock_guard lock(mu);
+  MutexLock lock(mu);
   --open_volumes;
   if (!v.snapshot()) --open_origins;
   if (v.snapshot()) {
@@ -246,20 +246,20 @@ void VolumeRegistry::closed(const Volume& v) {
 }
 
 uint64_t VolumeRegistry::open_count(SnapshotId id) {
-  std::lock_guard lock(mu);
+  MutexLock lock(mu);
   auto it = open_snapshots.find(id);
   return it == open_snapshots.end() ? 0 : it->second;
 }
 
 uint64_t EngineCore::open_volumes() {
-  std::lock_guard lock(volumes_->mu);
+  MutexLock lock(volumes_->mu);
   return volumes_->open_volumes;
 }
 
 // ---------------------------------------------------------------- the loop
 
 void EngineCore::take_incoming() {
-  std::lock_guard lock(in_mu_);
+  MutexLock lock(in_mu_);
   for (Request* r : incoming_) run_queue_.push_back(r);
   incoming_.clear();
   for (ControlOp* c : incoming_controls_) controls_.push_back(c);
@@ -273,7 +273,7 @@ void EngineCore::run_controls() {
     controls_.pop_front();
     op->run();
     {
-      std::lock_guard lock(control_mu_);
+      MutexLock lock(control_mu_);
       op->done = true;
     }
     control_cv_.notify_all();
@@ -330,7 +330,7 @@ void EngineCore::step(bool may_block) {
   bool control_ready = !controls_.empty() && (!controls_.front()->needs_quiesce || quiesced());
   bool busy = !run_queue_.empty() || control_ready;
   {
-    std::lock_guard lock(in_mu_);
+    MutexLock lock(in_mu_);
     busy = busy || !incoming_.empty() || !incoming_controls_.empty();
   }
   int timeout = store_->reclaim_pending() ? 100 : static_cast<int>(options_.commit_interval_ms);
@@ -340,7 +340,7 @@ void EngineCore::step(bool may_block) {
 }
 
 bool EngineCore::idle() {
-  std::lock_guard lock(in_mu_);
+  MutexLock lock(in_mu_);
   return outstanding_.load() == 0 && incoming_.empty() && incoming_controls_.empty() && controls_.empty() &&
          io_->in_flight() == 0 && jobs_in_flight_ == 0 && jobs_done_.empty();
 }

@@ -29,7 +29,7 @@ VolumeRef EngineCore::internal_volume(const std::optional<SnapshotInfo>& snap) {
   v->snapshot_ = snap;
   v->name_ = snap ? "snapshot/" + std::to_string(snap->id) : "origin";
   v->registry_ = volumes_;
-  std::lock_guard lock(volumes_->mu);
+  MutexLock lock(volumes_->mu);
   ++volumes_->open_volumes;
   if (snap) ++volumes_->open_snapshots[snap->id];
   else ++volumes_->open_origins;
@@ -50,7 +50,7 @@ Status EngineCore::start_rollback(const SnapshotInfo& target, uint64_t next_chun
   rb.origin = internal_volume(std::nullopt);
   rollback_ = std::move(rb);
   rollback_target_ = target.id;
-  std::lock_guard lock(rollback_mu_);
+  MutexLock lock(rollback_mu_);
   rollback_done_ = false;
   rollback_result_ = Status::ok();
   rollback_progress_ = {true, target.id, 0, rollback_->total_chunks, ""};
@@ -112,7 +112,7 @@ void EngineCore::maybe_rollback() {
     else MS_LOG_INFO("rolled the origin back to snapshot {} ({} chunks)", rb.target, rb.done_chunks);
     rollback_.reset();  // releases the internal volumes
     if (result.is_ok()) rollback_target_ = 0;  // else the origin stays shut until a reopen
-    std::lock_guard lock(rollback_mu_);
+    MutexLock lock(rollback_mu_);
     rollback_done_ = true;
     rollback_result_ = result;
     rollback_progress_.active = !result.is_ok();
@@ -126,7 +126,7 @@ void EngineCore::maybe_rollback() {
     if (!rb.error.is_ok()) return finish_with(rb.error);
   }
   {
-    std::lock_guard lock(rollback_mu_);
+    MutexLock lock(rollback_mu_);
     rollback_progress_.done_chunks = rb.done_chunks;
   }
   if (stopping_ || commit_due_) return;  // the checkpoint commits first; a stopping engine starts nothing new
@@ -150,7 +150,7 @@ void EngineCore::maybe_rollback() {
 }
 
 RollbackStatus EngineCore::rollback_status() {
-  std::lock_guard lock(rollback_mu_);
+  MutexLock lock(rollback_mu_);
   return rollback_progress_;
 }
 
@@ -158,14 +158,14 @@ Status EngineCore::wait_rollback() {
   if (!threaded_) {
     for (;;) {
       {
-        std::lock_guard lock(rollback_mu_);
+        MutexLock lock(rollback_mu_);
         if (rollback_done_) return rollback_result_;
       }
       step(false);
     }
   }
-  std::unique_lock lock(rollback_mu_);
-  rollback_cv_.wait(lock, [&] { return rollback_done_; });
+  MutexLock lock(rollback_mu_);
+  while (!rollback_done_) rollback_cv_.wait(rollback_mu_);
   return rollback_result_;
 }
 

@@ -12,8 +12,13 @@
 //    crash may keep it, drop it, or keep part of it (512-byte granularity).
 //  * discard() is a hint that the range is no longer needed: afterwards reads
 //    return zeros or the old contents. write_zeroes() makes the range read zero.
-//  * Not thread-safe unless a subclass says so; the engine serialises access.
-//    FileDevice is safe for concurrent reads and writes (pread/pwrite).
+//  * Not thread-safe unless a subclass says so. The engine does NOT serialise
+//    access: origin reads and direct origin writes (clean chunks) run on the
+//    callers' threads (NBD connections) while the engine thread reads and
+//    writes both devices, so the origin device must take concurrent calls
+//    (the store device is used by the engine thread alone).
+//    FileDevice (pread/pwrite) and MemoryDevice (one mutex) do; FaultDevice
+//    does when the device it wraps does.
 #pragma once
 
 #include <cstddef>
