@@ -46,7 +46,7 @@ Source from(const std::vector<uint8_t>& bytes) {
   auto pos = std::make_shared<size_t>(0);
   return [&bytes, pos](uint8_t* buf, size_t len) -> Result<size_t> {
     size_t n = std::min(len, bytes.size() - *pos);
-    std::memcpy(buf, bytes.data() + *pos, n);
+    if (n) std::memcpy(buf, bytes.data() + *pos, n);
     *pos += n;
     return n;
   };
