@@ -46,6 +46,7 @@ class Pipeline {
   struct Op {
     uint64_t offset = 0;
     std::vector<uint8_t> buf;
+    size_t at = 0;  // the data's start in buf
     uint64_t length = 0;
     bool done = false;
     Status status;
@@ -59,8 +60,9 @@ class Pipeline {
   }
 
   // Submits; first waits for (and hands to `done`) the oldest while full.
+  // `at`: where in buf the request's bytes start (writes).
   Status submit(IoRequest::Op op, uint64_t offset, uint64_t length, std::vector<uint8_t> buf,
-                const std::function<Status(Op&)>& done) {
+                const std::function<Status(Op&)>& done, size_t at = 0) {
     while (!ops_.empty() && (ops_.size() >= window_ || bytes_ + length > byte_window_)) MS_TRY(pop(done));
     auto op_ptr = std::make_unique<Op>();
     Op* o = op_ptr.get();
@@ -74,7 +76,8 @@ class Pipeline {
       std::lock_guard lock(mu_);
       ++in_flight_;
     }
-    IoRequest r{op, offset, length, o->buf.empty() ? nullptr : o->buf.data(), false};
+    o->at = at;
+    IoRequest r{op, offset, length, o->buf.empty() ? nullptr : o->buf.data() + at, false};
     engine_.submit(volume_, r, [this, o](Status s) {
       std::lock_guard lock(mu_);
       o->status = std::move(s);
@@ -431,8 +434,12 @@ std::optional<Json> Replication::receive(const std::string& name_override, contr
         break;
       }
       if (auto* d = std::get_if<stream::DataExtent>(&*item)) {
-        s = writes.submit(IoRequest::Op::kWrite, d->offset, d->length,
-                          std::vector<uint8_t>(d->data, d->data + d->length), nullptr);
+        // The record's buffer goes with the write (no copy); the data sits
+        // at d->data inside it.
+        const uint8_t* data = d->data;
+        std::vector<uint8_t> buf = reader.take_buffer();  // same allocation: data stays valid
+        const size_t at = static_cast<size_t>(data - buf.data());
+        s = writes.submit(IoRequest::Op::kWrite, d->offset, d->length, std::move(buf), nullptr, at);
       } else if (auto* z = std::get_if<stream::ZeroExtent>(&*item)) {
         for (uint64_t off = z->offset; off < z->offset + z->length && s.is_ok();) {
           uint64_t n = std::min<uint64_t>(16u << 20, z->offset + z->length - off);

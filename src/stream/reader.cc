@@ -135,6 +135,7 @@ Result<Item> StreamReader::next() {
         }
         MS_TRY(check_extent(off, n));
         counted_.data_bytes += n;
+        last_data_owner_ = body == plain_.data() ? &plain_ : &record_;
         return Item{DataExtent{off, body, n}};
       }
       case RecordType::kZero: {

@@ -47,6 +47,11 @@ class StreamReader {
   // The next extent, or End once the trailer checked out.
   Result<Item> next();
 
+  // Hands over the buffer the last DataExtent points into (raw records:
+  // the data stays valid for as long as the caller keeps it), so a caller
+  // that keeps the data need not copy it. The reader allocates a new one.
+  std::vector<uint8_t> take_buffer() { return std::move(last_data_owner_ ? *last_data_owner_ : record_); }
+
   uint64_t bytes_read() const { return bytes_; }
   uint64_t records() const { return seq_; }
 
@@ -70,6 +75,7 @@ class StreamReader {
   uint64_t whole_before_record_ = 0;  // checksum of everything before the current record
   std::vector<uint8_t> record_;
   std::vector<uint8_t> plain_;
+  std::vector<uint8_t>* last_data_owner_ = nullptr;  // record_ or plain_
   void* dctx_ = nullptr;
 };
 
