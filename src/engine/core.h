@@ -99,6 +99,35 @@ struct Rollback {
   Status error;
 };
 
+// Progress of the space passes running (space.cc), read by status from any
+// thread.
+class SpaceScanTracker {
+ public:
+  void begin() {
+    std::lock_guard lock(mu_);
+    ++running_;
+    status_ = {true, 0, 0};
+  }
+  void update(uint64_t done, uint64_t total) {
+    std::lock_guard lock(mu_);
+    status_.done = done;
+    status_.total = total;
+  }
+  void end() {
+    std::lock_guard lock(mu_);
+    if (--running_ == 0) status_ = {};
+  }
+  SpaceScanStatus status() {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  uint32_t running_ = 0;
+  SpaceScanStatus status_;
+};
+
 struct ControlOp {
   bool needs_quiesce = false;
   std::function<void()> run;
@@ -151,6 +180,7 @@ class EngineCore {
   // lets them in again.
   void close_gate();
   void open_gate() { gate_closed_.store(false); }
+  SpaceScanTracker& space_scans() { return space_scans_; }
 
  private:
   // loop.cc
@@ -264,6 +294,7 @@ class EngineCore {
   bool rollback_done_ = true;
   Status rollback_result_;
   RollbackStatus rollback_progress_;  // copy for other threads, under rollback_mu_
+  SpaceScanTracker space_scans_;
 };
 
 }  // namespace multisnap
