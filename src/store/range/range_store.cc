@@ -449,8 +449,8 @@ StoreStats RangeStore::stats() {
 // child's key lies inside its parent's atom, so a parent's entries become
 // shared with each snapshot taken of it, as they should.
 //
-// With the live keys sorted (16 bytes per live snapshot, plus 16 for the
-// tallies), two binary searches give the index range [i, j) of an entry's
+// With the live keys sorted (12 bytes per live snapshot with its ID, plus
+// 16 for the tallies), two binary searches give the index range [i, j) of an entry's
 // readers: j - i == 1 is exclusive to keys_[i]; more is shared by all of
 // them, added through a difference array so an entry costs O(log snapshots)
 // however many snapshots share it.
