@@ -9,10 +9,13 @@
 //     snapshots (in memory, and on a real file where fdatasync dominates).
 //  3. Peak RSS while a range store on a sparse file grows to 10 million
 //     exceptions, with a 64 MiB metadata cache: goal cache + a constant.
+//  4. (--space-only) `snapshot list --space`: the engine's space pass at
+//     100,000 snapshots and at 10 million exceptions.
 //
 // Usage: core_bench [--snapshots 1,10000,100000] [--writes 2000]
 //                   [--exceptions 10000000] [--dir DIR] [--io-dir /dev/shm|memory]
 //                   [--skip-rss] [--json FILE]
+//        core_bench --space-only [--snapshots 100000] [--space-exceptions 10000000] [--dir DIR]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -299,6 +302,115 @@ nlohmann::json rss_growth(uint64_t total, const std::string& dir) {
           {"peak_rss_mib", peak_rss_kib() / 1024.0}, {"metadata_mib", meta_mib}};
 }
 
+// `snapshot list --space` at scale (the engine's space pass, which is what
+// the command waits for; the rest is the plain list):
+//  * `snaps` live snapshots (in memory), `writes` origin first writes after
+//    the last one (each an exception read by all of them) and one snapshot
+//    write to each of `writes` snapshots (an exception of its own);
+//  * `total` exceptions in a range store on a sparse file, 64 MiB cache
+//    (built as rss_growth does: one snapshot, one exception per chunk, then
+//    a second snapshot and a write to it every 16th chunk), on a real file
+//    through the engine: cold and warm.
+nlohmann::json space_cost(uint64_t snaps, int writes, uint64_t total, const std::string& dir) {
+  nlohmann::json out;
+  {
+    Setup s = make_engine(1 << 30, 2ull << 30, 65536, StoreFormat::kRange, "memory");
+    for (uint64_t i = 0; i < snaps; ++i) die(s.engine->create_snapshot(std::nullopt, "").status(), "snapshot");
+    std::vector<uint8_t> buf(4096, 0x5a);
+    for (int i = 0; i < writes; ++i) die(sync_write(*s.engine, s.vol, uint64_t(i) * 65536, buf), "write");
+    for (int i = 0; i < writes; ++i) {
+      auto v = *s.engine->open_volume("snapshot/" + std::to_string(1 + uint64_t(i) * (snaps / writes)));
+      die(sync_write(*s.engine, v, uint64_t(writes + i) * 65536, buf), "write");
+    }
+    uint64_t ex = s.engine->status().store.exceptions;
+    std::vector<double> t, tl;
+    for (int r = 0; r < 5; ++r) {
+      auto t0 = Clock::now();
+      auto u = s.engine->space_use();
+      die(u.status(), "space");
+      t.push_back(us_since(t0) / 1000);
+      t0 = Clock::now();
+      for (SnapshotId from = 0;;) {
+        auto page = *s.engine->list_snapshots(from, 1024);
+        if (page.size() < 1024) break;
+        from = page.back().id + 1;
+      }
+      tl.push_back(us_since(t0) / 1000);
+    }
+    printf("  %llu snapshots, %llu exceptions: space pass %.1f ms, the plain list %.1f ms (median of 5)\n",
+           (unsigned long long)snaps, (unsigned long long)ex, median(t), median(tl));
+    out["snapshots"] = {{"snapshots", snaps}, {"exceptions", ex}, {"space_ms", median(t)}, {"list_ms", median(tl)}};
+  }
+  std::string spath = dir + "/bench-space-store.img", opath = dir + "/bench-space-origin.img";
+  unlink(spath.c_str());
+  unlink(opath.c_str());
+  const uint32_t chunk = 4096;
+  FileDeviceOptions fo;
+  fo.create = true;
+  fo.create_size = (total + total / 8) * chunk + (1ull << 30) + total * 128 + (256 << 20);
+  auto t0 = Clock::now();
+  {
+    auto dev = std::move(FileDevice::open(spath, fo)).value();
+    CreateOptions o;
+    o.chunk_size = chunk;
+    o.origin_size = total * chunk;
+    die(format_store(*dev, o), "format");
+    TmOptions tmo;
+    tmo.cache_bytes = 64ull << 20;
+    auto store = std::move(open_store(*dev, tmo)).value();
+    die(store->create_snapshot(std::nullopt, "", 0).status(), "snapshot");
+    auto add = [&](uint64_t c) {
+      store->reset_query(c);
+      die(store->query_next_remap().status(), "query");
+      CopyDescriptor d;
+      die(store->add_next_remap(&d).status(), "add");
+    };
+    uint64_t first = total - total / 16;
+    for (uint64_t c = 0; c < first; ++c) {
+      add(c);
+      if ((c + 1) % 100000 == 0) die(store->commit(), "commit");
+    }
+    auto two = store->create_snapshot(std::nullopt, "", 0);
+    die(two.status(), "snapshot");
+    for (uint64_t c = first; c < total; ++c) add(c);  // shared by both
+    for (uint64_t c = 0; c < first; c += 16) die(store->make_chunk_writeable(c, *two).status(), "write");
+    die(store->commit(), "commit");
+    auto st = store->stats();
+    printf("  built: %llu exceptions, generation %llu\n", (unsigned long long)st.exceptions,
+           (unsigned long long)st.generation);
+  }
+  double build_s = us_since(t0) / 1e6;
+  fo.create_size = total * chunk;
+  auto origin = std::move(FileDevice::open(opath, fo)).value();
+  auto store_dev = std::move(FileDevice::open(spath)).value();
+  EngineOptions eo;
+  eo.io = EngineOptions::Io::kSync;
+  auto engine = std::move(Engine::open(*origin, *store_dev, eo)).value();
+  uint64_t ex = engine->status().store.exceptions;
+  printf("  opened: %llu exceptions, generation %llu\n", (unsigned long long)ex,
+         (unsigned long long)engine->status().store.generation);
+  long rss0 = rss_kib();
+  nlohmann::json runs = nlohmann::json::array();
+  for (const char* kind : {"cold", "warm"}) {
+    auto t1 = Clock::now();
+    auto u = engine->space_use();
+    die(u.status(), "space");
+    double sec = us_since(t1) / 1e6;
+    printf("  %llu exceptions, 2 snapshots (%s cache): space pass %.2f s; RSS %+.1f MiB over the open engine;"
+           " exclusive %llu + %llu chunks, shared %llu\n",
+           (unsigned long long)ex, kind, sec, (rss_kib() - rss0) / 1024.0,
+           (unsigned long long)u->snapshots[0].exclusive_chunks, (unsigned long long)u->snapshots[1].exclusive_chunks,
+           (unsigned long long)u->snapshots[0].shared_chunks);
+    runs.push_back({{"cache", kind}, {"seconds", sec}});
+  }
+  printf("  (building that store took %.0f s)\n", build_s);
+  out["exceptions"] = {{"exceptions", ex}, {"runs", runs}, {"rss_growth_mib", (rss_kib() - rss0) / 1024.0}};
+  engine.reset();
+  unlink(spath.c_str());
+  unlink(opath.c_str());
+  return out;
+}
+
 }  // namespace
 }  // namespace multisnap
 
@@ -316,11 +428,21 @@ int main(int argc, char** argv) {
   app.add_option("--dir", dir, "directory for the sparse files of the create and RSS runs");
   app.add_option("--io-dir", g_io_dir, "directory for the first-write runs' sparse files, or 'memory'");
   app.add_flag("--skip-rss", skip_rss, "skip the 10M exception RSS run");
-  bool rss_only = false;
+  bool rss_only = false, space_only = false;
+  uint64_t space_exceptions = 10000000;
+  app.add_flag("--space-only", space_only, "only the `snapshot list --space` figures");
+  app.add_option("--space-exceptions", space_exceptions, "exceptions for the space pass run");
   app.add_flag("--rss-only", rss_only, "only the RSS run (what the full run starts in a fresh process)");
   app.add_option("--json", json_path, "write the results as JSON here");
   CLI11_PARSE(app, argc, argv);
   nlohmann::json out;
+  if (space_only) {
+    uint64_t n = snaps.empty() ? 100000 : snaps.back();
+    printf("snapshot list --space: the engine's pass (range store):\n");
+    out["space"] = space_cost(n, 1000, space_exceptions, dir);
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+    return 0;
+  }
   if (rss_only) {
     out = rss_growth(exceptions, dir);
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";

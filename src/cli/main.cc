@@ -61,6 +61,11 @@ int main(int argc, char** argv) {
   sdelete->add_flag("--force", force, "disconnect its NBD clients first");
   add_online(sdelete);
   auto* slist = snapshot->add_subcommand("list", "List the snapshots");
+  bool list_space = false, list_progress = false;
+  slist->add_flag("--space", list_space,
+                  "add EXCLUSIVE (what deleting the snapshot alone frees) and SHARED (what it reads that other "
+                  "snapshots read too): a pass over all metadata");
+  slist->add_flag("--progress", list_progress, "with --space: show the pass's progress on standard error");
   add_online(slist);
   auto* status = app.add_subcommand("status", "Show the state of a running store");
   add_online(status);
@@ -135,7 +140,7 @@ int main(int argc, char** argv) {
   if (serve->parsed()) return run_serve(sa);
   if (screate->parsed()) return run_snapshot_create(oa, of, name);
   if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
-  if (slist->parsed()) return run_snapshot_list(oa);
+  if (slist->parsed()) return run_snapshot_list(oa, list_space, list_progress);
   if (status->parsed()) return run_status(oa);
   if (send->parsed()) return run_send(oa, send_args);
   if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);

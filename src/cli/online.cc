@@ -1,6 +1,11 @@
 // Commands that talk to a running `multisnap serve` over its control socket.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <thread>
 
 #include "cli/commands.h"
 #include "control/control.h"
@@ -61,26 +66,86 @@ int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool f
   return 0;
 }
 
-int run_snapshot_list(const OnlineArgs& o) {
+namespace {
+// --progress for `snapshot list --space`: polls status on a second
+// connection while the first waits for the pass, and draws one line on
+// stderr.
+class SpaceProgress {
+ public:
+  SpaceProgress(const OnlineArgs& o, bool on) {
+    if (!on) return;
+    watcher_ = std::thread([this, path = control_path(o.control)] {
+      auto poll = control::ControlClient::connect(path);
+      if (!poll.is_ok()) return;
+      while (!done_) {
+        auto st = (*poll)->call({{"command", "status"}});
+        if (st.is_ok() && control::answer_status(*st).is_ok() && (*st)["status"].contains("space_scan")) {
+          const Json& sc = (*st)["status"]["space_scan"];
+          if (sc.value("active", false)) draw(sc["done"].get<uint64_t>(), sc["total"].get<uint64_t>(), false);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      }
+    });
+  }
+  // Stops polling; with a total, draws the last line, however quick it was.
+  void finish(std::optional<uint64_t> total) {
+    done_ = true;
+    if (!watcher_.joinable()) return;
+    watcher_.join();
+    if (total) draw(*total, *total, true);
+  }
+  ~SpaceProgress() { finish(std::nullopt); }
+
+ private:
+  static void draw(uint64_t done, uint64_t total, bool final) {
+    total = std::max(total, done);
+    fprintf(stderr, "\rspace: %llu of %llu exceptions (%.0f%%)   ", static_cast<unsigned long long>(done),
+            static_cast<unsigned long long>(total), total ? 100.0 * double(done) / double(total) : 100.0);
+    if (final) fprintf(stderr, "\n");
+  }
+  std::atomic<bool> done_{false};
+  std::thread watcher_;
+};
+}  // namespace
+
+int run_snapshot_list(const OnlineArgs& o, bool space, bool progress) {
   // The answer is streamed and says "ok" last: a list that failed half-way
   // is an error here, never a short list.
-  auto r = call(o, {{"command", "snapshot-list"}});
+  Json req{{"command", "snapshot-list"}};
+  if (space) req["space"] = true;
+  SpaceProgress line(o, space && progress);
+  auto r = call(o, req);
   if (!r.is_ok()) return fail(r.status());
   if (!r->contains("snapshots") || !r->at("snapshots").is_array())
     return fail(
         make_error(Code::kIoError, "malformed snapshot-list answer from the control socket"));
   const Json& list = r->at("snapshots");
+  std::optional<uint64_t> scanned;
+  if (r->contains("space") && (*r)["space"].is_object()) scanned = (*r)["space"].value("exceptions", uint64_t{0});
+  line.finish(scanned);
   if (o.json) {
     printf("%s\n", list.dump(2).c_str());
     return 0;
   }
-  printf("%-10s %-24s %-8s %-24s %s\n", "ID", "NAME", "OF", "CREATED", "EXPORT");
-  for (const Json& s : list) {
-    std::string of = s["of"].is_string() ? s["of"].get<std::string>() : std::to_string(s["of"].get<uint64_t>());
-    printf("%-10llu %-24s %-8s %-24s %s\n", static_cast<unsigned long long>(s["id"].get<uint64_t>()),
-           s["name"].is_null() ? "-" : s["name"].get<std::string>().c_str(), of.c_str(),
-           s["created"].get<std::string>().c_str(), s["export"].get<std::string>().c_str());
+  auto id_of = [](const Json& s) { return static_cast<unsigned long long>(s["id"].get<uint64_t>()); };
+  auto name_of = [](const Json& s) { return s["name"].is_null() ? std::string("-") : s["name"].get<std::string>(); };
+  auto of_of = [](const Json& s) {
+    return s["of"].is_string() ? s["of"].get<std::string>() : std::to_string(s["of"].get<uint64_t>());
+  };
+  if (space) {
+    printf("%-10s %-24s %-8s %-24s %10s %10s %s\n", "ID", "NAME", "OF", "CREATED", "EXCLUSIVE", "SHARED", "EXPORT");
+    for (const Json& s : list)
+      printf("%-10llu %-24s %-8s %-24s %10s %10s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
+             s["created"].get<std::string>().c_str(), format_size(s.value("exclusive_bytes", uint64_t{0})).c_str(),
+             format_size(s.value("shared_bytes", uint64_t{0})).c_str(), s["export"].get<std::string>().c_str());
+    uint64_t pending = scanned ? (*r)["space"].value("reclaim_pending_bytes", uint64_t{0}) : 0;
+    if (pending) printf("(%s more held by deleted snapshots, being reclaimed)\n", format_size(pending).c_str());
+    return 0;
   }
+  printf("%-10s %-24s %-8s %-24s %s\n", "ID", "NAME", "OF", "CREATED", "EXPORT");
+  for (const Json& s : list)
+    printf("%-10llu %-24s %-8s %-24s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
+           s["created"].get<std::string>().c_str(), s["export"].get<std::string>().c_str());
   return 0;
 }
 

@@ -18,6 +18,12 @@ Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request) {
   return args;
 }
 
+Result<SnapshotListArgs> parse_snapshot_list(const Json& request) {
+  SnapshotListArgs args;
+  MS_ASSIGN_OR_RETURN(args.space, bool_or(request, "space", false));
+  return args;
+}
+
 Result<SendArgs> parse_send(const Json& request) {
   SendArgs args;
   MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));

@@ -28,6 +28,12 @@ struct SnapshotDeleteArgs {
 };
 Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request);
 
+// {"command": "snapshot-list", "space": BOOL|null}
+struct SnapshotListArgs {
+  bool space = false;  // add exclusive_bytes and shared_bytes (a pass over the exceptions)
+};
+Result<SnapshotListArgs> parse_snapshot_list(const Json& request);
+
 // {"command": "send", "snapshot": REF, "from": REF|null, "compress": BOOL|null}
 struct SendArgs {
   SnapshotRef snapshot;

@@ -2,6 +2,8 @@
 
 #include <sys/file.h>
 
+#include <algorithm>
+
 #include <climits>
 #include <cstdlib>
 
@@ -113,7 +115,7 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
   if (cmd == "policy-show") return policy_show();
   if (cmd == "policy-clear") return policy_clear();
   if (cmd == "snapshot-list") {
-    snapshot_list(out);
+    snapshot_list(req, out);
     return std::nullopt;
   }
   return control::error_answer(
@@ -211,7 +213,35 @@ Json Daemon::snapshot_delete(const Json& req) {
   return Json{{"ok", true}, {"deleted", *id}, {"disconnected", dropped}};
 }
 
-void Daemon::snapshot_list(control::Writer& out) {
+void Daemon::snapshot_list(const Json& req, control::Writer& out) {
+  auto args = control::parse_snapshot_list(req);
+  if (!args.is_ok()) {
+    out.write(control::to_text(control::error_answer(args.status())) + "\n");
+    return;
+  }
+  // With "space": the pass over the exceptions first (O(snapshots) memory),
+  // then the list. A snapshot created after the pass reads nothing from
+  // the store yet: 0 and 0.
+  std::optional<SpaceUse> space;
+  if (args->space) {
+    auto r = engine_->space_use();
+    if (!r.is_ok()) {
+      out.write(control::to_text(control::error_answer(r.status().annotate("computing space use"))) + "\n");
+      return;
+    }
+    space = std::move(r).value();
+  }
+  const uint64_t chunk = engine_->layout().chunk_size;
+  auto with_space = [&](const SnapshotInfo& s) {
+    Json j = snapshot_json(s);
+    if (!space) return j;
+    auto it = std::lower_bound(space->snapshots.begin(), space->snapshots.end(), s.id,
+                               [](const SnapshotSpace& a, SnapshotId id) { return a.id < id; });
+    bool found = it != space->snapshots.end() && it->id == s.id;
+    j["exclusive_bytes"] = found ? it->exclusive_chunks * chunk : 0;
+    j["shared_bytes"] = found ? it->shared_chunks * chunk : 0;
+    return j;
+  };
   // Streamed in pages: the daemon never holds the whole list. "ok" comes
   // last, so a page that fails half-way ends the answer as a failure
   // (docs/control.md); a first page that fails is a plain error answer.
@@ -227,7 +257,7 @@ void Daemon::snapshot_list(control::Writer& out) {
     for (const SnapshotInfo& s : *page) {
       if (!first) text += ',';
       first = false;
-      text += control::to_text(snapshot_json(s));
+      text += control::to_text(with_space(s));
     }
     if (page->size() < kPage || page->back().id == UINT32_MAX) break;
     if (!out.write(text)) return;
@@ -239,7 +269,12 @@ void Daemon::snapshot_list(control::Writer& out) {
       return;
     }
   }
-  out.write(text + "],\"ok\":true}\n");
+  text += ']';
+  if (space)
+    text += ",\"space\":" + control::to_text(Json{{"exceptions", space->exceptions},
+                                                 {"reclaim_pending_bytes", space->unreferenced_chunks * chunk},
+                                                 {"restarts", space->restarts}});
+  out.write(text + ",\"ok\":true}\n");
 }
 
 Json Daemon::status() {
@@ -290,6 +325,9 @@ Json Daemon::status() {
                    {"total_chunks", rb.total_chunks},
                    {"progress", rb.total_chunks ? double(rb.done_chunks) / double(rb.total_chunks) : 1.0},
                    {"error", rb.error.empty() ? Json(nullptr) : Json(rb.error)}};
+  j["space_scan"] = {{"active", st.space_scan.active},
+                     {"done", st.space_scan.done},
+                     {"total", st.space_scan.total}};
   return Json{{"ok", true}, {"status", j}};
 }
 

@@ -100,6 +100,35 @@ struct Rollback {
   Status error;
 };
 
+// Progress of the space passes running (space.cc), read by status from any
+// thread.
+class SpaceScanTracker {
+ public:
+  void begin() {
+    std::lock_guard lock(mu_);
+    ++running_;
+    status_ = {true, 0, 0};
+  }
+  void update(uint64_t done, uint64_t total) {
+    std::lock_guard lock(mu_);
+    status_.done = done;
+    status_.total = total;
+  }
+  void end() {
+    std::lock_guard lock(mu_);
+    if (--running_ == 0) status_ = {};
+  }
+  SpaceScanStatus status() {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  uint32_t running_ = 0;
+  SpaceScanStatus status_;
+};
+
 // A control operation: queued by any thread (under in_mu_), run on the
 // engine thread; its caller waits for `done`.
 struct ControlOp {
@@ -154,6 +183,7 @@ class EngineCore {
   // lets them in again.
   void close_gate();
   void open_gate() { gate_closed_.store(false); }
+  SpaceScanTracker& space_scans() { return space_scans_; }
 
  private:
   // loop.cc
@@ -289,6 +319,7 @@ class EngineCore {
   bool rollback_done_ GUARDED_BY(rollback_mu_) = true;
   Status rollback_result_ GUARDED_BY(rollback_mu_);
   RollbackStatus rollback_progress_ GUARDED_BY(rollback_mu_);  // a copy of rollback_'s progress
+  SpaceScanTracker space_scans_;
 };
 
 }  // namespace multisnap

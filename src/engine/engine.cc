@@ -169,6 +169,7 @@ EngineStatus Engine::status() {
   });
   st.counters = core_->counters();
   st.rollback = core_->rollback_status();
+  st.space_scan = core_->space_scans().status();
   st.requests_in_flight = core_->requests_in_flight();
   st.open_volumes = core_->open_volumes();
   return st;

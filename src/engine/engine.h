@@ -62,6 +62,9 @@ struct EngineOptions {
   // no_space_wait_ms in all, or when the engine shuts down.
   std::function<bool()> on_no_space;
   uint32_t no_space_wait_ms = 30000;
+  // A space pass (Engine::space_use) visits this many exceptions per turn
+  // of the engine thread, so requests are served between its pages.
+  uint32_t space_page = 4096;
 };
 
 // An open volume: the origin or one snapshot. Obtained from open_volume();
@@ -122,6 +125,20 @@ struct RollbackStatus {
   std::string error;  // why it stopped (it resumes at the next open)
 };
 
+// The space passes running now (Engine::space_use), for `status`.
+struct SpaceScanStatus {
+  bool active = false;
+  uint64_t done = 0, total = 0;  // exceptions visited, of about this many (the newest pass)
+};
+
+// What Engine::space_use found, in store chunks.
+struct SpaceUse {
+  std::vector<SnapshotSpace> snapshots;  // every live snapshot, in ID order
+  uint64_t unreferenced_chunks = 0;      // read by no live snapshot: reclaim will free them
+  uint64_t exceptions = 0;               // visited
+  uint32_t restarts = 0;                 // passes started again because snapshots came or went
+};
+
 struct EngineStatus {
   StoreStats store;
   EngineCounters counters;
@@ -130,6 +147,7 @@ struct EngineStatus {
   uint64_t cache_hits = 0, cache_misses = 0, cache_blocks = 0, cache_capacity_blocks = 0;
   std::string failure;  // empty unless the store has failed
   RollbackStatus rollback;
+  SpaceScanStatus space_scan;
 };
 
 class Engine {
@@ -168,6 +186,17 @@ class Engine {
   Status start_rollback(SnapshotId target);
   RollbackStatus rollback_status();
   Status wait_rollback();
+
+  // ---- space use per snapshot (`snapshot list --space`): one pass over
+  // every exception, on the engine thread in pages of
+  // EngineOptions::space_page exceptions, so I/O goes on between pages.
+  // Memory: O(live snapshots), never O(exceptions). Exact when nothing is
+  // written meanwhile; a write between two pages is counted as the page
+  // that visits its chunk finds it. A snapshot created or deleted during
+  // the pass starts it again; after 3 such restarts the pass runs in one
+  // turn (holding the engine thread for its whole length).
+  // `progress(done, total)` runs on the caller's thread after each page.
+  Result<SpaceUse> space_use(const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
   // ---- properties kept in the store (ExceptionStore::get_property); set
   // is durable when it returns.

@@ -138,6 +138,52 @@ class CheckReport {
   std::vector<std::string> notes_;
 };
 
+// Space use of one live snapshot (`snapshot list --space`), in store chunks.
+// Zero mappings use no space and count for nothing.
+struct SnapshotSpace {
+  SnapshotId id = 0;
+  // Chunks no other live snapshot reads: what deleting this snapshot alone
+  // frees once reclaim has run (ZFS's `used`).
+  uint64_t exclusive_chunks = 0;
+  // Chunks it reads that at least one other live snapshot reads too.
+  uint64_t shared_chunks = 0;
+};
+
+// A pass over every exception that tallies SnapshotSpace for each live
+// snapshot, in bounded steps (ExceptionStore::start_space_scan). Memory: a
+// few words per live snapshot, never per exception.
+//
+// The live snapshots are those when the scan started; each step resumes
+// after the last exception it visited in the *current* tree. So a scan whose
+// steps are interleaved with changes counts each exception as it was when
+// its step visited it; it is exact when nothing changed in between.
+// snapshots_changed() says when the set of live snapshots moved under it
+// (the figures are then not meaningful: start again).
+class SpaceScan {
+ public:
+  virtual ~SpaceScan() = default;
+  // Visits about `budget` more exceptions; true once every one was visited.
+  virtual Result<bool> step(uint32_t budget) = 0;
+  // True when a snapshot was created or deleted since the scan started.
+  bool snapshots_changed() const;
+  // One entry per live snapshot of the start, in ID order.
+  virtual std::vector<SnapshotSpace> result() const = 0;
+  // Chunks that no live snapshot reads: a reclaim pass will free them.
+  uint64_t unreferenced_chunks() const { return unreferenced_; }
+  uint64_t visited() const { return visited_; }
+  // The exception count when the scan started (progress: visited / total).
+  uint64_t total() const { return total_; }
+
+ protected:
+  explicit SpaceScan(const class ExceptionStore& store);
+  const class ExceptionStore& store_;
+  SnapshotId last_id_at_start_ = 0;  // a create moves it, a delete moves the count
+  uint64_t count_at_start_ = 0;
+  uint64_t unreferenced_ = 0;
+  uint64_t visited_ = 0;
+  uint64_t total_ = 0;
+};
+
 class ExceptionStore {
  public:
   virtual ~ExceptionStore() = default;
@@ -227,6 +273,14 @@ class ExceptionStore {
   virtual bool reclaim_pending() const = 0;
   // Does a bounded amount of work (about `budget` entries); the caller commits.
   virtual Status reclaim_step(uint32_t budget) = 0;
+
+  // ---- space use per snapshot: one pass over the exceptions, in steps
+  // (SpaceScan). The scan refers to this store: use it only while the store
+  // lives, on the thread that owns the store.
+  virtual Result<std::unique_ptr<SpaceScan>> start_space_scan() = 0;
+  // The whole pass at once (tests and offline tools): one entry per live
+  // snapshot, in ID order.
+  Result<std::vector<SnapshotSpace>> space_use();
 
   // ---- commit and introspection
   virtual Status commit() = 0;

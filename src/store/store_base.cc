@@ -42,6 +42,21 @@ SnapshotRecord SnapshotRecord::decode(const uint8_t* p) {
   return r;
 }
 
+SpaceScan::SpaceScan(const ExceptionStore& store)
+    : store_(store), last_id_at_start_(store.last_snapshot_id()), count_at_start_(store.snapshot_count()) {}
+
+bool SpaceScan::snapshots_changed() const {
+  return store_.last_snapshot_id() != last_id_at_start_ || store_.snapshot_count() != count_at_start_;
+}
+
+Result<std::vector<SnapshotSpace>> ExceptionStore::space_use() {
+  MS_ASSIGN_OR_RETURN(auto scan, start_space_scan());
+  for (;;) {
+    MS_ASSIGN_OR_RETURN(bool done, scan->step(1u << 16));
+    if (done) return scan->result();
+  }
+}
+
 Status validate_snapshot_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxSnapshotName)
     return make_error(Code::kInvalidArgument, "snapshot name '{}' must be 1 to {} characters", name,

@@ -22,6 +22,7 @@ struct EngineParams {
   uint32_t copy_slots = 8;
   StoreFormat format = StoreFormat::kRange;
   std::function<bool()> on_no_space;  // EngineOptions::on_no_space
+  uint32_t space_page = 4096;         // EngineOptions::space_page
 };
 
 class EngineHarness {
@@ -46,6 +47,7 @@ class EngineHarness {
     eo.io_seed = p_.seed;
     eo.copy_slots = p_.copy_slots;
     eo.on_no_space = p_.on_no_space;
+    eo.space_page = p_.space_page;
     auto e = Engine::open(origin_, store_, eo);
     ASSERT_TRUE(e.is_ok()) << e.status().to_string();
     engine_ = std::move(e).value();

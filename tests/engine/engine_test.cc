@@ -271,6 +271,47 @@ std::vector<EngineParams> engine_params() {
   return out;
 }
 
+// snapshot list --space through the engine: the pass in pages of 3
+// exceptions gives the store's one-shot figures, reports progress, and a
+// snapshot's exclusive chunks are what deleting it frees.
+TEST_P(EngineTest, SpaceUseInPagesIsExactAndIsWhatDeletingFrees) {
+  EngineParams p = GetParam();
+  p.space_page = 3;
+  origin_.reset();
+  h_->close();
+  h_ = std::make_unique<EngineHarness>(p);
+  h_->open();
+  origin_ = h_->volume("origin");
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(8 * chunk(), 1)).is_ok());
+  SnapshotId a = h_->snapshot();
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(4 * chunk(), 2)).is_ok());  // chunks 0-3 for a alone
+  SnapshotId b = h_->snapshot();
+  ASSERT_TRUE(h_->write(origin_, 2 * chunk(), bytes(4 * chunk(), 3)).is_ok());  // 4, 5 for a and b
+  ASSERT_TRUE(h_->write(h_->volume("snapshot/" + std::to_string(b)), 7 * chunk(), bytes(100, 4)).is_ok());
+  uint64_t calls = 0, last_done = 0;
+  auto use = h_->engine().space_use([&](uint64_t done, uint64_t) {
+    ++calls;
+    last_done = done;
+  });
+  ASSERT_TRUE(use.is_ok()) << use.status().to_string();
+  ASSERT_EQ(use->snapshots.size(), 2u);
+  EXPECT_GT(calls, 2u);
+  EXPECT_EQ(last_done, use->exceptions);
+  EXPECT_EQ(h_->engine().status().space_scan.active, false);
+  const SnapshotSpace& sa = use->snapshots[0];
+  const SnapshotSpace& sb = use->snapshots[1];
+  EXPECT_EQ(sa.id, a);
+  EXPECT_EQ(sa.exclusive_chunks, 4u);
+  EXPECT_EQ(sa.shared_chunks, 2u);
+  EXPECT_EQ(sb.exclusive_chunks, 3u);  // 2, 3 (copied after a's own) and its write to 7
+  EXPECT_EQ(sb.shared_chunks, 2u);
+  uint64_t used = h_->engine().status().store.data_chunks_used;
+  ASSERT_TRUE(h_->engine().delete_snapshot(a).is_ok());
+  for (int i = 0; i < 10000 && h_->engine().status().store.reclaim_active; ++i) h_->engine().poll();
+  ASSERT_FALSE(h_->engine().status().store.reclaim_active);
+  EXPECT_EQ(used - h_->engine().status().store.data_chunks_used, sa.exclusive_chunks);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::ValuesIn(engine_params()), [](const auto& info) {
   const EngineParams& p = info.param;
   return std::string(store_format_name(p.format)) + "_" + std::to_string(p.chunk / 1024) + "K_" +

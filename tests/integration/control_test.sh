@@ -96,6 +96,10 @@ for cmd in (b'"ping"', b'"status"', b'"snapshot-list"'):
     reqs = [request(cmd, b"x-future", v) for v in VALUES.values()]
     expect(reqs, [INVALID if n in UNPARSABLE else "ok" for n in VALUES])
 
+# snapshot-list: "space" a bool (null: absent); anything else is refused.
+reqs = [request(b'"snapshot-list"', b"space", v) for v in VALUES.values()]
+expect(reqs, ["ok" if n in ("null", "true", "false") else INVALID for n in VALUES])
+
 # snapshot-delete: "snapshot" is an ID or a name; "force" a bool. Field
 # types are checked before the snapshot is looked up.
 snap_want = {"zero": "not-found", "yes": "not-found", "digits": INVALID, "empty": INVALID,

@@ -1,5 +1,6 @@
 #include "store/bitmask/bitmask_store.h"
 
+#include <algorithm>
 #include <bit>
 #include <map>
 
@@ -316,6 +317,76 @@ StoreStats BitmaskStore::stats() {
   uint64_t chunks = std::max<uint64_t>(1, tm_->layout().origin_chunks());
   s.reclaim_progress = s.reclaim_active ? std::min(1.0, double(cursor_.hi) / double(chunks)) : 1.0;
   return s;
+}
+
+// ---------------------------------------------------------------- space use
+
+// An exception's readers are the live bits of its mask. Deleting snapshot S
+// frees exactly the exceptions whose only live bit is S's: the sweep drops
+// an exception once no live bit is left in it (deleted bits do not count).
+class BitmaskSpaceScan final : public SpaceScan {
+ public:
+  explicit BitmaskSpaceScan(BitmaskStore& store) : SpaceScan(store), st_(store) {}
+
+  Status load() {
+    total_ = st_.exception_count_;
+    live_ = st_.live_;
+    return st_.list_snapshots(0, [&](const SnapshotInfo& s) {
+      id_of_bit_[s.store_key & 63] = s.id;
+      return true;
+    });
+  }
+
+  Result<bool> step(uint32_t budget) override {
+    if (done_) return true;
+    budget = std::max<uint32_t>(budget, 1);
+    BitmaskStore::ExceptionTree ex(*st_.tm_, st_.exceptions_root_);
+    uint32_t seen = 0;
+    PairKey last{};
+    MS_TRY(ex.scan(cursor_, [&](const PairKey& k, const MaskValue& v) {
+      ++seen;
+      last = k;
+      if (k.lo != BitmaskStore::kZeroChunk) count(v.mask & live_);
+      return seen < budget;
+    }));
+    visited_ += seen;
+    if (seen < budget) done_ = true;
+    else cursor_ = next_key(last);
+    return done_;
+  }
+
+  std::vector<SnapshotSpace> result() const override {
+    std::vector<SnapshotSpace> out;
+    for (int b = 0; b < 64; ++b)
+      if (live_ >> b & 1) out.push_back({id_of_bit_[b], exclusive_[b], shared_[b]});
+    std::sort(out.begin(), out.end(), [](const SnapshotSpace& a, const SnapshotSpace& b) { return a.id < b.id; });
+    return out;
+  }
+
+ private:
+  void count(uint64_t readers) {
+    if (readers == 0) {
+      ++unreferenced_;  // every reader deleted: the sweep frees it
+    } else if (std::has_single_bit(readers)) {
+      ++exclusive_[std::countr_zero(readers)];
+    } else {
+      for (uint64_t m = readers; m; m &= m - 1) ++shared_[std::countr_zero(m)];
+    }
+  }
+
+  BitmaskStore& st_;
+  uint64_t live_ = 0;
+  SnapshotId id_of_bit_[64] = {};
+  uint64_t exclusive_[64] = {};
+  uint64_t shared_[64] = {};
+  PairKey cursor_{};
+  bool done_ = false;
+};
+
+Result<std::unique_ptr<SpaceScan>> BitmaskStore::start_space_scan() {
+  auto scan = std::make_unique<BitmaskSpaceScan>(*this);
+  MS_TRY(scan->load());
+  return std::unique_ptr<SpaceScan>(std::move(scan));
 }
 
 std::string BitmaskStore::mask_string(uint64_t mask) const { return fmt::format("{:#018x}", mask); }

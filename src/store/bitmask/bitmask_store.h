@@ -68,6 +68,7 @@ class BitmaskStore final : public StoreBase {
   bool reclaim_pending() const override { return sweep_ != 0; }
   Status reclaim_step(uint32_t budget) override;
   StoreStats stats() override;
+  Result<std::unique_ptr<SpaceScan>> start_space_scan() override;
   Status dump(const std::function<bool(const DumpEntry&)>& fn) override;
   void check(CheckReport& report) override;
 
@@ -78,6 +79,7 @@ class BitmaskStore final : public StoreBase {
   void save_specific(uint8_t* area) override;
 
  private:
+  friend class BitmaskSpaceScan;
   using ExceptionTree = BTree<BitmaskExceptionTraits>;
   struct Exception {
     uint64_t store_chunk;

@@ -61,6 +61,7 @@ class RangeStore final : public StoreBase {
   bool reclaim_pending() const override { return reclaim_flags_ & kReclaimActive; }
   Status reclaim_step(uint32_t budget) override;
   StoreStats stats() override;
+  Result<std::unique_ptr<SpaceScan>> start_space_scan() override;
   Status dump(const std::function<bool(const DumpEntry&)>& fn) override;
   void check(CheckReport& report) override;
 
@@ -77,6 +78,7 @@ class RangeStore final : public StoreBase {
   void save_specific(uint8_t* area) override;
 
  private:
+  friend class RangeSpaceScan;
   using ExceptionTree = BTree<RangeExceptionTraits>;
   using LiveTree = BTree<LiveKeyTraits>;
   using Entry = ExceptionTree::Entry;
