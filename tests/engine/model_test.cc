@@ -403,6 +403,16 @@ uint64_t env_u64(const char* name, uint64_t fallback) {
   return v ? std::stoull(v) : fallback;
 }
 
+// Sanitizer builds run a third of the steps: they are there for memory and
+// undefined-behaviour errors; the Release pass has the randomized depth.
+int sanitized_steps(int steps) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return std::max(100, steps / 3);
+#else
+  return steps;
+#endif
+}
+
 struct ModelCase {
   std::string name;
   EngineParams params;
@@ -423,7 +433,7 @@ TEST_P(ModelTest, RandomizedAgainstTheModel) {
     EngineParams p = c.params;
     p.seed = seed;
     ModelRun run(p, seed);
-    run.run(c.steps);
+    run.run(sanitized_steps(c.steps));
     if (::testing::Test::HasFailure()) {
       fprintf(stderr, "model test %s failed with MULTISNAP_SEED=%llu\n", c.name.c_str(), (unsigned long long)seed);
       return;
