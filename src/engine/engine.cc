@@ -84,6 +84,12 @@ void Engine::block_status(const VolumeRef& volume, uint64_t offset, uint64_t len
 
 Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::string name,
                                              std::optional<Uuid> uuid) {
+  return create_snapshot_with(of, std::move(name), uuid, nullptr);
+}
+
+Result<SnapshotInfo> Engine::create_snapshot_with(std::optional<SnapshotId> of, std::string name,
+                                                  std::optional<Uuid> uuid,
+                                                  const std::function<void(ExceptionStore&)>& also) {
   Result<SnapshotInfo> result = Status(Code::kShutdown, "not run");
   core_->run_control(true, [&] {
     // Quiesced: no write in flight, and no direct write either once the
@@ -107,6 +113,7 @@ Result<SnapshotInfo> Engine::create_snapshot(std::optional<SnapshotId> of, std::
     }
     result = core_->store().create_snapshot(of, name, wall_clock_ns(), uuid);
     if (!result.is_ok()) return;
+    if (also) also(core_->store());  // in the same commit
     s = core_->commit_now();
     if (!s.is_ok()) result = s;
   });

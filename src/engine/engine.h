@@ -238,6 +238,10 @@ class Engine {
 
  private:
   explicit Engine(std::unique_ptr<class EngineCore> core);
+  // create_snapshot, with `also` changing the store in the same commit.
+  Result<SnapshotInfo> create_snapshot_with(std::optional<SnapshotId> of, std::string name,
+                                            std::optional<Uuid> uuid,
+                                            const std::function<void(ExceptionStore&)>& also);
   std::unique_ptr<class EngineCore> core_;
 };
 

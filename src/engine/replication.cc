@@ -90,28 +90,10 @@ Status Engine::begin_receive(const PendingReceive& pending) {
 }
 
 Result<SnapshotInfo> Engine::finish_receive(const std::string& name, const Uuid& uuid) {
-  Result<SnapshotInfo> result = Status(Code::kShutdown, "not run");
-  core_->run_control(true, [&] {
-    // As create_snapshot: quiesced, direct writes shut out, the origin
-    // durable first; then the snapshot and the end of the receive commit
-    // together, so a crash leaves either a pending receive or its snapshot.
-    core_->close_gate();
-    struct Reopen {
-      EngineCore* core;
-      ~Reopen() { core->open_gate(); }
-    } reopen{core_.get()};
-    Status s = core_->origin().flush();
-    if (!s.is_ok()) {
-      result = s.annotate("flushing the origin before the received snapshot");
-      return;
-    }
-    ExceptionStore& st = core_->store();
-    result = st.create_snapshot(std::nullopt, name, wall_clock_ns(), uuid);
-    if (!result.is_ok()) return;
-    st.set_pending_receive({});
-    s = core_->commit_now();
-    if (!s.is_ok()) result = s;
-  });
+  // As any snapshot create (quiesced, direct writes shut out, the origin
+  // durable first), with the end of the receive in the same commit: a crash
+  // leaves either the pending receive or its snapshot.
+  auto result = create_snapshot_with(std::nullopt, name, uuid, [](ExceptionStore& st) { st.set_pending_receive({}); });
   if (result.is_ok()) MS_LOG_INFO("received snapshot {} ({})", result->id, uuid.to_string());
   return result;
 }

@@ -131,6 +131,34 @@ class StoreBase : public ExceptionStore {
   // Reserves metadata blocks for `tree_ops` B-tree inserts or removes.
   Status reserve(uint64_t tree_ops);
 
+  // diff() for a store whose exceptions are keyed (origin chunk, x): walks
+  // them from `from`, and reports each chunk where the entry `covers`
+  // says serves `a` is not the one serving `b`. covers(key, value) returns
+  // {serves a, serves b}.
+  template <class Tree, class Covers>
+  static Status diff_entries(Tree& tree, uint64_t from, Covers covers, const std::function<bool(uint64_t)>& fn) {
+    std::optional<uint64_t> chunk, in_a, in_b;
+    bool stopped = false;
+    auto close_chunk = [&] {
+      if (chunk && in_a != in_b && !fn(*chunk)) stopped = true;
+    };
+    MS_TRY(tree.scan({from, 0}, [&](const PairKey& k, const typename Tree::Value& v) {
+      if (k.hi != chunk) {
+        close_chunk();
+        if (stopped) return false;
+        chunk = k.hi;
+        in_a.reset();
+        in_b.reset();
+      }
+      auto [a, b] = covers(k, v);
+      if (a) in_a = k.lo;
+      if (b) in_b = k.lo;
+      return true;
+    }));
+    if (!stopped) close_chunk();
+    return Status::ok();
+  }
+
   void fill_common_stats(StoreStats& s);
   // Checks the snapshot and name trees; records their blocks in `meta_refs`.
   void check_common(CheckReport& report, const std::function<void(uint64_t)>& meta_ref,

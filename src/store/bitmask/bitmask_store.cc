@@ -136,25 +136,10 @@ Result<ChunkMapping> BitmaskStore::lookup(uint64_t chunk, const SnapshotInfo& sn
 Status BitmaskStore::diff(const SnapshotInfo& a, const SnapshotInfo* b, uint64_t from,
                           const std::function<bool(uint64_t chunk)>& fn) {
   ExceptionTree ex(*tm_, exceptions_root_);
-  std::optional<uint64_t> chunk, in_a, in_b;
-  bool stopped = false;
-  auto close_chunk = [&] {
-    if (chunk && in_a != in_b && !fn(*chunk)) stopped = true;
+  auto covers = [&](const PairKey&, const MaskValue& v) {
+    return std::pair{(v.mask & bit(a)) != 0, b && (v.mask & bit(*b)) != 0};
   };
-  MS_TRY(ex.scan({from, 0}, [&](const PairKey& k, const MaskValue& v) {
-    if (k.hi != chunk) {
-      close_chunk();
-      if (stopped) return false;
-      chunk = k.hi;
-      in_a.reset();
-      in_b.reset();
-    }
-    if (v.mask & bit(a)) in_a = k.lo;
-    if (b && (v.mask & bit(*b))) in_b = k.lo;
-    return true;
-  }));
-  if (!stopped) close_chunk();
-  return Status::ok();
+  return diff_entries(ex, from, covers, fn);
 }
 
 // ---------------------------------------------------------------- origin writes

@@ -164,30 +164,16 @@ Result<ChunkMapping> RangeStore::lookup(uint64_t chunk, const SnapshotInfo& snap
   return m;
 }
 
-// Each chunk's entries are adjacent in the tree: walk them once, noting
-// which entry (by its first key) covers a's key and which covers b's.
+// Each chunk's entries are adjacent in the tree: one walk notes which entry
+// covers a's key and which covers b's.
 Status RangeStore::diff(const SnapshotInfo& a, const SnapshotInfo* b, uint64_t from,
                         const std::function<bool(uint64_t chunk)>& fn) {
   ExceptionTree ex(*tm_, exceptions_root_);
-  std::optional<uint64_t> chunk, in_a, in_b;
-  bool stopped = false;
-  auto close_chunk = [&] {
-    if (chunk && in_a != in_b && !fn(*chunk)) stopped = true;
+  auto covers = [&](const PairKey& k, const RangeValue& v) {
+    return std::pair{k.lo <= a.store_key && a.store_key <= v.to,
+                     b && k.lo <= b->store_key && b->store_key <= v.to};
   };
-  MS_TRY(ex.scan({from, 0}, [&](const PairKey& k, const RangeValue& v) {
-    if (k.hi != chunk) {
-      close_chunk();
-      if (stopped) return false;
-      chunk = k.hi;
-      in_a.reset();
-      in_b.reset();
-    }
-    if (k.lo <= a.store_key && a.store_key <= v.to) in_a = k.lo;
-    if (b && k.lo <= b->store_key && b->store_key <= v.to) in_b = k.lo;
-    return true;
-  }));
-  if (!stopped) close_chunk();
-  return Status::ok();
+  return diff_entries(ex, from, covers, fn);
 }
 
 // ---------------------------------------------------------------- origin writes
