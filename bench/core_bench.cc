@@ -29,7 +29,7 @@
 
 #include "engine/engine.h"
 #include "io/file_device.h"
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 
 namespace multisnap {
 namespace {
@@ -100,8 +100,7 @@ Setup make_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk, Sto
   o.format = format;
   die(format_store(*s.store, o), "format");
   EngineOptions eo;
-  eo.io = EngineOptions::Io::kSync;
-  auto e = Engine::open(*s.origin, *s.store, eo);
+  auto e = Engine::open(*s.origin, *s.store, eo, make_sync_io_context());
   die(e.status(), "open");
   s.engine = std::move(e).value();
   s.vol = *s.engine->open_volume("origin");

@@ -24,6 +24,12 @@ Engine::~Engine() { core_->shutdown(); }
 
 Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& store,
                                              const EngineOptions& options) {
+  return open(origin, store, options, make_default_io_context());
+}
+
+Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& store, const EngineOptions& options,
+                                             std::unique_ptr<IoContext> io) {
+  if (!io) return make_error(Code::kInvalidArgument, "Engine::open needs an I/O context");
   TmOptions tmo;
   tmo.cache_bytes = options.cache_bytes;
   tmo.use_older_commit = options.use_older_commit;
@@ -41,20 +47,6 @@ Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& s
     return make_error(Code::kInvalidArgument,
                       "the origin {} has {} bytes but the store was created for {} bytes", origin.describe(),
                       origin.size(), l.origin_size);
-  std::unique_ptr<IoContext> io;
-  switch (options.io) {
-    case EngineOptions::Io::kSync: io = make_sync_io_context(); break;
-    case EngineOptions::Io::kReordering: io = make_reordering_io_context(options.io_seed); break;
-    case EngineOptions::Io::kUring: {
-      auto r = make_uring_io_context(256);
-      if (r.is_ok()) {
-        io = std::move(r).value();
-      } else {
-        MS_LOG_WARN("io_uring is not available ({}); using synchronous I/O", r.status().to_string());
-        io = make_sync_io_context();
-      }
-    }
-  }
   auto core = std::make_unique<EngineCore>(origin, store, std::move(st), std::move(io), options);
   // A rollback that a crash or a stop interrupted carries on from its position.
   MS_ASSIGN_OR_RETURN(auto position, core->store().get_property(kRollbackProperty));

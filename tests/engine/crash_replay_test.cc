@@ -121,8 +121,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
   {
     EngineOptions eo;
     eo.threaded = false;
-    eo.io = EngineOptions::Io::kSync;
-    auto engine = std::move(Engine::open(origin, store, eo)).value();
+    auto engine = std::move(Engine::open(origin, store, eo, make_sync_io_context())).value();
     std::map<SnapshotId, VolumeModel> vols;
     std::map<SnapshotId, VolumeRef> refs;
     std::map<SnapshotId, SnapshotId> parent;
@@ -215,8 +214,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       for (auto& p : testing::check_store(s)) ADD_FAILURE() << p;
       EngineOptions eo;
       eo.threaded = false;
-      eo.io = EngineOptions::Io::kSync;
-      auto e = Engine::open(o, s, eo);
+      auto e = Engine::open(o, s, eo, make_sync_io_context());
       ASSERT_TRUE(e.is_ok()) << e.status().to_string();
       auto list = (*e)->list_snapshots();
       ASSERT_TRUE(list.is_ok());

@@ -147,7 +147,7 @@ TEST_P(ErrorTest, RandomFaultsNeverCorruptTheStore) {
 TEST_P(ErrorTest, DeleteDoesNotCommitARemapWhoseCopyIsInFlight) {
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     EngineParams p = params();
-    p.io = EngineOptions::Io::kReordering;
+    p.io = TestIo::kReordering;
     p.seed = seed;
     EngineHarness h(p);
     h.open();
@@ -325,8 +325,7 @@ TEST_P(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
     }
     EngineOptions eo;
     eo.threaded = false;
-    eo.io = EngineOptions::Io::kSync;
-    auto e = Engine::open(h.origin_mem(), store, eo);
+    auto e = Engine::open(h.origin_mem(), store, eo, make_sync_io_context());
     ASSERT_TRUE(e.is_ok());
     auto snap = (*e)->open_volume("snapshot/old");
     if (!snap.is_ok()) {

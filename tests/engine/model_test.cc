@@ -435,10 +435,10 @@ std::vector<ModelCase> model_cases() {
   std::vector<ModelCase> out;
   for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
     std::string n = f == StoreFormat::kRange ? "Range" : "Bitmask";
-    out.push_back({n + "4K", {4096, 1 << 20, 48 << 20, 1 << 20, EngineOptions::Io::kReordering, 1, 8, f}, 1500});
-    out.push_back({n + "64K", {65536, 2 << 20, 96 << 20, 1 << 20, EngineOptions::Io::kReordering, 1, 8, f}, 1000});
-    out.push_back({n + "4KTinyCache", {4096, 1 << 20, 48 << 20, 16 * 4096, EngineOptions::Io::kReordering, 1, 2, f}, 1000});
-    out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, EngineOptions::Io::kSync, 1, 8, f},
+    out.push_back({n + "4K", {4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1500});
+    out.push_back({n + "64K", {65536, 2 << 20, 96 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1000});
+    out.push_back({n + "4KTinyCache", {4096, 1 << 20, 48 << 20, 16 * 4096, TestIo::kReordering, 1, 2, f}, 1000});
+    out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f},
                    800});
   }
   return out;

@@ -7,8 +7,9 @@
 #include <thread>
 
 #include "io/file_device.h"
-#include "io/memory_device.h"
 #include "io/test_files.h"
+#include "support/memory_device.h"
+#include "support/test_io_context.h"
 
 namespace multisnap {
 namespace {

@@ -7,8 +7,8 @@
 
 #include "nbd/error_map.h"
 #include "nbd/export_params.h"
-#include "nbd/fuzz_driver.h"
-#include "nbd/memory_backend.h"
+#include "support/fuzz_driver.h"
+#include "support/memory_backend.h"
 #include "nbd/negotiation.h"
 #include "nbd/protocol.h"
 #include "nbd/raw_client.h"

@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "store/store_fixture.h"
 
 namespace multisnap {

@@ -1,11 +1,11 @@
-#include "nbd/fuzz_driver.h"
+#include "support/fuzz_driver.h"
 
 #include <sys/uio.h>
 
 #include <string>
 #include <vector>
 
-#include "nbd/memory_backend.h"
+#include "support/memory_backend.h"
 #include "nbd/negotiation.h"
 #include "nbd/transmission.h"
 
