@@ -34,12 +34,12 @@ Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& s
   tmo.cache_bytes = options.cache_bytes;
   tmo.use_older_commit = options.use_older_commit;
   MS_ASSIGN_OR_RETURN(auto st, open_store(store, tmo));
-  for (const CommitRecordFinding& f : st->tm().commit_findings()) {
+  for (const CommitRecordFinding& f : st->commit_findings()) {
     if (f.serious) MS_LOG_ERROR("{}: {}", store.describe(), f.text);
     else MS_LOG_WARN("{}: {}", store.describe(), f.text);
   }
-  if (!st->tm().commit_findings().empty()) {
-    MS_ASSIGN_OR_RETURN(int repaired, st->tm().repair_commit_copies());
+  if (!st->commit_findings().empty()) {
+    MS_ASSIGN_OR_RETURN(int repaired, st->repair_commit_copies());
     if (repaired > 0) MS_LOG_WARN("{}: rewrote {} damaged copy(ies) of the newest commit record", store.describe(), repaired);
   }
   const Layout& l = st->layout();
@@ -152,12 +152,13 @@ EngineStatus Engine::status() {
   EngineStatus st;
   core_->run_control(false, [&] {
     st.store = core_->store().stats();
-    CacheStats c = core_->store().tm().cache().stats();
+    CacheStats c = core_->store().cache_stats();
     st.cache_hits = c.hits;
     st.cache_misses = c.misses;
     st.cache_blocks = c.blocks;
     st.cache_capacity_blocks = c.capacity_blocks;
-    if (!core_->store().tm().status().is_ok()) st.failure = core_->store().tm().status().to_string();
+    const Status& failure = core_->store_failure();
+    if (!failure.is_ok()) st.failure = failure.to_string();
   });
   st.counters = core_->counters();
   st.rollback = core_->rollback_status();
