@@ -303,14 +303,9 @@ TEST_P(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
       store.poke(blk * kBlockSize, image.data() + other * kBlockSize, kBlockSize);
     }
     {
-      TmOptions ro;
-      ro.read_only = true;
-      auto st = open_store(store, ro);
-      ASSERT_TRUE(st.is_ok()) << st.status().to_string();
-      CheckReport report;
-      for (const CommitRecordFinding& f : (*st)->tm().commit_findings())
-        f.serious ? report.problem(f.text) : report.warning(f.text);
-      (*st)->check(report);
+      auto checked = testing::check_report(store, /*commit_findings=*/true);
+      ASSERT_TRUE(checked.is_ok()) << checked.status().to_string();
+      const CheckReport& report = *checked;
       if (is_commit) {
         // The twin copy is intact: nothing lost, but never silent.
         EXPECT_TRUE(report.clean()) << report.problems()[0];
