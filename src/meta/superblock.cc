@@ -6,7 +6,6 @@
 
 #include "util/checksum.h"
 #include "util/units.h"
-#include "util/uuid.h"
 
 namespace multisnap {
 
@@ -86,7 +85,6 @@ uint64_t Superblock::checksum_seed() const {
   return checksum64(uuid.data(), uuid.size(), kSuperblockSeed);
 }
 
-std::string Superblock::uuid_string() const { return Uuid{uuid}.to_string(); }
 
 Status write_superblock(BlockDevice& dev, const Superblock& sb) {
   std::vector<uint8_t> buf(kBlockSize, 0);

@@ -69,7 +69,6 @@ struct Superblock {
   Layout layout;
   std::string origin_path;
   uint64_t checksum_seed() const;  // seed for every other metadata block
-  std::string uuid_string() const;
 };
 
 struct SuperblockDisk {

@@ -183,8 +183,6 @@ class ExceptionStore {
   virtual uint64_t snapshot_count() const = 0;
   // The live snapshot with the highest ID (the "newest"), if any.
   virtual Result<std::optional<SnapshotInfo>> newest_snapshot() = 0;
-  // The highest ID ever given (0: none yet). "Newest" snapshot = highest live ID.
-  virtual SnapshotId last_snapshot_id() const = 0;
   // Marks a snapshot written since its creation (kSnapshotWritten); false if
   // it already was. A metadata change: commit before the write is let in.
   virtual Result<bool> mark_written(SnapshotId id) = 0;

@@ -113,7 +113,6 @@ class StoreBase : public ExceptionStore {
 
   Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name, uint64_t now_ns,
                                        std::optional<Uuid> uuid = std::nullopt) override;
-  SnapshotId last_snapshot_id() const override { return next_id_ - 1; }
   Result<std::optional<SnapshotInfo>> newest_snapshot() override;
   Result<bool> mark_written(SnapshotId id) override;
   SnapshotId origin_changed_at() const override { return origin_changed_at_; }
