@@ -53,7 +53,7 @@ if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
     -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF >/dev/null
   ninja -C build-fuzz nbd_fuzz control_fuzz stream_fuzz store_fuzz
   [ -d build-fuzz/corpus ] || /usr/bin/python3 tests/nbd/make_fuzz_corpus.py build-fuzz/corpus
-  build-fuzz/src/nbd/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+  build-fuzz/tests/fuzz/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
     build-fuzz/corpus 2>&1 | tail -3
   # New inputs go to build-fuzz/corpus-control; the committed seeds stay as they are.
   mkdir -p build-fuzz/corpus-control

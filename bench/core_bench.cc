@@ -32,7 +32,7 @@
 
 #include "engine/engine.h"
 #include "io/file_device.h"
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 
 namespace multisnap {
 namespace {
@@ -103,8 +103,7 @@ Setup make_engine(uint64_t origin_size, uint64_t store_size, uint32_t chunk, Sto
   o.format = format;
   die(format_store(*s.store, o), "format");
   EngineOptions eo;
-  eo.io = EngineOptions::Io::kSync;
-  auto e = Engine::open(*s.origin, *s.store, eo);
+  auto e = Engine::open(*s.origin, *s.store, eo, make_sync_io_context());
   die(e.status(), "open");
   s.engine = std::move(e).value();
   s.vol = *s.engine->open_volume("origin");
@@ -384,8 +383,7 @@ nlohmann::json space_cost(uint64_t snaps, int writes, uint64_t total, const std:
   auto origin = std::move(FileDevice::open(opath, fo)).value();
   auto store_dev = std::move(FileDevice::open(spath)).value();
   EngineOptions eo;
-  eo.io = EngineOptions::Io::kSync;
-  auto engine = std::move(Engine::open(*origin, *store_dev, eo)).value();
+  auto engine = std::move(Engine::open(*origin, *store_dev, eo, make_sync_io_context())).value();
   uint64_t ex = engine->status().store.exceptions;
   printf("  opened: %llu exceptions, generation %llu\n", (unsigned long long)ex,
          (unsigned long long)engine->status().store.generation);

@@ -185,13 +185,6 @@ class BTree {
     return true;
   }
 
-  // Frees every block of the tree.
-  Status destroy() {
-    MS_TRY(destroy_in(root_));
-    root_ = 0;
-    return Status::ok();
-  }
-
   // Visits every node depth first, checking what can be checked in the tree
   // itself: readable and valid blocks, node header, key order within nodes
   // and against the parent's bounds, equal leaf depth. Problems go to
@@ -367,15 +360,6 @@ class BTree {
     for (uint32_t i = static_cast<uint32_t>(start); i < n.nr() && !*stop; ++i)
       MS_TRY(scan_in(n.child(i), from, fn, stop));
     return Status::ok();
-  }
-
-  Status destroy_in(uint64_t b) {
-    MS_ASSIGN_OR_RETURN(BlockRef ref, read_node(b));
-    NodeView n(ref.data());
-    if (!n.leaf())
-      for (uint32_t i = 0; i < n.nr(); ++i) MS_TRY(destroy_in(n.child(i)));
-    ref.reset();
-    return tm_.free_block(b);
   }
 
   void walk_in(uint64_t b, uint32_t depth, std::optional<Key> lo, std::optional<Key> hi,

@@ -149,14 +149,14 @@ int run_check(const std::string& path, bool json) {
     if (store.status().code() != Code::kCorruption) return fail(store.status());
     report.problem(store.status().to_string());
   } else {
-    for (const CommitRecordFinding& f : (*store)->tm().commit_findings()) {
+    for (const CommitRecordFinding& f : (*store)->commit_findings()) {
       if (f.serious) report.problem(f.text);
       else report.warning(f.text);
     }
     (*store)->check(report);
-    const Superblock& sb = (*store)->tm().superblock();
+    const std::string& origin_path = (*store)->origin_path();
     struct stat st;
-    if (::stat(sb.origin_path.c_str(), &st) != 0) report.note("the origin " + sb.origin_path + " is missing");
+    if (::stat(origin_path.c_str(), &st) != 0) report.note("the origin " + origin_path + " is missing");
   }
   if (json) {
     nlohmann::json j{{"store", path}, {"clean", report.clean()}, {"problems", report.problems()},

@@ -73,7 +73,6 @@ class PolicyRunner {
   void take_if_due(const policy::Policy& p, int64_t now);
   void prune(const policy::Policy& p);
   void free_space(const policy::Policy& p);
-  void publish(const std::optional<policy::Policy>& p, const std::vector<policy::AutoSnapshot>& autos);
 
   Engine& engine_;
   Clock& clock_;

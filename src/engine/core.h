@@ -172,6 +172,13 @@ class EngineCore {
   bool idle();
 
   ExceptionStore& store() { return *store_; }
+  // The store's failure (ExceptionStore::failure()); engine thread only.
+  // Refreshes the store_failed_ mirror.
+  const Status& store_failure() {
+    const Status& failure = store_->failure();
+    if (!failure.is_ok()) store_failed_.store(true, std::memory_order_relaxed);
+    return failure;
+  }
   BlockDevice& origin() { return origin_; }
   BlockDevice& store_device() { return store_dev_; }
   const EngineOptions& options() const { return options_; }
@@ -282,6 +289,12 @@ class EngineCore {
   CleanMap clean_;
   std::atomic<bool> gate_closed_{false};
   std::atomic<uint64_t> direct_in_flight_{0};
+  // Mirror of store_->failure() (the one "store failed" state) for client
+  // threads, which must not touch the store: try_direct_write() stops taking
+  // the shortcut once it is set. Set on the engine thread by store_failure(),
+  // which every engine check of the store's state goes through and which
+  // runs right after whatever may fail the store (a copy job, a commit).
+  // Never cleared: a failed store stays failed until it is reopened.
   std::atomic<bool> store_failed_{false};
   // -- set once by start_thread(), before the thread runs; read-only after.
   std::thread thread_;

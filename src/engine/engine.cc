@@ -24,16 +24,22 @@ Engine::~Engine() { core_->shutdown(); }
 
 Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& store,
                                              const EngineOptions& options) {
+  return open(origin, store, options, make_default_io_context());
+}
+
+Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& store, const EngineOptions& options,
+                                             std::unique_ptr<IoContext> io) {
+  if (!io) return make_error(Code::kInvalidArgument, "Engine::open needs an I/O context");
   TmOptions tmo;
   tmo.cache_bytes = options.cache_bytes;
   tmo.use_older_commit = options.use_older_commit;
   MS_ASSIGN_OR_RETURN(auto st, open_store(store, tmo));
-  for (const CommitRecordFinding& f : st->tm().commit_findings()) {
+  for (const CommitRecordFinding& f : st->commit_findings()) {
     if (f.serious) MS_LOG_ERROR("{}: {}", store.describe(), f.text);
     else MS_LOG_WARN("{}: {}", store.describe(), f.text);
   }
-  if (!st->tm().commit_findings().empty()) {
-    MS_ASSIGN_OR_RETURN(int repaired, st->tm().repair_commit_copies());
+  if (!st->commit_findings().empty()) {
+    MS_ASSIGN_OR_RETURN(int repaired, st->repair_commit_copies());
     if (repaired > 0) MS_LOG_WARN("{}: rewrote {} damaged copy(ies) of the newest commit record", store.describe(), repaired);
   }
   const Layout& l = st->layout();
@@ -41,20 +47,6 @@ Result<std::unique_ptr<Engine>> Engine::open(BlockDevice& origin, BlockDevice& s
     return make_error(Code::kInvalidArgument,
                       "the origin {} has {} bytes but the store was created for {} bytes", origin.describe(),
                       origin.size(), l.origin_size);
-  std::unique_ptr<IoContext> io;
-  switch (options.io) {
-    case EngineOptions::Io::kSync: io = make_sync_io_context(); break;
-    case EngineOptions::Io::kReordering: io = make_reordering_io_context(options.io_seed); break;
-    case EngineOptions::Io::kUring: {
-      auto r = make_uring_io_context(256);
-      if (r.is_ok()) {
-        io = std::move(r).value();
-      } else {
-        MS_LOG_WARN("io_uring is not available ({}); using synchronous I/O", r.status().to_string());
-        io = make_sync_io_context();
-      }
-    }
-  }
   auto core = std::make_unique<EngineCore>(origin, store, std::move(st), std::move(io), options);
   // A rollback that a crash or a stop interrupted carries on from its position.
   MS_ASSIGN_OR_RETURN(auto position, core->store().get_property(kRollbackProperty));
@@ -167,12 +159,13 @@ EngineStatus Engine::status() {
   EngineStatus st;
   core_->run_control(false, [&] {
     st.store = core_->store().stats();
-    CacheStats c = core_->store().tm().cache().stats();
+    CacheStats c = core_->store().cache_stats();
     st.cache_hits = c.hits;
     st.cache_misses = c.misses;
     st.cache_blocks = c.blocks;
     st.cache_capacity_blocks = c.capacity_blocks;
-    if (!core_->store().tm().status().is_ok()) st.failure = core_->store().tm().status().to_string();
+    const Status& failure = core_->store_failure();
+    if (!failure.is_ok()) st.failure = failure.to_string();
   });
   st.counters = core_->counters();
   st.rollback = core_->rollback_status();

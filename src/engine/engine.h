@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "io/block_device.h"
+#include "io/io_context.h"
 #include "store/exception_store.h"
 
 namespace multisnap {
@@ -40,8 +41,6 @@ struct EngineOptions {
   size_t cache_bytes = 64ull << 20;
   uint32_t copy_slots = 8;  // chunks being copied at once
   bool threaded = true;
-  enum class Io { kUring, kSync, kReordering } io = Io::kUring;
-  uint64_t io_seed = 1;            // kReordering
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step
   bool read_only_snapshots = false;
   uint32_t commit_interval_ms = 1000;  // longest a metadata change waits for a commit
@@ -152,8 +151,13 @@ struct EngineStatus {
 
 class Engine {
  public:
+  // The engine does its asynchronous I/O through make_default_io_context().
   static Result<std::unique_ptr<Engine>> open(BlockDevice& origin, BlockDevice& store,
                                               const EngineOptions& options);
+  // ... or through `io`, which the engine owns from then on (tests pass a
+  // synchronous or a reordering one, as leveldb's tests pass an Env).
+  static Result<std::unique_ptr<Engine>> open(BlockDevice& origin, BlockDevice& store, const EngineOptions& options,
+                                              std::unique_ptr<IoContext> io);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;

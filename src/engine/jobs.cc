@@ -146,8 +146,8 @@ void EngineCore::job_io_done(CopyJob* job, Status s) {
     // last commit.
     job->status = s;
     MS_LOG_ERROR("copy for chunk {} failed, the store stops taking changes: {}", job->chunk, s.to_string());
-    store_->tm().fail(s.annotate("copy job")).ignore();
-    store_failed_ = true;
+    store_->fail(s.annotate("copy job")).ignore();
+    store_failure();  // sets the mirror at once
   }
   jobs_done_.push_back(job);
   release(job_waiters_);
@@ -189,12 +189,12 @@ EngineCore::Prep EngineCore::prepare_writable(Request* r, uint64_t c, ChunkMappi
 
 Status EngineCore::commit_now() {
   assert(jobs_in_flight_ == 0);  // E3
-  bool was_ok = store_->tm().status().is_ok();
+  bool was_ok = store_failure().is_ok();
   commit_due_ = false;
   Status s = store_->commit();
   last_commit_ = std::chrono::steady_clock::now();
   AtomicCounters::add(counters_.commits);
-  if (!s.is_ok()) store_failed_ = true;
+  store_failure();  // a failed commit fails the store: mirror it at once
   if (!s.is_ok() && was_ok) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());
   std::vector<CopyJob*> done;
   done.swap(jobs_done_);

@@ -284,7 +284,7 @@ void EngineCore::run_controls() {
 void EngineCore::maybe_commit() {
   if (jobs_in_flight_ > 0) return;  // E3: never commit a remap before its copy is done
   bool due = !jobs_done_.empty() || !commit_waiters_.empty() || commit_due_;
-  if (!due && store_->tm().has_changes() && store_->tm().status().is_ok() &&
+  if (!due && store_->has_changes() && store_failure().is_ok() &&
       std::chrono::steady_clock::now() - last_commit_ > std::chrono::milliseconds(options_.commit_interval_ms))
     due = true;
   if (due) commit_now().ignore();
@@ -293,7 +293,7 @@ void EngineCore::maybe_commit() {
 // One bounded step of background reclaim, then a commit as soon as no copy
 // is in flight (copies in flight may finish first; new ones wait for it).
 void EngineCore::maybe_reclaim() {
-  if (!store_->reclaim_pending() || !store_->tm().status().is_ok() || commit_due_) return;
+  if (!store_->reclaim_pending() || !store_failure().is_ok() || commit_due_) return;
   auto now = std::chrono::steady_clock::now();
   bool idle_now = run_queue_.empty() && writes_in_flight_ == 0 && io_->in_flight() == 0;
   if (now - last_reclaim_ < (idle_now ? reclaim_pause_ : std::max(reclaim_pause_, kReclaimPacing))) return;

@@ -51,7 +51,7 @@ Result<Engine::ReplicaState> Engine::replica_state(const Uuid* uuid) {
     rs.origin_changed_at = st.origin_changed_at();
     rs.pending = st.pending_receive();
     rs.snapshots = st.snapshot_count();
-    rs.store_uuid = Uuid{st.tm().superblock().uuid};
+    rs.store_uuid = st.uuid();
   });
   if (!result.is_ok() || !uuid) return result.is_ok() ? Result<ReplicaState>(rs) : result;
   // In pages, so the engine thread is not held for long.

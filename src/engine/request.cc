@@ -94,11 +94,10 @@ void EngineCore::retry_space_waiters() {
 }
 
 bool EngineCore::store_writable(Request* r) {
-  const Status& failed = store_->tm().status();
+  const Status& failed = store_failure();
   if (failed.is_ok()) return true;
   // Without a working store nothing written could be preserved or remapped
   // safely, so writes stop; reads go on.
-  store_failed_ = true;
   finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + failed.to_string()));
   return false;
 }
@@ -334,11 +333,11 @@ void EngineCore::process_snapshot_write(Request* r) {
 }
 
 void EngineCore::process_flush(Request* r) {
-  if (!store_->tm().status().is_ok()) {
-    finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + store_->tm().status().to_string()));
+  if (!store_failure().is_ok()) {
+    finish(r, Status(Code::kFailed, "the store failed and must be reopened: " + store_failure().to_string()));
     return;
   }
-  if (jobs_in_flight_ > 0 || !jobs_done_.empty() || store_->tm().has_changes()) {
+  if (jobs_in_flight_ > 0 || !jobs_done_.empty() || store_->has_changes()) {
     commit_waiters_.push_back(r);  // retried after the next commit
     return;
   }

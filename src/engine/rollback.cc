@@ -119,7 +119,7 @@ void EngineCore::maybe_rollback() {
     rollback_progress_.error = result.is_ok() ? "" : result.to_string();
     rollback_cv_.notify_all();
   };
-  if (rb.error.is_ok() && !store_->tm().status().is_ok()) rb.error = store_->tm().status();
+  if (rb.error.is_ok() && !store_failure().is_ok()) rb.error = store_failure();
   if (!rb.error.is_ok()) return finish_with(rb.error);
   if (rb.batch_end != rb.next_chunk) {
     rollback_checkpoint();
@@ -175,8 +175,8 @@ Status Engine::start_rollback(SnapshotId target) {
   Status result;
   core_->run_control(true, [&] {
     ExceptionStore& st = core_->store();
-    if (!st.tm().status().is_ok()) {
-      result = st.tm().status();
+    if (!core_->store_failure().is_ok()) {
+      result = core_->store_failure();
       return;
     }
     if (core_->rolling_back_to() != 0) {

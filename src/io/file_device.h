@@ -31,7 +31,6 @@ class FileDevice final : public BlockDevice {
   int fd() const override { return fd_; }
   std::string describe() const override { return path_; }
 
-  bool is_block_device() const { return block_device_; }
   const std::string& path() const { return path_; }
 
  private:

@@ -9,9 +9,9 @@
 //  * make_uring_io_context(): io_uring for devices with a file descriptor,
 //    synchronous fallback for the rest (and for discard / write-zeroes).
 //  * make_sync_io_context(): executes each op at submit, completes at run().
-//  * make_reordering_io_context(seed): holds ops and executes a random subset
-//    of them, in random order, at each run(): tests use it to make in-flight
-//    I/O overlap with everything else the engine does.
+//  * make_default_io_context(): io_uring, or the synchronous one (with a
+//    warning in the log) where io_uring is not available.
+// Tests add their own (a reordering one: tests/support/test_io_context.h).
 #pragma once
 
 #include <functional>
@@ -56,7 +56,7 @@ class IoContext {
 };
 
 std::unique_ptr<IoContext> make_sync_io_context();
-std::unique_ptr<IoContext> make_reordering_io_context(uint64_t seed);
 Result<std::unique_ptr<IoContext>> make_uring_io_context(unsigned entries = 256);
+std::unique_ptr<IoContext> make_default_io_context();
 
 }  // namespace multisnap

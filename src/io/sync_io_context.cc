@@ -1,11 +1,8 @@
-// The synchronous and reordering IoContexts (see io_context.h).
-#include <algorithm>
+// The synchronous IoContext (see io_context.h).
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
-#include <random>
-#include <vector>
 
 #include "io/io_context.h"
 
@@ -31,8 +28,8 @@ Status execute_sync(IoOp& op) {
 
 namespace {
 
-// Wake-up plumbing shared by both: a condition variable the run() loop can
-// sleep on when it has nothing to complete.
+// Wake-up plumbing: a condition variable the run() loop can sleep on when it
+// has nothing to complete.
 class Waiter {
  public:
   void wake() {
@@ -76,43 +73,8 @@ class SyncIoContext final : public IoContext {
   Waiter waiter_;
 };
 
-class ReorderingIoContext final : public IoContext {
- public:
-  explicit ReorderingIoContext(uint64_t seed) : rng_(seed) {}
-
-  void submit(IoOp* op) override { pending_.push_back(op); }
-
-  size_t run(bool wait, int timeout_ms) override {
-    if (pending_.empty()) {
-      if (wait) waiter_.wait(timeout_ms);
-      return 0;
-    }
-    // Execute a random, non-empty subset in random order; completions run
-    // in that order. The rest stay in flight for a later run().
-    std::shuffle(pending_.begin(), pending_.end(), rng_);
-    size_t count = std::uniform_int_distribution<size_t>(1, pending_.size())(rng_);
-    std::vector<IoOp*> batch(pending_.begin(), pending_.begin() + static_cast<long>(count));
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(count));
-    std::vector<Status> results;
-    results.reserve(batch.size());
-    for (IoOp* op : batch) results.push_back(execute_sync(*op));
-    for (size_t i = 0; i < batch.size(); ++i) complete(batch[i], std::move(results[i]));
-    return batch.size();
-  }
-  void wake() override { waiter_.wake(); }
-  size_t in_flight() const override { return pending_.size(); }
-
- private:
-  std::vector<IoOp*> pending_;
-  std::mt19937_64 rng_;
-  Waiter waiter_;
-};
-
 }  // namespace
 
 std::unique_ptr<IoContext> make_sync_io_context() { return std::make_unique<SyncIoContext>(); }
-std::unique_ptr<IoContext> make_reordering_io_context(uint64_t seed) {
-  return std::make_unique<ReorderingIoContext>(seed);
-}
 
 }  // namespace multisnap

@@ -12,6 +12,7 @@
 #include <deque>
 
 #include "io/io_context.h"
+#include "util/log.h"
 
 namespace multisnap {
 namespace {
@@ -182,6 +183,13 @@ Result<std::unique_ptr<IoContext>> make_uring_io_context(unsigned entries) {
   auto ctx = std::make_unique<UringIoContext>();
   MS_TRY(ctx->init(entries));
   return std::unique_ptr<IoContext>(std::move(ctx));
+}
+
+std::unique_ptr<IoContext> make_default_io_context() {
+  auto r = make_uring_io_context(256);
+  if (r.is_ok()) return std::move(r).value();
+  MS_LOG_WARN("io_uring is not available ({}); using synchronous I/O", r.status().to_string());
+  return make_sync_io_context();
 }
 
 }  // namespace multisnap

@@ -6,7 +6,6 @@
 
 #include "util/checksum.h"
 #include "util/units.h"
-#include "util/uuid.h"
 
 namespace multisnap {
 
@@ -27,23 +26,6 @@ uint32_t commit_blocks_for(uint64_t meta_bitmaps, uint64_t data_bitmaps) {
   uint64_t first = kBlockSize - kCommitFirstSelectorOffset;
   if (bytes <= first) return 1;
   return static_cast<uint32_t>(1 + div_round_up(bytes - first, kBlockPayload));
-}
-
-namespace {
-}  // namespace
-
-const char* store_format_name(StoreFormat f) {
-  switch (f) {
-    case StoreFormat::kRange: return "range";
-    case StoreFormat::kBitmask: return "bitmask";
-  }
-  return "unknown";
-}
-
-std::optional<StoreFormat> parse_store_format(std::string_view name) {
-  if (name == "range") return StoreFormat::kRange;
-  if (name == "bitmask") return StoreFormat::kBitmask;
-  return std::nullopt;
 }
 
 Result<Layout> compute_layout(const LayoutRequest& r) {
@@ -103,7 +85,6 @@ uint64_t Superblock::checksum_seed() const {
   return checksum64(uuid.data(), uuid.size(), kSuperblockSeed);
 }
 
-std::string Superblock::uuid_string() const { return Uuid{uuid}.to_string(); }
 
 Status write_superblock(BlockDevice& dev, const Superblock& sb) {
   std::vector<uint8_t> buf(kBlockSize, 0);
@@ -116,7 +97,7 @@ Status write_superblock(BlockDevice& dev, const Superblock& sb) {
   d->header.generation = 0;
   std::memcpy(d->magic, kMagic, sizeof kMagic);
   d->version = kFormatVersion;
-  d->format = static_cast<uint32_t>(sb.format);
+  d->format = sb.format;
   std::memcpy(d->uuid, sb.uuid.data(), 16);
   d->created_ns = sb.created_ns;
   d->block_size = kBlockSize;
@@ -173,10 +154,7 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
     return make_error(Code::kCorruption, "{}: block size {} is not {}", dev.describe(), d->block_size,
                       kBlockSize);
   Superblock sb;
-  if (d->format != static_cast<uint32_t>(StoreFormat::kRange) &&
-      d->format != static_cast<uint32_t>(StoreFormat::kBitmask))
-    return make_error(Code::kCorruption, "{}: unknown store format {}", dev.describe(), d->format);
-  sb.format = static_cast<StoreFormat>(d->format);
+  sb.format = d->format;  // open_store() checks it
   std::memcpy(sb.uuid.data(), d->uuid, 16);
   sb.created_ns = d->created_ns;
   Layout& l = sb.layout;

@@ -12,11 +12,6 @@
 
 namespace multisnap {
 
-// Persisted: never renumber.
-enum class StoreFormat : uint32_t { kRange = 1, kBitmask = 2 };
-const char* store_format_name(StoreFormat f);
-std::optional<StoreFormat> parse_store_format(std::string_view name);
-
 // Version 2: every commit record kept twice; snapshot records carry a uuid
 // and flags; the store area records origin changes and a pending receive.
 constexpr uint32_t kFormatVersion = 2;
@@ -66,13 +61,14 @@ Result<Layout> compute_layout(const LayoutRequest& request);
 uint32_t commit_blocks_for(uint64_t meta_bitmaps, uint64_t data_bitmaps);
 
 struct Superblock {
-  StoreFormat format = StoreFormat::kRange;
+  // Which exception store: a code that the store layer gives its meaning
+  // (store/store_format.h); the metadata layer keeps it and nothing more.
+  uint32_t format = 0;
   std::array<uint8_t, 16> uuid{};
   uint64_t created_ns = 0;
   Layout layout;
   std::string origin_path;
   uint64_t checksum_seed() const;  // seed for every other metadata block
-  std::string uuid_string() const;
 };
 
 struct SuperblockDisk {

@@ -184,7 +184,6 @@ Status TransactionManager::load_commit_record() {
   std::memcpy(area_.data(), r->store_area, kStoreAreaSize);
   committed_area_ = area_;
   generation_ = best + 1;
-  commit_time_ns_ = r->commit_time_ns;
   newest_record_ = chosen;
   newest_slot_ = best_slot;
   return Status::ok();
@@ -358,7 +357,6 @@ Status TransactionManager::commit() {
   meta_->commit_done();
   data_->commit_done();
   committed_area_ = area_;
-  commit_time_ns_ = now;
   newest_record_ = std::move(rec);
   newest_slot_ = slot;
   ++generation_;

@@ -84,7 +84,6 @@ class TransactionManager {
   const Layout& layout() const { return sb_.layout; }
   uint64_t generation() const { return generation_; }
   uint64_t committed_generation() const { return generation_ - 1; }
-  uint64_t last_commit_time_ns() const { return commit_time_ns_; }
   bool read_only() const { return options_.read_only; }
   BlockCache& cache() { return *cache_; }
   SpaceMap& meta_space() { return *meta_; }
@@ -140,7 +139,6 @@ class TransactionManager {
   std::unique_ptr<SpaceMap> meta_;
   std::unique_ptr<SpaceMap> data_;
   uint64_t generation_ = 0;
-  uint64_t commit_time_ns_ = 0;
   StoreArea area_{};
   StoreArea committed_area_{};
   bool changed_ = false;

@@ -86,7 +86,6 @@ class Negotiation {
   // Why the state is kFailed, for the log.
   const std::string& failure() const { return failure_; }
   // The client asked for NBD_FLAG_C_NO_ZEROES.
-  bool no_zeroes() const { return no_zeroes_; }
 
   // Valid once, in kTransmission.
   NegotiatedExport take_export();

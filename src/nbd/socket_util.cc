@@ -1,7 +1,6 @@
 #include "nbd/socket_util.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -36,14 +35,6 @@ void WakeFd::clear() const {
   uint64_t value;
   ssize_t n = ::read(fd_.get(), &value, sizeof value);
   (void)n;
-}
-
-Status set_nonblocking(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    return errno_status(errno, "fcntl O_NONBLOCK");
-  }
-  return Status::ok();
 }
 
 std::string describe_peer(int fd) {

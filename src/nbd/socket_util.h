@@ -46,8 +46,6 @@ class WakeFd {
   UniqueFd fd_;
 };
 
-Status set_nonblocking(int fd);
-
 // "unix" or "1.2.3.4:5678" / "[::1]:5678" for a connected socket.
 std::string describe_peer(int fd);
 

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "meta/transaction.h"
+#include "store/store_format.h"
 #include "util/uuid.h"
 
 namespace multisnap {
@@ -188,8 +189,30 @@ class ExceptionStore {
  public:
   virtual ~ExceptionStore() = default;
 
+  // The transaction manager underneath: for the store's own code, offline
+  // tools and tests. The engine uses the calls below instead.
   virtual TransactionManager& tm() = 0;
   const Layout& layout() { return tm().layout(); }
+
+  // ---- state of the store as a whole
+  // Ok, or why the store failed: a commit that failed, an update that failed
+  // half-way, or fail(). A failed store takes no more changes (commit()
+  // refuses) until it is reopened, which returns it to its last commit.
+  // This is the one "store failed" state; the engine keeps only a mirror.
+  const Status& failure() { return tm().status(); }
+  // Fails the store, e.g. when the copy that a remap points at failed:
+  // that remap must never be committed. Returns the (first) failure.
+  Status fail(Status why) { return tm().fail(std::move(why)); }
+  // Metadata changed since the last commit.
+  bool has_changes() { return tm().has_changes(); }
+  CacheStats cache_stats() { return tm().cache().stats(); }
+  // The store's identity and the origin it was created for (superblock).
+  Uuid uuid() { return Uuid{tm().superblock().uuid}; }
+  const std::string& origin_path() { return tm().superblock().origin_path; }
+  // Damage in the copies of the newest commit record, found at open
+  // (docs/format.md, section 4), and rewriting the damaged copies.
+  const std::vector<CommitRecordFinding>& commit_findings() { return tm().commit_findings(); }
+  Result<int> repair_commit_copies() { return tm().repair_commit_copies(); }
 
   // ---- snapshots
   // O(1) in the number of chunks and snapshots (a few B-tree operations).
@@ -204,10 +227,10 @@ class ExceptionStore {
   // Calls fn for each live snapshot with id >= from, in ID order, until it returns false.
   virtual Status list_snapshots(SnapshotId from, const std::function<bool(const SnapshotInfo&)>& fn) = 0;
   virtual uint64_t snapshot_count() const = 0;
+  // The highest ID ever given (0: none yet).
+  virtual SnapshotId last_snapshot_id() const = 0;
   // The live snapshot with the highest ID (the "newest"), if any.
   virtual Result<std::optional<SnapshotInfo>> newest_snapshot() = 0;
-  // The highest ID ever given (0: none yet). "Newest" snapshot = highest live ID.
-  virtual SnapshotId last_snapshot_id() const = 0;
   // Marks a snapshot written since its creation (kSnapshotWritten); false if
   // it already was. A metadata change: commit before the write is let in.
   virtual Result<bool> mark_written(SnapshotId id) = 0;

@@ -146,16 +146,17 @@ Status StoreBase::init_common() {
 }
 
 void StoreBase::load_common() {
-  const uint8_t* a = tm_->store_area().data();
-  snapshots_root_ = load_le<uint64_t>(a);
-  names_root_ = load_le<uint64_t>(a + 8);
-  next_id_ = load_le<uint32_t>(a + 16);
-  snapshot_count_ = load_le<uint32_t>(a + 20);
-  origin_changed_at_ = load_le<uint32_t>(a + 24);
-  receive_.base = load_le<uint32_t>(a + 28);
-  std::memcpy(receive_.target.bytes.data(), a + 32, 16);
-  receive_.origin_changed_before = load_le<uint32_t>(a + 48);
-  properties_root_ = load_le<uint64_t>(a + 56);
+  StoreAreaCommonDisk d;
+  std::memcpy(&d, tm_->store_area().data(), sizeof d);
+  snapshots_root_ = d.snapshots_root;
+  names_root_ = d.names_root;
+  next_id_ = d.next_snapshot_id;
+  snapshot_count_ = d.live_snapshots;
+  origin_changed_at_ = d.origin_changed_at;
+  receive_.base = d.receive_base;
+  std::memcpy(receive_.target.bytes.data(), d.receive_target, 16);
+  receive_.origin_changed_before = d.receive_origin_changed_before;
+  properties_root_ = d.properties_root;
 }
 
 Result<std::optional<std::string>> StoreBase::get_property(uint64_t id) {
@@ -191,7 +192,9 @@ bool StoreBase::record_origin_change() {
 }
 
 bool StoreBase::origin_change_uncommitted() const {
-  return load_le<uint32_t>(tm_->committed_store_area().data() + 24) != origin_changed_at_;
+  StoreAreaCommonDisk d;
+  std::memcpy(&d, tm_->committed_store_area().data(), sizeof d);
+  return d.origin_changed_at != origin_changed_at_;
 }
 
 void StoreBase::set_pending_receive(const PendingReceive& p) {
@@ -232,18 +235,19 @@ Status StoreBase::reserve(uint64_t tree_ops) {
 }
 
 Status StoreBase::commit() {
+  StoreAreaCommonDisk d{};
+  d.snapshots_root = snapshots_root_;
+  d.names_root = names_root_;
+  d.next_snapshot_id = next_id_;
+  d.live_snapshots = snapshot_count_;
+  d.origin_changed_at = origin_changed_at_;
+  d.receive_base = receive_.base;
+  std::memcpy(d.receive_target, receive_.target.bytes.data(), 16);
+  d.receive_origin_changed_before = receive_.origin_changed_before;
+  d.properties_root = properties_root_;
   StoreArea next{};
-  uint8_t* a = next.data();
-  store_le(a, snapshots_root_);
-  store_le(a + 8, names_root_);
-  store_le(a + 16, next_id_);
-  store_le(a + 20, snapshot_count_);
-  store_le(a + 24, origin_changed_at_);
-  store_le(a + 28, receive_.base);
-  std::memcpy(a + 32, receive_.target.bytes.data(), 16);
-  store_le(a + 48, receive_.origin_changed_before);
-  store_le(a + 56, properties_root_);
-  save_specific(a);
+  std::memcpy(next.data(), &d, sizeof d);
+  save_specific(next.data());
   if (next != tm_->store_area()) tm_->mutable_store_area() = next;
   return tm_->commit();
 }

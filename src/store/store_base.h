@@ -3,20 +3,43 @@
 // store area, commit, and the checks of those trees. A store supplies the
 // hooks that give a new snapshot its store key and react to create/delete.
 //
-// Store area (the 512 opaque bytes of the commit record), common part:
-//   0  u64 snapshots tree root      8  u64 names tree root
-//  16  u32 next snapshot ID        20  u32 live snapshot count
-//  24  u32 origin changed at (highest ID when the origin last changed)
-//  28  u32 pending receive: base ID    32  u8[16] pending receive: target uuid
-//  48  u32 pending receive: origin-changed-at before it
-//  52  u32 reserved   56  u64 properties tree root (0: none yet)
-//  64..511 belong to the store format.
+// Store area (the 512 opaque bytes of the commit record): bytes 0..63 are
+// common (StoreAreaCommonDisk), 64..511 belong to the store format
+// (RangeStoreAreaDisk, BitmaskStoreAreaDisk); docs/format.md, section 7.
 #pragma once
 
 #include "store/exception_store.h"
 #include "store/tree_traits.h"
 
 namespace multisnap {
+
+// The store area's common part (docs/format.md, section 7). Little-endian,
+// like every on-disk struct here: copied in and out with memcpy.
+struct StoreAreaCommonDisk {
+  uint64_t snapshots_root;
+  uint64_t names_root;
+  uint32_t next_snapshot_id;
+  uint32_t live_snapshots;
+  uint32_t origin_changed_at;  // the highest ID given out when the origin last changed
+  uint32_t receive_base;       // pending receive: base snapshot ID (0: a full stream)
+  uint8_t receive_target[16];  // pending receive: uuid it will create (zero: none)
+  uint32_t receive_origin_changed_before;
+  uint32_t reserved;
+  uint64_t properties_root;    // 0: no property was ever set
+};
+static_assert(sizeof(StoreAreaCommonDisk) == 64);
+static_assert(offsetof(StoreAreaCommonDisk, names_root) == 8);
+static_assert(offsetof(StoreAreaCommonDisk, next_snapshot_id) == 16);
+static_assert(offsetof(StoreAreaCommonDisk, live_snapshots) == 20);
+static_assert(offsetof(StoreAreaCommonDisk, origin_changed_at) == 24);
+static_assert(offsetof(StoreAreaCommonDisk, receive_base) == 28);
+static_assert(offsetof(StoreAreaCommonDisk, receive_target) == 32);
+static_assert(offsetof(StoreAreaCommonDisk, receive_origin_changed_before) == 48);
+static_assert(offsetof(StoreAreaCommonDisk, reserved) == 52);
+static_assert(offsetof(StoreAreaCommonDisk, properties_root) == 56);
+// Where the format's part of the store area starts, and its size.
+constexpr size_t kStoreAreaSpecificOffset = sizeof(StoreAreaCommonDisk);
+constexpr size_t kStoreAreaSpecificSize = kStoreAreaSize - kStoreAreaSpecificOffset;
 
 // The snapshot table's value (112 bytes on disk; docs/format.md).
 struct SnapshotRecordDisk {
@@ -90,8 +113,8 @@ class StoreBase : public ExceptionStore {
 
   Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> parent, std::string name, uint64_t now_ns,
                                        std::optional<Uuid> uuid = std::nullopt) override;
-  SnapshotId last_snapshot_id() const override { return next_id_ - 1; }
   Result<std::optional<SnapshotInfo>> newest_snapshot() override;
+  SnapshotId last_snapshot_id() const override { return next_id_ - 1; }
   Result<bool> mark_written(SnapshotId id) override;
   SnapshotId origin_changed_at() const override { return origin_changed_at_; }
   bool record_origin_change() override;
@@ -119,7 +142,8 @@ class StoreBase : public ExceptionStore {
   virtual Result<uint64_t> allocate_key(SnapshotRecord* parent) = 0;
   virtual Status on_created(const SnapshotInfo& info) = 0;
   virtual Status on_deleted(const SnapshotInfo& info) = 0;
-  // Writes the format's roots and counters into the store area (bytes 64..).
+  // Writes the format's roots and counters into the store area (its
+  // kStoreAreaSpecificSize bytes from kStoreAreaSpecificOffset on).
   virtual void save_specific(uint8_t* area) = 0;
 
   // Runs the part of an update that changes metadata, after everything that

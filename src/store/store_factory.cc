@@ -7,7 +7,6 @@
 
 namespace multisnap {
 
-
 Status format_store(BlockDevice& dev, const CreateOptions& options) {
   LayoutRequest req;
   req.store_size = dev.size();
@@ -16,7 +15,7 @@ Status format_store(BlockDevice& dev, const CreateOptions& options) {
   req.metadata_size = options.metadata_size;
   MS_ASSIGN_OR_RETURN(Layout layout, compute_layout(req));
   Superblock sb;
-  sb.format = options.format;
+  sb.format = store_format_code(options.format);
   MS_ASSIGN_OR_RETURN(Uuid uuid, random_uuid());
   sb.uuid = uuid.bytes;
   sb.created_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -34,7 +33,10 @@ Status format_store(BlockDevice& dev, const CreateOptions& options) {
 
 Result<std::unique_ptr<ExceptionStore>> open_store(BlockDevice& dev, const TmOptions& options) {
   MS_ASSIGN_OR_RETURN(auto tm, TransactionManager::open(dev, options));
-  switch (tm->superblock().format) {
+  std::optional<StoreFormat> format = store_format_from_code(tm->superblock().format);
+  if (!format)
+    return make_error(Code::kCorruption, "{}: unknown store format {}", dev.describe(), tm->superblock().format);
+  switch (*format) {
     case StoreFormat::kRange: {
       MS_ASSIGN_OR_RETURN(auto s, RangeStore::open(std::move(tm)));
       return std::unique_ptr<ExceptionStore>(std::move(s));

@@ -180,8 +180,7 @@ TEST(PolicyRunnerThread, WakesOnTheInjectedClock) {
   EngineParams params;
   EngineHarness h(params);  // devices only: a threaded engine of our own
   EngineOptions eo;
-  eo.io = EngineOptions::Io::kSync;
-  auto engine = Engine::open(h.origin_dev(), h.store_dev(), eo);
+  auto engine = Engine::open(h.origin_dev(), h.store_dev(), eo, make_sync_io_context());
   ASSERT_TRUE(engine.is_ok());
   FakeClock clock(kT0);
   PolicyRunner r(**engine, clock, [&](SnapshotId id) { return (*engine)->delete_snapshot(id); });

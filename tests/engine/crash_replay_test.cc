@@ -11,13 +11,14 @@
 #include <unordered_set>
 
 #include "engine/engine_fixture.h"
+#include "engine/volume_model.h"
 #include "util/checksum.h"
 
 namespace multisnap {
 namespace {
 
-constexpr uint64_t kSector = 512;
-uint64_t sector_hash(const uint8_t* p) { return checksum64(p, kSector, 7); }
+using testing::kSector;
+using testing::VolumeModel;
 
 // Forwards to a MemoryDevice and appends every write and flush to a shared
 // log, tagged with the device, so both devices' histories interleave.
@@ -52,26 +53,6 @@ class RecordingDevice final : public BlockDevice {
   MemoryDevice& inner_;
   int tag_;
   std::vector<Recorded>* log_;
-};
-
-// Per volume: the data now, the data as of the last flush point, and every
-// sector version written since.
-struct VolumeModel {
-  std::vector<uint8_t> data, durable;
-  std::map<uint64_t, std::unordered_set<uint64_t>> since;
-  void note(uint64_t off, uint64_t len) {
-    for (uint64_t s = off / kSector; s * kSector < off + len; ++s) since[s].insert(sector_hash(&data[s * kSector]));
-  }
-  bool allows(const std::vector<uint8_t>& got, std::string* why) const {
-    for (uint64_t s = 0; s * kSector < got.size(); ++s) {
-      if (!std::memcmp(&got[s * kSector], &durable[s * kSector], kSector)) continue;
-      auto it = since.find(s);
-      if (it != since.end() && it->second.count(sector_hash(&got[s * kSector]))) continue;
-      *why = "sector " + std::to_string(s);
-      return false;
-    }
-    return true;
-  }
 };
 
 // What must hold after a cut inside one workload step.
@@ -121,8 +102,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
   {
     EngineOptions eo;
     eo.threaded = false;
-    eo.io = EngineOptions::Io::kSync;
-    auto engine = std::move(Engine::open(origin, store, eo)).value();
+    auto engine = std::move(Engine::open(origin, store, eo, make_sync_io_context())).value();
     std::map<SnapshotId, VolumeModel> vols;
     std::map<SnapshotId, VolumeRef> refs;
     std::map<SnapshotId, SnapshotId> parent;
@@ -156,7 +136,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
           io.buf = buf.data();
           std::memcpy(it->second.data.data() + off, buf.data(), len);
         }
-        it->second.note(off, len);
+        it->second.note_versions(off, len);
         cp.volumes = vols;
         ASSERT_TRUE(sync_io(target, io).is_ok());
       } else if (r < 75 && vols.size() < 6) {  // a snapshot of the origin or of a snapshot
@@ -171,7 +151,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
         vols[s->id].data = vols[of.value_or(0)].data;
         parent[s->id] = of.value_or(0);
         refs[s->id] = *engine->open_volume("snapshot/" + std::to_string(s->id));
-        for (auto& [id, m] : vols) m.durable = m.data, m.since.clear();
+        for (auto& [id, m] : vols) m.flush_point();
       } else if (r < 85 && vols.size() > 1) {  // delete
         auto it = std::next(vols.begin(), 1 + static_cast<long>(rng() % (vols.size() - 1)));
         SnapshotId id = it->first;
@@ -183,7 +163,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       } else {  // flush
         cp.volumes = vols;
         ASSERT_TRUE(sync_io(0, {IoRequest::Op::kFlush, 0, 0, nullptr, false}).is_ok());
-        for (auto& [id, m] : vols) m.durable = m.data, m.since.clear();
+        for (auto& [id, m] : vols) m.flush_point();
       }
       cp.log_end = log.size();
       checkpoints.push_back(std::move(cp));
@@ -215,8 +195,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       for (auto& p : testing::check_store(s)) ADD_FAILURE() << p;
       EngineOptions eo;
       eo.threaded = false;
-      eo.io = EngineOptions::Io::kSync;
-      auto e = Engine::open(o, s, eo);
+      auto e = Engine::open(o, s, eo, make_sync_io_context());
       ASSERT_TRUE(e.is_ok()) << e.status().to_string();
       auto list = (*e)->list_snapshots();
       ASSERT_TRUE(list.is_ok());
@@ -241,8 +220,8 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
         (*e)->submit(*v, {IoRequest::Op::kRead, 0, size, got.data(), false}, [&](Status x) { st = x; done = true; });
         while (!done) (*e)->poll();
         ASSERT_TRUE(st.is_ok());
-        std::string why;
-        ASSERT_TRUE(m.allows(got, &why)) << name << ": " << why << " holds a version never written";
+        std::string why = m.explain(got);
+        ASSERT_TRUE(why.empty()) << name << ": " << why;
         rolled_back |= got != m.data;
       };
       verify("origin", cp.volumes.at(0));
@@ -251,8 +230,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
           verify("snapshot/" + std::to_string(id), cp.volumes.at(id));
         } else {  // created at the cut: exactly what its parent held then
           VolumeModel exact = cp.volumes.at(*cp.created_of);
-          exact.durable = exact.data;
-          exact.since.clear();
+          exact.flush_point();
           verify("snapshot/" + std::to_string(id), exact);
         }
       }

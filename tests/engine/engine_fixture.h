@@ -6,8 +6,9 @@
 #include <random>
 
 #include "engine/engine.h"
-#include "io/fault_device.h"
-#include "io/memory_device.h"
+#include "support/fault_device.h"
+#include "support/memory_device.h"
+#include "support/test_io_context.h"
 #include "store/check_store.h"
 
 namespace multisnap::testing {
@@ -17,7 +18,7 @@ struct EngineParams {
   uint64_t origin_size = 1 << 20;
   uint64_t store_size = 48 << 20;
   size_t cache = 1 << 20;
-  EngineOptions::Io io = EngineOptions::Io::kSync;
+  TestIo io = TestIo::kSync;
   uint64_t seed = 1;
   uint32_t copy_slots = 8;
   StoreFormat format = StoreFormat::kRange;
@@ -43,12 +44,10 @@ class EngineHarness {
     EngineOptions eo;
     eo.threaded = false;
     eo.cache_bytes = p_.cache;
-    eo.io = p_.io;
-    eo.io_seed = p_.seed;
     eo.copy_slots = p_.copy_slots;
     eo.on_no_space = p_.on_no_space;
     eo.space_page = p_.space_page;
-    auto e = Engine::open(origin_, store_, eo);
+    auto e = Engine::open(origin_, store_, eo, make_test_io_context(p_.io, p_.seed));
     ASSERT_TRUE(e.is_ok()) << e.status().to_string();
     engine_ = std::move(e).value();
   }

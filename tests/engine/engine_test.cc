@@ -264,9 +264,9 @@ TEST_P(EngineTest, ConcurrentRequestsOnSharedChunks) {
 std::vector<EngineParams> engine_params() {
   std::vector<EngineParams> out;
   for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
-    out.push_back({4096, 1 << 20, 48 << 20, 1 << 20, EngineOptions::Io::kSync, 1, 8, f});
-    out.push_back({65536, 4 << 20, 64 << 20, 1 << 20, EngineOptions::Io::kReordering, 2, 8, f});
-    out.push_back({4096, 1 << 20, 48 << 20, 16 * 4096, EngineOptions::Io::kReordering, 3, 2, f});
+    out.push_back({4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f});
+    out.push_back({65536, 4 << 20, 64 << 20, 1 << 20, TestIo::kReordering, 2, 8, f});
+    out.push_back({4096, 1 << 20, 48 << 20, 16 * 4096, TestIo::kReordering, 3, 2, f});
   }
   return out;
 }
@@ -315,7 +315,7 @@ TEST_P(EngineTest, SpaceUseInPagesIsExactAndIsWhatDeletingFrees) {
 INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::ValuesIn(engine_params()), [](const auto& info) {
   const EngineParams& p = info.param;
   return std::string(store_format_name(p.format)) + "_" + std::to_string(p.chunk / 1024) + "K_" +
-         (p.io == EngineOptions::Io::kSync ? "sync" : "reorder") + (p.cache < (1 << 20) ? "_tinycache" : "");
+         (p.io == TestIo::kSync ? "sync" : "reorder") + (p.cache < (1 << 20) ? "_tinycache" : "");
 });
 
 }  // namespace

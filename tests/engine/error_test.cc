@@ -147,7 +147,7 @@ TEST_P(ErrorTest, RandomFaultsNeverCorruptTheStore) {
 TEST_P(ErrorTest, DeleteDoesNotCommitARemapWhoseCopyIsInFlight) {
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     EngineParams p = params();
-    p.io = EngineOptions::Io::kReordering;
+    p.io = TestIo::kReordering;
     p.seed = seed;
     EngineHarness h(p);
     h.open();
@@ -303,14 +303,9 @@ TEST_P(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
       store.poke(blk * kBlockSize, image.data() + other * kBlockSize, kBlockSize);
     }
     {
-      TmOptions ro;
-      ro.read_only = true;
-      auto st = open_store(store, ro);
-      ASSERT_TRUE(st.is_ok()) << st.status().to_string();
-      CheckReport report;
-      for (const CommitRecordFinding& f : (*st)->tm().commit_findings())
-        f.serious ? report.problem(f.text) : report.warning(f.text);
-      (*st)->check(report);
+      auto checked = testing::check_report(store, /*commit_findings=*/true);
+      ASSERT_TRUE(checked.is_ok()) << checked.status().to_string();
+      const CheckReport& report = *checked;
       if (is_commit) {
         // The twin copy is intact: nothing lost, but never silent.
         EXPECT_TRUE(report.clean()) << report.problems()[0];
@@ -325,8 +320,7 @@ TEST_P(DamagedMetadata, EveryBlockIsDetectedAndNeverTrusted) {
     }
     EngineOptions eo;
     eo.threaded = false;
-    eo.io = EngineOptions::Io::kSync;
-    auto e = Engine::open(h.origin_mem(), store, eo);
+    auto e = Engine::open(h.origin_mem(), store, eo, make_sync_io_context());
     ASSERT_TRUE(e.is_ok());
     auto snap = (*e)->open_volume("snapshot/old");
     if (!snap.is_ok()) {

@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "engine/engine_fixture.h"
+#include "engine/volume_model.h"
 #include "util/checksum.h"
 
 namespace multisnap {
@@ -25,38 +26,8 @@ namespace {
 using testing::EngineHarness;
 using testing::EngineParams;
 
-constexpr uint64_t kSector = 512;
-
-uint64_t sector_hash(const uint8_t* p) { return checksum64(p, kSector, 99); }
-
-struct VolumeModel {
-  std::vector<uint8_t> data;     // what a read must return now
-  std::vector<uint8_t> durable;  // what survives a crash for sure... or a version below
-  std::unordered_map<uint64_t, std::unordered_set<uint64_t>> since;  // sector -> versions since
-
-  void apply(uint64_t off, const uint8_t* bytes, uint64_t len) {
-    if (bytes) std::memcpy(data.data() + off, bytes, len);
-    else std::memset(data.data() + off, 0, len);
-  }
-  void note_versions(uint64_t off, uint64_t len) {
-    for (uint64_t s = off / kSector; s * kSector < off + len; ++s) since[s].insert(sector_hash(&data[s * kSector]));
-  }
-  void flush_point() {
-    durable = data;
-    since.clear();
-  }
-  // Where `got` (the whole volume after a crash) breaks the model, or "".
-  std::string explain(const std::vector<uint8_t>& got) const {
-    for (uint64_t s = 0; s * kSector < got.size(); ++s) {
-      const uint8_t* g = &got[s * kSector];
-      if (std::memcmp(g, &durable[s * kSector], kSector) == 0) continue;
-      auto it = since.find(s);
-      if (it != since.end() && it->second.count(sector_hash(g))) continue;
-      return "sector " + std::to_string(s) + " holds a version that was never written";
-    }
-    return "";
-  }
-};
+using testing::kSector;
+using testing::VolumeModel;
 
 struct Snap {
   SnapshotId parent = kOriginId;
@@ -445,10 +416,10 @@ std::vector<ModelCase> model_cases() {
   std::vector<ModelCase> out;
   for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
     std::string n = f == StoreFormat::kRange ? "Range" : "Bitmask";
-    out.push_back({n + "4K", {4096, 1 << 20, 48 << 20, 1 << 20, EngineOptions::Io::kReordering, 1, 8, f}, 1500});
-    out.push_back({n + "64K", {65536, 2 << 20, 96 << 20, 1 << 20, EngineOptions::Io::kReordering, 1, 8, f}, 1000});
-    out.push_back({n + "4KTinyCache", {4096, 1 << 20, 48 << 20, 16 * 4096, EngineOptions::Io::kReordering, 1, 2, f}, 1000});
-    out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, EngineOptions::Io::kSync, 1, 8, f},
+    out.push_back({n + "4K", {4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1500});
+    out.push_back({n + "64K", {65536, 2 << 20, 96 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1000});
+    out.push_back({n + "4KTinyCache", {4096, 1 << 20, 48 << 20, 16 * 4096, TestIo::kReordering, 1, 2, f}, 1000});
+    out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f},
                    800});
   }
   return out;

@@ -137,10 +137,9 @@ TEST_P(EngineOnFullPolicy, WaitIsBounded) {
   EngineHarness h(p);  // the devices; the engine is opened here with a short bound
   EngineOptions eo;
   eo.threaded = false;
-  eo.io = EngineOptions::Io::kSync;
   eo.on_no_space = p.on_no_space;
   eo.no_space_wait_ms = 300;
-  auto e = Engine::open(h.origin_dev(), h.store_dev(), eo);
+  auto e = Engine::open(h.origin_dev(), h.store_dev(), eo, make_sync_io_context());
   ASSERT_TRUE(e.is_ok()) << e.status().to_string();
   auto origin = (*e)->open_volume("origin");
   ASSERT_TRUE(origin.is_ok());

@@ -37,6 +37,7 @@
 #include "io/file_device.h"
 #include "io/test_files.h"
 #include "store/check_store.h"
+#include "support/test_io_context.h"
 #include "util/log.h"
 
 namespace multisnap {
@@ -92,7 +93,7 @@ std::optional<uint64_t> decode(const uint8_t* p, uint64_t unit) {
 
 struct StressParams {
   StoreFormat format;
-  EngineOptions::Io io;
+  TestIo io;
   uint32_t chunk;
 };
 
@@ -137,12 +138,11 @@ class ThreadedStressTest : public ::testing::TestWithParam<StressParams> {
     ASSERT_TRUE(format_store(*store_dev_, co).is_ok());
     EngineOptions eo;
     eo.threaded = true;
-    eo.io = p.io;
     eo.cache_bytes = 1 << 20;
     eo.copy_slots = 4;
     eo.reclaim_budget = 64;  // many small reclaim steps, interleaved with everything else
     eo.commit_interval_ms = 50;
-    auto e = Engine::open(*origin_dev_, *store_dev_, eo);
+    auto e = Engine::open(*origin_dev_, *store_dev_, eo, make_test_io_context(p.io));
     ASSERT_TRUE(e.is_ok()) << e.status().to_string();
     engine_ = std::move(e).value();
     for (auto& g : gen_) g.store(0);
@@ -535,8 +535,8 @@ TEST_P(ThreadedStressTest, ClientsSnapshotsDeletesAndRollback) {
 std::vector<StressParams> stress_params() {
   std::vector<StressParams> out;
   for (StoreFormat f : {StoreFormat::kRange, StoreFormat::kBitmask}) {
-    out.push_back({f, EngineOptions::Io::kUring, 64 * 1024});
-    out.push_back({f, EngineOptions::Io::kSync, 16 * 1024});
+    out.push_back({f, TestIo::kUring, 64 * 1024});
+    out.push_back({f, TestIo::kSync, 16 * 1024});
   }
   return out;
 }
@@ -544,7 +544,7 @@ std::vector<StressParams> stress_params() {
 INSTANTIATE_TEST_SUITE_P(Stores, ThreadedStressTest, ::testing::ValuesIn(stress_params()), [](const auto& info) {
   const StressParams& p = info.param;
   return std::string(store_format_name(p.format)) + "_" + std::to_string(p.chunk / 1024) + "K_" +
-         (p.io == EngineOptions::Io::kUring ? "uring" : "sync");
+         (p.io == TestIo::kUring ? "uring" : "sync");
 });
 
 }  // namespace

@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "store/exception_store.h"
 
 using namespace multisnap;

@@ -7,9 +7,9 @@
 #include <random>
 #include <vector>
 
-#include "io/fault_device.h"
+#include "support/fault_device.h"
 #include "io/file_device.h"
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "io/test_files.h"
 
 namespace multisnap {

@@ -7,8 +7,9 @@
 #include <thread>
 
 #include "io/file_device.h"
-#include "io/memory_device.h"
 #include "io/test_files.h"
+#include "support/memory_device.h"
+#include "support/test_io_context.h"
 
 namespace multisnap {
 namespace {
@@ -93,21 +94,27 @@ TEST_P(IoContextTest, ReportsErrors) {
 
 TEST_P(IoContextTest, WakeInterruptsAWait) {
   ctx_->run(false);  // settle anything pending
+  std::atomic<bool> woken{false};
   std::thread t([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    woken = true;
     ctx_->wake();
   });
   auto start = std::chrono::steady_clock::now();
   ctx_->run(true, 5000);
+  bool woken_before_return = woken.load();
   auto waited = std::chrono::steady_clock::now() - start;
   t.join();
+  EXPECT_TRUE(woken_before_return) << "run(true) returned without waiting for the wake";
   EXPECT_LT(waited, std::chrono::milliseconds(1000));  // woken, not timed out
 }
 
 TEST_P(IoContextTest, TimeoutReturns) {
   auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(ctx_->run(true, 30), 0u);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(waited, std::chrono::milliseconds(25)) << "run(true, 30) did not wait";
+  EXPECT_LT(waited, std::chrono::seconds(3));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllContexts, IoContextTest,

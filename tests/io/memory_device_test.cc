@@ -1,5 +1,5 @@
 // The crash simulation the crash tests rely on.
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 
 #include <gtest/gtest.h>
 

@@ -2,8 +2,8 @@
 
 #include <gtest/gtest.h>
 
-#include "io/fault_device.h"
-#include "io/memory_device.h"
+#include "support/fault_device.h"
+#include "support/memory_device.h"
 
 namespace multisnap {
 namespace {

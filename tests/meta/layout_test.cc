@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "meta/meta_fixture.h"
 #include "meta/superblock.h"
 

@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "meta/transaction.h"
 
 namespace multisnap::testing {

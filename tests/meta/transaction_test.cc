@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/fault_device.h"
+#include "support/fault_device.h"
 #include "meta/meta_fixture.h"
 
 namespace multisnap {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a seed corpus for the nbd_fuzz libFuzzer target (src/nbd/nbd_fuzz.cc).
+"""Writes a seed corpus for the nbd_fuzz libFuzzer target (tests/fuzz/nbd_fuzz.cc).
 
 Each seed is what a client might send: a chunking byte (see fuzz_driver.h),
 client flags, options, then transmission requests against the fuzz driver's

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <string>
 
-#include "nbd/memory_backend.h"
+#include "support/memory_backend.h"
 #include "nbd/server.h"
 #include "util/log.h"
 #include "util/units.h"

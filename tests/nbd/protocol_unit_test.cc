@@ -7,8 +7,8 @@
 
 #include "nbd/error_map.h"
 #include "nbd/export_params.h"
-#include "nbd/fuzz_driver.h"
-#include "nbd/memory_backend.h"
+#include "support/fuzz_driver.h"
+#include "support/memory_backend.h"
 #include "nbd/negotiation.h"
 #include "nbd/protocol.h"
 #include "nbd/raw_client.h"
@@ -255,6 +255,8 @@ TEST(FuzzDriverTest, RandomInputsAreHarmless) {
       .u32(meta.size())
       .raw(meta.data().data(), meta.size());
   prefix.u64(wire::kIHaveOpt).u32(wire::kGo).u32(10).u32(4).str("disk").u16(0);
+  int negotiated = 0;
+  uint64_t requests = 0, errors = 0, reply_bytes = 0;
   for (int i = 0; i < 3000; ++i) {
     std::vector<uint8_t> input;
     bool structured = i % 2 == 0;
@@ -271,9 +273,25 @@ TEST(FuzzDriverTest, RandomInputsAreHarmless) {
         input.push_back(static_cast<uint8_t>(rng()));
       }
     }
-    run_fuzz_input(input.data(), input.size());
+    FuzzRun run = run_fuzz_input(input.data(), input.size());
+    // The valid prefix always gets through the handshake; what follows is
+    // parsed as requests, answered or refused.
+    if (structured) {
+      EXPECT_TRUE(run.negotiated) << "input " << i;
+      ++negotiated;
+    }
+    requests += run.counters.requests;
+    errors += run.counters.errors;
+    reply_bytes += run.reply_bytes;
   }
   set_log_level(LogLevel::kWarn);
+  // The random requests reached the parser and the backend: many were
+  // served, many refused, and every one was answered.
+  EXPECT_EQ(negotiated, 1500);
+  EXPECT_GT(requests, 300u);
+  EXPECT_GT(errors, 100u);
+  EXPECT_GT(requests - errors, 10u);
+  EXPECT_GE(reply_bytes, requests * 16);  // at least a simple reply header each
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 #include <memory>
 #include <string>
 
-#include "nbd/memory_backend.h"
+#include "support/memory_backend.h"
 #include "nbd/raw_client.h"
 #include "nbd/server.h"
 #include "util/log.h"

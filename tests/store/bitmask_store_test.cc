@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "store/store_fixture.h"
 
 namespace multisnap {
@@ -123,27 +123,21 @@ TEST_F(BitmaskStoreTest, CheckFindsABitInTwoExceptions) {
   SnapshotInfo a = snap();
   EXPECT_EQ(origin_write(4).size(), 1u);
   ASSERT_TRUE(store_->commit().is_ok());
-  TmOptions ro;
-  ro.read_only = true;
   {
-    auto r = open_store(dev_, ro);
-    CheckReport report;
-    (*r)->check(report);
-    EXPECT_TRUE(report.clean());
+    auto report = testing::check_report(dev_);
+    ASSERT_TRUE(report.is_ok()) << report.status().to_string();
+    EXPECT_TRUE(report->clean());
   }
   // Forge a second exception holding a's bit for the same chunk.
-  auto* bs = static_cast<BitmaskStore*>(store_.get());
-  (void)bs;
   uint64_t extra = *store_->tm().allocate_chunk();
   BTree<BitmaskExceptionTraits> tree(store_->tm(), load_le<uint64_t>(store_->tm().store_area().data() + 64));
   ASSERT_TRUE(tree.insert({4, extra}, {uint64_t{1} << a.store_key}).is_ok());
   store_le(store_->tm().mutable_store_area().data() + 64, tree.root());
   ASSERT_TRUE(store_->tm().commit().is_ok());
-  auto r = open_store(dev_, ro);
-  CheckReport report;
-  (*r)->check(report);
+  auto report = testing::check_report(dev_);
+  ASSERT_TRUE(report.is_ok()) << report.status().to_string();
   bool saw = false;
-  for (auto& p : report.problems()) saw |= p.find("two exceptions") != std::string::npos;
+  for (auto& p : report->problems()) saw |= p.find("two exceptions") != std::string::npos;
   EXPECT_TRUE(saw);
 }
 

@@ -1,5 +1,5 @@
 // Runs `multisnap check` in-process: opens the store read-only on `dev` and
-// returns every problem found (or why it would not open).
+// walks all committed metadata.
 #pragma once
 
 #include <string>
@@ -9,14 +9,25 @@
 
 namespace multisnap::testing {
 
-inline std::vector<std::string> check_store(BlockDevice& dev) {
+// The report, or why the store would not open. With commit_findings, damage
+// to the commit record copies found at open comes first, as `multisnap
+// check` reports it (a warning, or a problem when something is lost).
+inline Result<CheckReport> check_report(BlockDevice& dev, bool commit_findings = false) {
   TmOptions ro;
   ro.read_only = true;
-  auto st = open_store(dev, ro);
-  if (!st.is_ok()) return {"open: " + st.status().to_string()};
+  MS_ASSIGN_OR_RETURN(auto st, open_store(dev, ro));
   CheckReport report;
-  (*st)->check(report);
-  return report.problems();
+  if (commit_findings)
+    for (const CommitRecordFinding& f : st->commit_findings()) f.serious ? report.problem(f.text) : report.warning(f.text);
+  st->check(report);
+  return report;
+}
+
+// Every problem found (or why the store would not open).
+inline std::vector<std::string> check_store(BlockDevice& dev) {
+  auto report = check_report(dev);
+  if (!report.is_ok()) return {"open: " + report.status().to_string()};
+  return report->problems();
 }
 
 }  // namespace multisnap::testing

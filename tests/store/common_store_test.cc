@@ -3,7 +3,10 @@
 // snapshot, properties.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "store/store_fixture.h"
+#include "util/endian.h"
 
 namespace multisnap {
 namespace {
@@ -120,6 +123,47 @@ TEST_P(CommonStoreTest, PropertiesPersistAndAreChecked) {
   ASSERT_TRUE(store_->set_property(1, std::nullopt).is_ok());
   EXPECT_FALSE(*store_->get_property(1));
   expect_clean();
+}
+
+// The committed store area, read at the byte offsets of docs/format.md
+// section 7 (independently of the *_disk structs that write it).
+TEST_P(CommonStoreTest, StoreAreaBytesAreWhereTheFormatSays) {
+  SnapshotInfo a = snap();
+  snap();
+  origin_write(5);
+  ASSERT_TRUE(store_->record_origin_change());
+  ASSERT_TRUE(store_->delete_snapshot(a.id).is_ok());
+  PendingReceive p;
+  p.target = *Uuid::parse("01234567-89ab-4def-8123-456789abcdef");
+  p.base = 2;
+  p.origin_changed_before = 1;
+  store_->set_pending_receive(p);
+  ASSERT_TRUE(store_->set_property(kPolicyProperty, std::string("{}")).is_ok());
+  ASSERT_TRUE(store_->commit().is_ok());
+  const uint8_t* area = store_->tm().committed_store_area().data();
+  EXPECT_NE(load_le<uint64_t>(area + 0), 0u);  // snapshots tree root
+  EXPECT_NE(load_le<uint64_t>(area + 8), 0u);  // names tree root
+  EXPECT_EQ(load_le<uint32_t>(area + 16), 3u);  // next snapshot ID
+  EXPECT_EQ(load_le<uint32_t>(area + 20), 1u);  // live snapshots
+  EXPECT_EQ(load_le<uint32_t>(area + 24), 2u);  // origin changed at
+  EXPECT_EQ(load_le<uint32_t>(area + 28), 2u);  // pending receive: base
+  EXPECT_EQ(std::memcmp(area + 32, p.target.bytes.data(), 16), 0);
+  EXPECT_EQ(load_le<uint32_t>(area + 48), 1u);  // origin changed at before it
+  EXPECT_EQ(load_le<uint32_t>(area + 52), 0u);  // reserved
+  EXPECT_NE(load_le<uint64_t>(area + 56), 0u);  // properties tree root
+  EXPECT_NE(load_le<uint64_t>(area + 64), 0u);  // exceptions tree root (both formats)
+  StoreStats st = store_->stats();
+  if (GetParam() == StoreFormat::kRange) {
+    EXPECT_EQ(load_le<uint64_t>(area + 80), st.exceptions);  // exception count
+    for (size_t i = 108; i < kStoreAreaSize; ++i) ASSERT_EQ(area[i], 0) << "reserved byte " << i;
+  } else {
+    EXPECT_EQ(load_le<uint64_t>(area + 72), st.exceptions);  // exception count
+    uint64_t live = load_le<uint64_t>(area + 80), sweep = load_le<uint64_t>(area + 88),
+             pending = load_le<uint64_t>(area + 96);
+    EXPECT_EQ(__builtin_popcountll(live), 1);  // one live snapshot
+    EXPECT_EQ(__builtin_popcountll(sweep | pending), 1);  // the deleted one, not yet swept
+    for (size_t i = 120; i < kStoreAreaSize; ++i) ASSERT_EQ(area[i], 0) << "reserved byte " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, CommonStoreTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),

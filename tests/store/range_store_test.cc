@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "store/store_fixture.h"
 
 namespace multisnap {
@@ -242,24 +242,17 @@ TEST_F(RangeStoreTest, CheckFindsADamagedNodeAndALeak) {
   // Leak: allocate a chunk nobody references, commit.
   ASSERT_TRUE(store_->tm().allocate_chunk().is_ok());
   ASSERT_TRUE(store_->commit().is_ok());
-  TmOptions ro;
-  ro.read_only = true;
   {
-    auto r = open_store(dev_, ro);
-    CheckReport report;
-    (*r)->check(report);
-    ASSERT_FALSE(report.clean());
-    EXPECT_NE(report.problems()[0].find("leaked"), std::string::npos) << report.problems()[0];
+    auto problems = testing::check_store(dev_);
+    ASSERT_FALSE(problems.empty());
+    EXPECT_NE(problems[0].find("leaked"), std::string::npos) << problems[0];
   }
   // Damage: overwrite a metadata block in the middle of the exception tree.
   const Layout& l = store_->layout();
   std::vector<uint8_t> junk(kBlockSize, 0xab);
   dev_.poke((l.meta_start + 10) * kBlockSize, junk.data(), junk.size());
-  auto r = open_store(dev_, ro);
-  CheckReport report;
-  (*r)->check(report);
   bool saw = false;
-  for (auto& p : report.problems()) saw |= p.find("checksum") != std::string::npos;
+  for (auto& p : testing::check_store(dev_)) saw |= p.find("checksum") != std::string::npos;
   EXPECT_TRUE(saw);
 }
 

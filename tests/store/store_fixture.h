@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 #include "store/check_store.h"
 #include "store/exception_store.h"
 

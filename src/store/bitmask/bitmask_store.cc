@@ -24,24 +24,26 @@ Result<std::unique_ptr<BitmaskStore>> BitmaskStore::open(std::unique_ptr<Transac
 }
 
 void BitmaskStore::load_specific() {
-  const uint8_t* a = tm_->store_area().data() + 64;
-  exceptions_root_ = load_le<uint64_t>(a);
-  exception_count_ = load_le<uint64_t>(a + 8);
-  live_ = load_le<uint64_t>(a + 16);
-  sweep_ = load_le<uint64_t>(a + 24);
-  pending_ = load_le<uint64_t>(a + 32);
-  cursor_ = {load_le<uint64_t>(a + 40), load_le<uint64_t>(a + 48)};
+  BitmaskStoreAreaDisk d;
+  std::memcpy(&d, tm_->store_area().data() + kStoreAreaSpecificOffset, sizeof d);
+  exceptions_root_ = d.exceptions_root;
+  exception_count_ = d.exception_count;
+  live_ = d.live_mask;
+  sweep_ = d.sweep_mask;
+  pending_ = d.pending_mask;
+  cursor_ = {d.sweep_chunk, d.sweep_store_chunk};
 }
 
 void BitmaskStore::save_specific(uint8_t* area) {
-  uint8_t* a = area + 64;
-  store_le(a, exceptions_root_);
-  store_le(a + 8, exception_count_);
-  store_le(a + 16, live_);
-  store_le(a + 24, sweep_);
-  store_le(a + 32, pending_);
-  store_le(a + 40, cursor_.hi);
-  store_le(a + 48, cursor_.lo);
+  BitmaskStoreAreaDisk d{};
+  d.exceptions_root = exceptions_root_;
+  d.exception_count = exception_count_;
+  d.live_mask = live_;
+  d.sweep_mask = sweep_;
+  d.pending_mask = pending_;
+  d.sweep_chunk = cursor_.hi;
+  d.sweep_store_chunk = cursor_.lo;
+  std::memcpy(area + kStoreAreaSpecificOffset, &d, sizeof d);
 }
 
 // ---------------------------------------------------------------- snapshots

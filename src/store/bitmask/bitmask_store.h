@@ -41,6 +41,27 @@
 
 namespace multisnap {
 
+// The bitmask store's part of the store area (bytes 64..511;
+// docs/format.md, section 7).
+struct BitmaskStoreAreaDisk {
+  uint64_t exceptions_root;
+  uint64_t exception_count;
+  uint64_t live_mask;          // the bits of live snapshots
+  uint64_t sweep_mask;         // bits of deleted snapshots the running pass is clearing
+  uint64_t pending_mask;       // bits of snapshots deleted since that pass started
+  uint64_t sweep_chunk;        // sweep cursor: origin chunk
+  uint64_t sweep_store_chunk;  // sweep cursor: store chunk
+  uint8_t reserved[392];       // 0
+};
+static_assert(sizeof(BitmaskStoreAreaDisk) == kStoreAreaSpecificSize);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, exception_count) == 72);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, live_mask) == 80);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, sweep_mask) == 88);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, pending_mask) == 96);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, sweep_chunk) == 104);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, sweep_store_chunk) == 112);
+static_assert(kStoreAreaSpecificOffset + offsetof(BitmaskStoreAreaDisk, reserved) == 120);
+
 struct MaskValue {
   uint64_t mask = 0;
   void encode(uint8_t* p) const { store_le(p, mask); }

@@ -42,22 +42,24 @@ Result<std::unique_ptr<RangeStore>> RangeStore::open(std::unique_ptr<Transaction
 }
 
 void RangeStore::load_specific() {
-  const uint8_t* a = tm_->store_area().data() + 64;
-  exceptions_root_ = load_le<uint64_t>(a);
-  live_root_ = load_le<uint64_t>(a + 8);
-  exception_count_ = load_le<uint64_t>(a + 16);
-  reclaim_cursor_ = {load_le<uint64_t>(a + 24), load_le<uint64_t>(a + 32)};
-  reclaim_flags_ = load_le<uint32_t>(a + 40);
+  RangeStoreAreaDisk d;
+  std::memcpy(&d, tm_->store_area().data() + kStoreAreaSpecificOffset, sizeof d);
+  exceptions_root_ = d.exceptions_root;
+  live_root_ = d.live_root;
+  exception_count_ = d.exception_count;
+  reclaim_cursor_ = {d.reclaim_chunk, d.reclaim_key};
+  reclaim_flags_ = d.reclaim_flags;
 }
 
 void RangeStore::save_specific(uint8_t* area) {
-  uint8_t* a = area + 64;
-  store_le(a, exceptions_root_);
-  store_le(a + 8, live_root_);
-  store_le(a + 16, exception_count_);
-  store_le(a + 24, reclaim_cursor_.hi);
-  store_le(a + 32, reclaim_cursor_.lo);
-  store_le(a + 40, reclaim_flags_);
+  RangeStoreAreaDisk d{};
+  d.exceptions_root = exceptions_root_;
+  d.live_root = live_root_;
+  d.exception_count = exception_count_;
+  d.reclaim_chunk = reclaim_cursor_.hi;
+  d.reclaim_key = reclaim_cursor_.lo;
+  d.reclaim_flags = reclaim_flags_;
+  std::memcpy(area + kStoreAreaSpecificOffset, &d, sizeof d);
 }
 
 // ---------------------------------------------------------------- snapshots

@@ -31,6 +31,25 @@
 
 namespace multisnap {
 
+// The range store's part of the store area (bytes 64..511; docs/format.md,
+// section 7).
+struct RangeStoreAreaDisk {
+  uint64_t exceptions_root;
+  uint64_t live_root;          // the live-keys tree
+  uint64_t exception_count;
+  uint64_t reclaim_chunk;      // reclaim cursor: origin chunk
+  uint64_t reclaim_key;        // reclaim cursor: first key
+  uint32_t reclaim_flags;      // 1: a pass is running; 2: another pass is wanted
+  uint8_t reserved[404];       // 0
+};
+static_assert(sizeof(RangeStoreAreaDisk) == kStoreAreaSpecificSize);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, live_root) == 72);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, exception_count) == 80);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, reclaim_chunk) == 88);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, reclaim_key) == 96);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, reclaim_flags) == 104);
+static_assert(kStoreAreaSpecificOffset + offsetof(RangeStoreAreaDisk, reserved) == 108);
+
 struct RangeValue {
   uint64_t to = 0;
   uint64_t store_chunk = 0;  // kZeroChunk: reads as zeros, no chunk

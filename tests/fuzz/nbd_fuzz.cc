@@ -2,7 +2,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "nbd/fuzz_driver.h"
+#include "support/fuzz_driver.h"
 #include "util/log.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,4 +1,4 @@
-#include "io/memory_device.h"
+#include "support/memory_device.h"
 
 #include <algorithm>
 #include <cstring>

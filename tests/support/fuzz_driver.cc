@@ -1,11 +1,11 @@
-#include "nbd/fuzz_driver.h"
+#include "support/fuzz_driver.h"
 
 #include <sys/uio.h>
 
 #include <string>
 #include <vector>
 
-#include "nbd/memory_backend.h"
+#include "support/memory_backend.h"
 #include "nbd/negotiation.h"
 #include "nbd/transmission.h"
 
@@ -46,7 +46,7 @@ class Chunker {
   size_t pos_ = 0;
 };
 
-void drain_output(Transmission& tx) {
+void drain_output(Transmission& tx, FuzzRun& run) {
   tx.collect_completions();
   struct iovec iov[64];
   while (tx.has_output()) {
@@ -54,11 +54,12 @@ void drain_output(Transmission& tx) {
     size_t bytes = 0;
     for (int i = 0; i < n; ++i) bytes += iov[i].iov_len;
     tx.output_sent(bytes);
+    run.reply_bytes += bytes;
   }
 }
 
-void run_transmission(NegotiatedExport negotiated, std::vector<uint8_t>& pending,
-                      Chunker& chunker) {
+void run_transmission(NegotiatedExport negotiated, std::vector<uint8_t>& pending, Chunker& chunker,
+                      FuzzRun& run) {
   TransmissionLimits limits;
   limits.max_requests = 8;
   limits.max_bytes = 256 << 10;
@@ -67,7 +68,7 @@ void run_transmission(NegotiatedExport negotiated, std::vector<uint8_t>& pending
   for (;;) {
     size_t used = tx.consume(pending.data(), pending.size());
     pending.erase(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(used));
-    drain_output(tx);
+    drain_output(tx, run);
     if (tx.input_stopped() || tx.broken()) break;
     if (tx.wants_input() && !pending.empty() && used > 0) continue;
     if (chunker.done()) break;
@@ -75,13 +76,15 @@ void run_transmission(NegotiatedExport negotiated, std::vector<uint8_t>& pending
     pending.insert(pending.end(), p, p + n);
   }
   tx.stop_input();
-  drain_output(tx);
+  drain_output(tx, run);
+  run.counters = tx.counters();
 }
 
 }  // namespace
 
-void run_fuzz_input(const uint8_t* data, size_t size) {
-  if (size == 0) return;
+FuzzRun run_fuzz_input(const uint8_t* data, size_t size) {
+  FuzzRun run;
+  if (size == 0) return run;
   Chunker chunker(data + 1, size - 1, data[0]);
   Negotiation negotiation(fuzz_backend(), 4096);
   std::string out;
@@ -94,8 +97,10 @@ void run_fuzz_input(const uint8_t* data, size_t size) {
     pending.erase(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(used));
     out.clear();
   }
-  if (negotiation.state() != Negotiation::State::kTransmission) return;
-  run_transmission(negotiation.take_export(), pending, chunker);
+  if (negotiation.state() != Negotiation::State::kTransmission) return run;
+  run.negotiated = true;
+  run_transmission(negotiation.take_export(), pending, chunker, run);
+  return run;
 }
 
 }  // namespace multisnap::nbd

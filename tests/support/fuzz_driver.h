@@ -9,8 +9,17 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "nbd/transmission.h"
+
 namespace multisnap::nbd {
 
-void run_fuzz_input(const uint8_t* data, size_t size);
+// What one input did, for tests to assert on (the fuzzer ignores it).
+struct FuzzRun {
+  bool negotiated = false;        // the handshake reached the transmission phase
+  TransmissionCounters counters;  // of the transmission phase, if reached
+  uint64_t reply_bytes = 0;       // bytes the transmission phase sent back
+};
+
+FuzzRun run_fuzz_input(const uint8_t* data, size_t size);
 
 }  // namespace multisnap::nbd

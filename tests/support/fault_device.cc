@@ -1,4 +1,4 @@
-#include "io/fault_device.h"
+#include "support/fault_device.h"
 
 namespace multisnap {
 

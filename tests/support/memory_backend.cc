@@ -1,4 +1,4 @@
-#include "nbd/memory_backend.h"
+#include "support/memory_backend.h"
 
 #include <sys/mman.h>
 
