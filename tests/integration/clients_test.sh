@@ -91,14 +91,22 @@ def writer(w):
             h.pwrite(struct.pack("<QQ", b, gen) * (BLOCK // 16), BASE + b * BLOCK)
             log[b].append((gen, issued, time.monotonic()))
     h.shutdown()
-threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+def wait_until(what, cond):  # the writers' pace depends on the machine's load
+    deadline = time.monotonic() + 120
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(WRITERS)]
 for t in threads: t.start()
-time.sleep(0.5)
+# Every block written at least once before the create (until then a block
+# still holds a.bin's data, which the checks below do not expect).
+wait_until("every block was written", lambda: all(log))
+time.sleep(0.1)
 start = time.monotonic()
 sid = subprocess.run([multisnap, "snapshot", "create", "--name", "under-load"], check=True,
                      capture_output=True, text=True).stdout.strip()
 end = time.monotonic()
-time.sleep(0.3)
+wait_until("every block was written after the create", lambda: all(l[-1][1] > end for l in log))
 stop.set()
 for t in threads: t.join()
 h = nbd.NBD()
@@ -107,7 +115,15 @@ data = h.pread(WRITERS * PER_WRITER * BLOCK, BASE)
 before = after = 0
 for b in range(WRITERS * PER_WRITER):
     blk = data[b * BLOCK:(b + 1) * BLOCK]
-    assert blk == blk[:16] * (BLOCK // 16), f"block {b} is torn"
+    if blk != blk[:16] * (BLOCK // 16):
+        runs = []  # (byte offset, (block, gen), 16-byte slots) of each run of equal slots
+        for k in range(0, BLOCK, 16):
+            v = struct.unpack("<QQ", blk[k:k + 16])
+            if runs and runs[-1][1] == v: runs[-1][2] += 1
+            else: runs.append([k, v, 1])
+        near = [(g, round(i - start, 4), round(a - start, 4)) for g, i, a in log[b] if abs(i - start) < 1 or abs(a - end) < 1]
+        raise AssertionError(f"block {b} is torn: {runs[:6]}; create from 0 to {end - start:.4f} s; "
+                             f"writes (gen, issued, acked) near it: {near[:12]}")
     bb, gen = struct.unpack("<QQ", blk[:16])
     acked_before = [g for g, i, a in log[b] if a < start]
     issued_after = [g for g, i, a in log[b] if i > end]
