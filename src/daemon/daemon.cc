@@ -303,7 +303,8 @@ Json Daemon::status() {
   j["io"] = {{"reads", c.reads},         {"writes", c.writes},       {"flushes", c.flushes},
              {"trims", c.trims},         {"zeroes", c.zeroes},       {"bytes_read", c.bytes_read},
              {"bytes_written", c.bytes_written}, {"errors", c.errors}, {"retries", c.retries},
-             {"in_flight", st.requests_in_flight}};
+             {"in_flight", st.requests_in_flight}, {"direct_writes", c.direct_writes},
+             {"direct_reads", c.direct_reads}};
   j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}};
   j["commits"] = c.commits;
   j["cache"] = {{"capacity_bytes", st.cache_capacity_blocks * 4096},

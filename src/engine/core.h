@@ -16,6 +16,10 @@
 //      store I/O or waiters.
 //  E6. A store chunk a snapshot is reading or writing is not freed (a whole
 //      chunk zeroed waits for that I/O), so it cannot be reused under it.
+//  E7. A read-map entry (S, C) -> X exists only while S's committed-or-
+//      copied mapping of C is X: make_chunk_writeable and zero_chunk of C
+//      (for any snapshot) come after forget_chunk(C), which waits for the
+//      caller-thread reads that may have found it (read_map.h).
 #pragma once
 
 #include <atomic>
@@ -29,6 +33,7 @@
 
 #include "engine/clean_map.h"
 #include "engine/counters.h"
+#include "engine/read_map.h"
 #include "engine/engine.h"
 #include "io/io_context.h"
 #include "util/thread_annotations.h"
@@ -190,11 +195,15 @@ class EngineCore {
   // lets them in again.
   void close_gate();
   void open_gate() { gate_closed_.store(false); }
+  // A deleted snapshot's read-map entries (nobody has it open).
+  void forget_snapshot(SnapshotId id) { read_map_.forget_snapshot(id); }
+  size_t read_map_entries() const { return read_map_.entries(); }
   SpaceScanTracker& space_scans() { return space_scans_; }
 
  private:
   // loop.cc
   bool try_direct_write(const VolumeRef& volume, const IoRequest& io, IoDone& done);
+  bool try_direct_read(const VolumeRef& volume, const IoRequest& io, IoDone& done);
   void thread_main();
   void step(bool may_block);
   void take_incoming();
@@ -257,6 +266,7 @@ class EngineCore {
   EngineOptions options_;
   const uint32_t chunk_size_;
   const uint64_t volume_size_;
+  const uint64_t data_start_;  // byte offset of store chunk 0 (Layout::data_start)
 
   // Who owns what. Three kinds of state:
   //  * immutable after construction (above, and thread_/threaded_, set by
@@ -289,6 +299,9 @@ class EngineCore {
   CleanMap clean_;
   std::atomic<bool> gate_closed_{false};
   std::atomic<uint64_t> direct_in_flight_{0};
+  // Snapshot reads of chunks in the store, on the caller's thread
+  // (try_direct_read); the engine thread fills and empties it.
+  ReadMap read_map_;
   // Mirror of store_->failure() (the one "store failed" state) for client
   // threads, which must not touch the store: try_direct_write() stops taking
   // the shortcut once it is set. Set on the engine thread by store_failure(),

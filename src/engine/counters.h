@@ -12,7 +12,7 @@ struct AtomicCounters {
   std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, trims{0}, zeroes{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> copy_jobs{0}, chunks_copied{0}, commits{0}, retries{0}, errors{0};
-  std::atomic<uint64_t> direct_writes{0};
+  std::atomic<uint64_t> direct_writes{0}, direct_reads{0};
 
   static void add(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 
@@ -23,6 +23,7 @@ struct AtomicCounters {
     c.bytes_read = v(bytes_read), c.bytes_written = v(bytes_written);
     c.copy_jobs = v(copy_jobs), c.chunks_copied = v(chunks_copied), c.commits = v(commits);
     c.retries = v(retries), c.errors = v(errors), c.direct_writes = v(direct_writes);
+    c.direct_reads = v(direct_reads);
     return c;
   }
 };

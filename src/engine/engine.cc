@@ -122,6 +122,7 @@ Status Engine::delete_snapshot(SnapshotId id) {
       return;
     }
     result = core_->store().delete_snapshot(id);
+    if (result.is_ok()) core_->forget_snapshot(id);
     if (result.is_ok()) result = core_->commit_now();
   });
   if (result.is_ok()) MS_LOG_INFO("deleted snapshot {}; its space is reclaimed in the background", id);

@@ -48,6 +48,11 @@ struct EngineOptions {
   // from the caller's thread; this bounds the memory that knowledge takes
   // (one bit per chunk, in 4 KiB pages). 0 disables the shortcut.
   size_t clean_map_bytes = 8u << 20;
+  // Snapshot reads of chunks already in the store are served on the
+  // caller's thread once the engine has seen where they are (read_map.h);
+  // this bounds how many such locations are remembered (about 48 bytes
+  // each). 0 sends every snapshot read through the engine thread.
+  size_t read_map_entries = 1u << 20;
   // Open the older commit if both copies of a possibly newer one are damaged.
   bool use_older_commit = false;
   // A full store. Unset: a write that needs a store chunk (or metadata) the
@@ -115,6 +120,7 @@ struct EngineCounters {
   uint64_t retries = 0;  // requests retried after waiting
   uint64_t errors = 0;
   uint64_t direct_writes = 0;  // origin writes that took the shortcut
+  uint64_t direct_reads = 0;   // snapshot reads served on the caller's thread (read_map.h)
 };
 
 struct RollbackStatus {

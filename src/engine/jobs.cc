@@ -177,6 +177,7 @@ EngineCore::Prep EngineCore::prepare_writable(Request* r, uint64_t c, ChunkMappi
     job_waiters_.push_back(r);
     return Prep::kParked;
   }
+  read_map_.forget_chunk(c);  // the mappings of c may change, other snapshots' too (read_map.h)
   auto plan = store_->make_chunk_writeable(c, s);
   if (!plan.is_ok()) {
     if (wait_for_space(r, plan.status())) return Prep::kParked;

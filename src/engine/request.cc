@@ -226,6 +226,15 @@ void EngineCore::process_snapshot_read(Request* r) {
     }
     maps.emplace_back(c, m);
   }
+  // Where this snapshot's chunks are in the store (or zeroed), the next
+  // reads of them may skip the engine (read_map.h). Not while a copy job is
+  // on the chunk: its mapping may not hold the data yet.
+  if (read_map_.enabled() && store_failure().is_ok())
+    for (auto& [c, m] : maps) {
+      if (m.kind == ChunkMapping::Kind::kOrigin) continue;
+      if (auto it = chunks_.find(c); it != chunks_.end() && !it->second.jobs.empty()) continue;
+      read_map_.insert(s.id, c, m.kind == ChunkMapping::Kind::kZero ? ReadMap::kZeros : m.store_chunk);
+    }
   const Layout& l = store_->layout();
   std::vector<uint64_t> from_origin, from_store;
   for (auto& [c, m] : maps) {
@@ -293,6 +302,7 @@ void EngineCore::process_snapshot_write(Request* r) {
         job_waiters_.push_back(r);
         return;
       }
+      read_map_.forget_chunk(c);  // the mappings of c may change (read_map.h)
       auto plan = store_->zero_chunk(c, s);
       if (!plan.is_ok()) {
         if (!wait_for_space(r, plan.status())) finish(r, plan.status());

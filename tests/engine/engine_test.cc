@@ -90,6 +90,46 @@ TEST_P(EngineTest, OriginWriteAfterWritesToSeveralSnapshots) {
   for (int i : {0, 2, 4, 6, 7}) EXPECT_EQ(h_->read(h_->volume("snapshot/" + std::to_string(ids[i])), 0, chunk()), old);
 }
 
+// Snapshot reads of chunks the engine has seen in the store are served on
+// the caller's thread (read_map.h). A write to one snapshot may move others
+// that shared its store chunk (the range store's carve of [1..3] when 2 is
+// written); their next reads must not use the old place, which the written
+// snapshot now owns.
+TEST_P(EngineTest, DirectSnapshotReadsFollowMovesCausedByWritesToOtherSnapshots) {
+  auto old = bytes(2 * chunk(), 11);
+  ASSERT_TRUE(h_->write(origin_, 0, old).is_ok());
+  std::vector<VolumeRef> snaps;
+  for (int i = 0; i < 3; ++i) snaps.push_back(h_->volume("snapshot/" + std::to_string(h_->snapshot())));
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(2 * chunk(), 12)).is_ok());  // one copy for all three
+  auto direct = [&] { return h_->engine().status().counters.direct_reads; };
+  for (auto& v : snaps) EXPECT_EQ(h_->read(v, 0, old.size()), old);  // through the engine: remembered
+  uint64_t d0 = direct();
+  for (auto& v : snaps) EXPECT_EQ(h_->read(v, 0, old.size()), old);
+  EXPECT_EQ(direct() - d0, 3u);
+  // Write the middle snapshot, read the others (directly or not) right away.
+  auto patch = bytes(chunk() + 100, 13);
+  ASSERT_TRUE(h_->write(snaps[1], 50, patch).is_ok());
+  auto mid = old;
+  std::copy(patch.begin(), patch.end(), mid.begin() + 50);
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(h_->read(snaps[0], 0, old.size()), old);
+    EXPECT_EQ(h_->read(snaps[1], 0, old.size()), mid);
+    EXPECT_EQ(h_->read(snaps[2], 0, old.size()), old);
+  }
+  // Overwrite the middle snapshot again in place; trim a whole chunk of it.
+  auto patch2 = bytes(chunk(), 14);
+  ASSERT_TRUE(h_->write(snaps[1], 0, patch2).is_ok());
+  ASSERT_TRUE(h_->io(snaps[1], IoRequest::Op::kTrim, chunk(), chunk()).is_ok());
+  std::vector<uint8_t> mid2(old.size(), 0);
+  std::copy(patch2.begin(), patch2.end(), mid2.begin());
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(h_->read(snaps[0], 0, old.size()), old);
+    EXPECT_EQ(h_->read(snaps[1], 0, old.size()), mid2);
+    EXPECT_EQ(h_->read(snaps[2], 0, old.size()), old);
+  }
+  EXPECT_GT(direct() - d0, 3u);
+}
+
 TEST_P(EngineTest, SeedExampleCopiesOnceWithoutASnapshotWrite) {
   h_->snapshot();
   h_->snapshot();

@@ -3,7 +3,8 @@
 // snapshots (and, with the range store, snapshots of snapshots) and deletes
 // old ones, so snapshot reads run while chunks are remapped and while deleted
 // snapshots are reclaimed; origin reads and direct origin writes run on the
-// clients' own threads. At the end the origin is rolled back to a snapshot
+// clients' own threads, and so do snapshot reads of chunks the engine has
+// seen in the store (read_map.h). At the end the origin is rolled back to a snapshot
 // while other threads read snapshots. It is meant to run under
 // ThreadSanitizer too (test.sh's TSan pass); the checks:
 //  * every origin write acknowledged before a create started is in that
@@ -577,16 +578,20 @@ TEST_P(ThreadedStressTest, ClientsSnapshotsDeletesAndRollback) {
   for (auto& t : clients) t.join();
   EngineStatus st = engine_->status();
   fprintf(stderr,
-          "threaded stress: %llu writes (%llu direct), %llu reads, %llu creates (%llu checked), %llu deletes, "
+          "threaded stress: %llu writes (%llu direct), %llu reads (%llu snapshot reads direct), %llu creates (%llu checked), %llu deletes, "
           "%llu chunks copied, %llu commits, %llu snapshot reads raced a write of the same unit\n",
           (unsigned long long)writes_.load(), (unsigned long long)st.counters.direct_writes,
-          (unsigned long long)reads_.load(), (unsigned long long)creates_.load(),
+          (unsigned long long)reads_.load(), (unsigned long long)st.counters.direct_reads,
+          (unsigned long long)creates_.load(),
           (unsigned long long)verified_.load(), (unsigned long long)deletes_.load(),
           (unsigned long long)st.counters.chunks_copied, (unsigned long long)st.counters.commits,
           (unsigned long long)torn_while_written_.load());
   if (HasFailure()) return;
   EXPECT_GT(writes_.load(), 0u);
   EXPECT_GT(verified_.load(), 0u);
+  // Snapshot reads took the caller-thread path too (read_map.h), while
+  // chunks were remapped, written and reclaimed.
+  EXPECT_GT(st.counters.direct_reads, 0u);
   rollback_phase(seed);
   engine_.reset();
   for (auto& p : testing::check_store(*store_dev_)) ADD_FAILURE() << p;
