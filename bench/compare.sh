@@ -257,7 +257,6 @@ json.dump({"anchors": r, "zero": zero, "connections": conns, "many": many, "crea
           open(os.path.join(d, "summary.json"), "w"), indent=2)
 # The chart: every fio workload against its ceiling (1.0 = the ceiling).
 with open(os.path.join(d, "chart.dat"), "w") as f:
-    f.write("workload ceiling qcow2 multisnap\n")
     for key, label in [("cow4k", "4K first write"), ("over4k", "4K overwrite"), ("read4k", "4K origin read"),
                        ("snapread4k", "4K snapshot read"), ("seq1m", "1M seq. write")]:
         c = r.get(f"ceiling.{key}") or 0
@@ -266,7 +265,7 @@ with open(os.path.join(d, "chart.dat"), "w") as f:
         f.write('"%s" 1.0 %.3f %.3f\n' % (label, r.get(f"qcow2.{key}", 0) / c, r.get(f"multisnap.{key}", 0) / c))
 PY
 gnuplot <<EOF
-set terminal pngcairo size 900,480 font "sans,10"
+set terminal pngcairo size 900,500 font "sans,10"
 set output "$out/chart.png"
 set title "multisnap vs qcow2 vs the NBD ceiling (fio over NBD, $size, $chunk chunks; 1.0 = ceiling)"
 set style data histograms
@@ -275,7 +274,7 @@ set style fill solid 0.85 border -1
 set boxwidth 0.9
 set yrange [0:*]
 set grid ytics
-set key top right
+set key outside top center horizontal
 set ylabel "throughput relative to the ceiling"
 plot "$out/chart.dat" using 2:xtic(1) title "ceiling (nbdkit/qemu-nbd raw)", '' using 3 title "qcow2 + qemu-nbd", '' using 4 title "multisnap"
 EOF
