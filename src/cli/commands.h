@@ -20,7 +20,7 @@ int run_create(const CreateArgs& a);
 struct ServeArgs {
   std::string store, origin, control, cache_size = "64M";
   std::vector<std::string> nbd;
-  uint32_t copy_slots = 8;
+  uint32_t copy_slots = 0;  // 0: automatic (EngineOptions::copy_slots)
   double handshake_timeout = 10;  // seconds; 0 = none
   bool read_only_snapshots = false;
   bool use_older_commit = false;

@@ -53,7 +53,7 @@ int run_serve(const ServeArgs& a) {
   auto cache = parse_size(a.cache_size);
   if (!cache.is_ok()) return fail(cache.status().annotate("--cache-size"));
   if (*cache < (1 << 20)) return fail(make_error(Code::kInvalidArgument, "--cache-size must be at least 1M"));
-  if (a.copy_slots == 0 || a.copy_slots > 1024)
+  if (a.copy_slots > 1024)
     return fail(make_error(Code::kInvalidArgument, "--copy-slots must be from 1 to 1024"));
   if (!(a.handshake_timeout >= 0 && a.handshake_timeout <= 86400))
     return fail(make_error(Code::kInvalidArgument, "--handshake-timeout must be from 0 to 86400 seconds"));

@@ -20,7 +20,8 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
       options_(options), chunk_size_(store_->layout().chunk_size),
       volume_size_(store_->layout().origin_size), data_start_(store_->layout().data_start),
       clean_(store_->layout().origin_chunks(), options.clean_map_bytes), read_map_(options.read_map_entries) {
-  if (options_.copy_slots == 0) options_.copy_slots = 1;
+  if (options_.copy_slots == 0)
+    options_.copy_slots = static_cast<uint32_t>(std::clamp<uint64_t>((16u << 20) / chunk_size_, 8, 64));
   for (uint32_t i = 0; i < options_.copy_slots; ++i) {
     auto* b = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
     all_buffers_.push_back(b);
