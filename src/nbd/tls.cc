@@ -268,7 +268,10 @@ TlsTransport::Step TlsTransport::handshake() {
   gnutls_session_t s = session_->s;
   for (;;) {
     int rc = gnutls_handshake(s);
-    if (rc == GNUTLS_E_SUCCESS) return Step::kDone;
+    if (rc == GNUTLS_E_SUCCESS) {
+      established_ = true;
+      return Step::kDone;
+    }
     if (retry(rc)) return gnutls_record_get_direction(s) ? Step::kWantWrite : Step::kWantRead;
     if (!gnutls_error_is_fatal(rc)) continue;  // a warning alert
     error_ = gnutls_message(rc);
@@ -377,7 +380,9 @@ void TlsTransport::shutdown() {
 }
 
 void TlsTransport::close_gracefully() {
-  (void)gnutls_bye(session_->s, GNUTLS_SHUT_WR);  // one try: never blocks
+  // Only a session that is up has a goodbye; a client dropped halfway
+  // through its handshake just sees the connection close.
+  if (established_) (void)gnutls_bye(session_->s, GNUTLS_SHUT_WR);  // one try: never blocks
 }
 
 std::string TlsTransport::describe_security() const {

@@ -80,6 +80,7 @@ class TlsTransport final : public Transport {
   std::unique_ptr<Session> session_;
   std::string error_;
   bool eof_ = false;
+  bool established_ = false;  // the handshake is done
   // A record gathered from send()'s iovecs and handed to GnuTLS, which
   // returned EAGAIN: the next send() finishes it first.
   std::unique_ptr<uint8_t[]> staging_;
