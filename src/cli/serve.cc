@@ -98,6 +98,9 @@ Result<Activation> take_activation() {
 
 Result<nbd::TlsMode> tls_mode(const ServeArgs& a) {
   bool credentials = !a.tls_certificates.empty() || !a.tls_psk.empty();
+  if (a.tls_verify_peer && a.tls_certificates.empty()) {
+    return make_error(Code::kInvalidArgument, "--tls-verify-peer goes with --tls-certificates");
+  }
   if (a.tls.empty()) return credentials ? nbd::TlsMode::kRequire : nbd::TlsMode::kOff;
   if (a.tls == "on") return nbd::TlsMode::kOn;
   if (a.tls == "require") return nbd::TlsMode::kRequire;

@@ -124,6 +124,12 @@ h.flush()
 h.shutdown()
 PY
 grep -q "PSK user 'bob'" serve.log || fail "the PSK user is not logged"
+# Keys are read per handshake: one added while serve runs works at once.
+psktool -u carol -p carol.psk >/dev/null 2>&1
+expect_fail "" timeout 10 nbdinfo --size "nbds+unix://carol@/origin?socket=$SOCK&tls-psk-file=$WORK/carol.psk"
+cat carol.psk >> psk/keys.psk
+nbdinfo --size "nbds+unix://carol@/origin?socket=$SOCK&tls-psk-file=$WORK/carol.psk" >/dev/null \
+  || fail "a PSK added to the file while serving is not accepted"
 [ "$(grep -c 'TLS handshake failed' serve.log)" -ge 2 ] || fail "wrong PSK attempts not logged as failed handshakes"
 ms status --json | $PY -c 'import json, sys; assert json.load(sys.stdin)["nbd"]["tls_handshake_failures"] >= 2' \
   || fail "status does not count failed TLS handshakes"
@@ -222,6 +228,7 @@ expect_fail "bad.psk line 1" ms serve store.img --nbd "unix:$SOCK" --control "$M
 expect_fail "--tls-certificates DIR or --tls-psk FILE" ms serve store.img --nbd "unix:$SOCK" --tls on
 expect_fail "not both" ms serve store.img --nbd "unix:$SOCK" --tls-psk "$WORK/psk/keys.psk" --tls-certificates "$WORK/server"
 expect_fail "--tls off" ms serve store.img --nbd "unix:$SOCK" --tls off --tls-psk "$WORK/psk/keys.psk"
+expect_fail "--tls-verify-peer goes with --tls-certificates" ms serve store.img --nbd "unix:$SOCK" --tls-verify-peer
 expect_fail "--tls takes" ms serve store.img --nbd "unix:$SOCK" --tls maybe
 [ ! -e "$SOCK" ] || fail "a refused serve left its socket behind"
 echo "PASSED"
