@@ -24,8 +24,23 @@ constexpr size_t kRecordSize = 16384;
 // replies leave room for its reads.
 constexpr size_t kMaxSendPerCall = 1u << 20;
 
-constexpr const char* kCertPriority = "NORMAL";
-constexpr const char* kPskPriority = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK";
+// The server picks the cipher: its CPU encrypts every reply.
+constexpr const char* kCertPriority = "NORMAL:%SERVER_PRECEDENCE";
+// A TLS 1.3 external PSK comes with SHA-256, which rules out AES-256-GCM
+// (SHA-384), and NORMAL lists ChaCha20 before AES-128-GCM: on a CPU with
+// AES instructions that made bulk reads 4 to 7 times slower than with
+// certificates. There, AES-128-GCM goes first.
+constexpr const char* kPskPriority = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK:%SERVER_PRECEDENCE";
+constexpr const char* kPskPriorityAes =
+    "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE";
+
+bool cpu_has_aes() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("aes");
+#else
+  return false;
+#endif
+}
 
 // The file can be opened for reading; otherwise an error naming it.
 Status check_readable(const std::string& path, const std::string& what) {
@@ -152,7 +167,8 @@ Result<std::shared_ptr<const TlsCredentials>> TlsCredentials::load(const TlsOpti
   impl->options = options;
   MS_TRY(certs ? impl->load_certificates() : impl->load_psk());
   const char* where = nullptr;
-  int rc = gnutls_priority_init(&impl->priority, certs ? kCertPriority : kPskPriority, &where);
+  const char* priority = certs ? kCertPriority : cpu_has_aes() ? kPskPriorityAes : kPskPriority;
+  int rc = gnutls_priority_init(&impl->priority, priority, &where);
   if (rc < 0) return make_error(Code::kIoError, "TLS priorities: {}", gnutls_message(rc));
   return std::shared_ptr<const TlsCredentials>(new TlsCredentials(std::move(impl)));
 }
@@ -387,7 +403,10 @@ void TlsTransport::close_gracefully() {
 
 std::string TlsTransport::describe_security() const {
   gnutls_session_t s = session_->s;
-  std::string out = gnutls_protocol_get_name(gnutls_protocol_get_version(s));  // "TLS1.3"
+  // "(TLS1.3-PSK)-(ECDHE-SECP256R1)-(AES-256-GCM)": version, key exchange, cipher.
+  char* desc = gnutls_session_get_desc(s);
+  std::string out = desc != nullptr ? desc : gnutls_protocol_get_name(gnutls_protocol_get_version(s));
+  gnutls_free(desc);
   if (credentials_->impl_->psk) {
     const char* user = gnutls_psk_server_get_username(s);
     if (user != nullptr) out += fmt::format(", PSK user '{}'", user);

@@ -99,7 +99,7 @@ nbdinfo --size "$TLSU&$CERTS" >/dev/null || fail "a client with a good certifica
 expect_fail "" timeout 10 nbdinfo --size "$TLSU&tls-certificates=$WORK/nocert"
 expect_fail "" timeout 10 nbdinfo --size "$TLSU&tls-certificates=$WORK/rogue"
 grep -q "TLS handshake failed" serve.log || fail "failed handshakes are not logged"
-grep -q "TLS1.3, client 'CN=client1" serve.log || fail "the client's certificate name is not logged"
+grep -q ", client 'CN=client1" serve.log || fail "the client's certificate name is not logged"
 stop_serve
 
 # ---- PSK: a wrong key fails while good clients go on; eight TLS clients at once
