@@ -20,8 +20,8 @@ namespace {
 
 // GnuTLS's default record size; larger sends are cut into records anyway.
 constexpr size_t kRecordSize = 16384;
-// At most this much is encrypted per send() call, so that one connection's
-// replies leave room for its reads.
+// At most this much is encrypted per send() call (the caller calls again
+// while it has output and the socket takes it).
 constexpr size_t kMaxSendPerCall = 1u << 20;
 
 // The server picks the cipher: its CPU encrypts every reply.
