@@ -351,7 +351,10 @@ Json Daemon::status() {
               {"requests", ns.requests},
               {"errors", ns.errors},
               {"protocol_violations", ns.protocol_violations},
-              {"tls_handshake_failures", ns.tls_handshake_failures}};
+              {"tls_handshake_failures", ns.tls_handshake_failures},
+              {"tls", options_.tls == nbd::TlsMode::kOff  ? "off"
+                      : options_.tls == nbd::TlsMode::kOn ? "on"
+                                                          : "require"}};
   j["open_volumes"] = st.open_volumes;
   j["failure"] = st.failure.empty() ? Json(nullptr) : Json(st.failure);
   const RollbackStatus& rb = st.rollback;

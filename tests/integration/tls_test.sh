@@ -131,7 +131,7 @@ cat carol.psk >> psk/keys.psk
 nbdinfo --size "nbds+unix://carol@/origin?socket=$SOCK&tls-psk-file=$WORK/carol.psk" >/dev/null \
   || fail "a PSK added to the file while serving is not accepted"
 [ "$(grep -c 'TLS handshake failed' serve.log)" -ge 2 ] || fail "wrong PSK attempts not logged as failed handshakes"
-ms status --json | $PY -c 'import json, sys; assert json.load(sys.stdin)["nbd"]["tls_handshake_failures"] >= 2' \
+ms status --json | $PY -c 'import json, sys; n = json.load(sys.stdin)["nbd"]; assert n["tls_handshake_failures"] >= 2 and n["tls"] == "require"' \
   || fail "status does not count failed TLS handshakes"
 # Eight clients at once, each writing and checking its own 1 MiB.
 $PY - "$SOCK" "$WORK/psk/keys.psk" <<'PY'
