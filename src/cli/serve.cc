@@ -155,9 +155,7 @@ int run_serve(const ServeArgs& a) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
-  sigset_t first = sigs;  // what starts the stop
-  sigaddset(&first, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &first, nullptr);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
   raise_descriptor_limit();
 
@@ -173,6 +171,11 @@ int run_serve(const ServeArgs& a) {
   // out of sigwait() below; not SIGTERM, which during the stop that a
   // SIGTERM began would mean "exit at once".
   o.on_stdio_closed = [] { kill(getpid(), SIGUSR1); };
+  sigset_t first = sigs;  // what starts the stop
+  if (o.nbd_stdio) {
+    sigaddset(&first, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &first, nullptr);  // before any thread starts
+  }
   auto cache = parse_size(a.cache_size);
   if (!cache.is_ok()) return fail(cache.status().annotate("--cache-size"));
   if (*cache < (1 << 20)) return fail(make_error(Code::kInvalidArgument, "--cache-size must be at least 1M"));
