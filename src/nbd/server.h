@@ -10,7 +10,9 @@
 //
 // What it speaks (docs/nbd.md has the details): the fixed newstyle
 // handshake; options EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
-// LIST_META_CONTEXT, SET_META_CONTEXT (base:allocation); commands READ,
+// LIST_META_CONTEXT, SET_META_CONTEXT (base:allocation), STARTTLS (TLS with
+// X.509 certificates or a PSK, offered or required: ServerOptions::tls);
+// commands READ,
 // WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS and DISC with the
 // FUA, NO_HOLE, FAST_ZERO, DF and REQ_ONE flags; simple or structured
 // replies. Export names go to the Backend unchanged ("" is the default
