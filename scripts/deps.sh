@@ -7,6 +7,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev nlohmann-json3-dev libcli11-dev libfmt-dev libxxhash-dev libzstd-dev
   libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils fio
+  libgnutls28-dev gnutls-bin
   fuse3 e2fsprogs util-linux clang socat iproute2 openssh-server openssh-client
 )
 missing=()

@@ -19,7 +19,10 @@ int run_create(const CreateArgs& a);
 
 struct ServeArgs {
   std::string store, origin, control, cache_size = "64M";
-  std::vector<std::string> nbd;
+  std::vector<std::string> nbd;  // also "stdio"
+  std::string tls;               // off, on, require; "": require with credentials, else off
+  std::string tls_certificates, tls_psk;
+  bool tls_verify_peer = false;
   uint32_t copy_slots = 0;  // 0: automatic (EngineOptions::copy_slots)
   double handshake_timeout = 10;  // seconds; 0 = none
   bool read_only_snapshots = false;

@@ -31,8 +31,20 @@ int main(int argc, char** argv) {
   ServeArgs sa;
   auto* serve = app.add_subcommand("serve", "Serve the origin and every snapshot over NBD");
   serve->add_option("STORE", sa.store, "the store")->required();
-  serve->add_option("--nbd", sa.nbd, "unix:PATH or tcp:HOST:PORT, repeatable (default unix:multisnap.sock)");
-  serve->add_option("--control", sa.control, "control socket (default $MULTISNAP_CONTROL or multisnap.ctl)");
+  serve->add_option("--nbd", sa.nbd,
+                    "unix:PATH, tcp:HOST:PORT (repeatable) or stdio (one client on stdin/stdout); default "
+                    "unix:multisnap.sock, or only the sockets systemd passes (LISTEN_FDS)");
+  serve->add_option("--control", sa.control,
+                    "control socket (default $MULTISNAP_CONTROL or multisnap.ctl; with --nbd stdio or socket "
+                    "activation: none unless given here or passed by systemd as 'control')");
+  serve->add_option("--tls", sa.tls,
+                    "off, on (STARTTLS offered) or require (nothing else before STARTTLS); default require "
+                    "when credentials are given, else off");
+  serve->add_option("--tls-certificates", sa.tls_certificates,
+                    "directory with ca-cert.pem, server-cert.pem, server-key.pem (as nbdkit and qemu-nbd)");
+  serve->add_option("--tls-psk", sa.tls_psk, "PSK file of username:hexkey lines (psktool)");
+  serve->add_flag("--tls-verify-peer", sa.tls_verify_peer,
+                  "with --tls-certificates: require client certificates signed by ca-cert.pem");
   serve->add_option("--cache-size", sa.cache_size, "metadata cache (default 64M)");
   serve->add_option("--copy-slots", sa.copy_slots, "chunks copied at once (default: 16 MiB of chunks, 8 to 64)");
   serve->add_option("--handshake-timeout", sa.handshake_timeout,

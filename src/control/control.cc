@@ -1,5 +1,6 @@
 #include "control/control.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -375,9 +376,30 @@ class ControlServer::Impl {
     return Status::ok();
   }
 
+  // A socket that is already listening (systemd socket activation).
+  Status adopt(int fd) {
+    listen_fd_ = fd;
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    sockaddr_un addr{};
+    socklen_t alen = sizeof addr;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 || !accepting ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0 || addr.sun_family != AF_UNIX) {
+      return make_error(Code::kInvalidArgument, "inherited descriptor {} is not a listening unix socket", fd);
+    }
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    path_ = addr.sun_path[0] != '\0' ? std::string(addr.sun_path, ::strnlen(addr.sun_path, sizeof addr.sun_path))
+                                     : "(abstract)";
+    adopted_ = true;
+    accept_thread_ = std::thread([this] { accept_loop(); });
+    return Status::ok();
+  }
+
   void stop() {
     if (stopped_.exchange(true)) return;
-    if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
+    // Not an inherited socket: systemd listens on it again after we exit
+    // (the accept loop notices stopped_ within its poll interval).
+    if (listen_fd_ >= 0 && !adopted_) ::shutdown(listen_fd_, SHUT_RDWR);
     if (accept_thread_.joinable()) accept_thread_.join();
     if (listen_fd_ >= 0) ::close(listen_fd_);
     if (bound_) ::unlink(path_.c_str());  // only a file this server made
@@ -466,6 +488,7 @@ class ControlServer::Impl {
   Handler handler_;
   int listen_fd_ = -1;
   bool bound_ = false;
+  bool adopted_ = false;
   std::atomic<bool> stopped_{false};
   std::thread accept_thread_;
   std::mutex mu_;
@@ -479,6 +502,12 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(const std::string& p
                                                             uint32_t mode) {
   auto impl = std::make_unique<Impl>(path, std::move(handler));
   MS_TRY(impl->listen(mode));
+  return std::unique_ptr<ControlServer>(new ControlServer(std::move(impl)));
+}
+
+Result<std::unique_ptr<ControlServer>> ControlServer::adopt(int fd, Handler handler) {
+  auto impl = std::make_unique<Impl>("", std::move(handler));
+  MS_TRY(impl->adopt(fd));
   return std::unique_ptr<ControlServer>(new ControlServer(std::move(impl)));
 }
 

@@ -117,6 +117,9 @@ class ControlServer {
   // Listens on `path` (a stale socket file is replaced; a live one is kBusy).
   static Result<std::unique_ptr<ControlServer>> start(const std::string& path, Handler handler,
                                                       uint32_t mode = 0600);
+  // Serves on a socket that is already listening (systemd socket
+  // activation), taking it; stop() closes it and leaves its file alone.
+  static Result<std::unique_ptr<ControlServer>> adopt(int fd, Handler handler);
   ~ControlServer();
   void stop();  // closes the listener and every connection, joins threads, removes the file
   const std::string& path() const;

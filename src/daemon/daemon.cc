@@ -1,6 +1,8 @@
 #include "daemon/daemon.h"
 
+#include <fcntl.h>
 #include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -52,18 +54,51 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
+  so.listen_fds = options.nbd_fds;
+  so.stream_only = options.nbd_stdio;
   so.handshake_timeout = options.nbd_handshake_timeout;
+  so.tls = options.tls;
+  so.tls_credentials = options.tls_credentials;
+  if (options.nbd_stdio) {
+    // The only connection there can be: its end is the end of serve.
+    so.on_connection = [done = options.on_stdio_closed](const nbd::ConnectionEvent& e) {
+      if (e.kind == nbd::ConnectionEvent::Kind::kClosed && done) done();
+    };
+  }
   d->policy_ = std::make_unique<PolicyRunner>(*d->engine_, options.clock ? *options.clock : system_clock(),
                                               [self](SnapshotId id) { return self->delete_unused_snapshot(id); });
   MS_ASSIGN_OR_RETURN(d->nbd_, nbd::Server::start(*d->backend_, std::move(so)));
   MS_TRY(d->policy_->start());
   d->policy_hook_ = d->policy_.get();
-  MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path,
-                                                                  [self](const Json& req, control::Writer& out) {
-                                                                    return self->handle(req, out);
-                                                                  }));
+  auto handler = [self](const Json& req, control::Writer& out) { return self->handle(req, out); };
+  if (options.control_fd >= 0) {
+    MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::adopt(options.control_fd, handler));
+  } else if (!options.control_path.empty()) {
+    MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path, handler));
+  }
   for (const std::string& a : d->nbd_->addresses()) MS_LOG_INFO("serving NBD on {}", a);
-  MS_LOG_INFO("control socket {}", options.control_path);
+  if (options.nbd_stdio) {
+    // Duplicates, so that nothing else ever writes on the client's stream:
+    // standard input and output become /dev/null.
+    int in = ::fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+    int out = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (in < 0 || out < 0 || null < 0) {
+      Status s = errno_status(errno, "cannot take over standard input and output");
+      for (int fd : {in, out, null}) if (fd >= 0) ::close(fd);
+      return s;
+    }
+    ::dup2(null, STDIN_FILENO);
+    ::dup2(null, STDOUT_FILENO);
+    ::close(null);
+    MS_TRY(d->nbd_->serve_stream(in, out).status());
+    MS_LOG_INFO("serving NBD on standard input and output");
+  }
+  if (d->control_) {
+    MS_LOG_INFO("control socket {}", d->control_->path());
+  } else {
+    MS_LOG_INFO("no control socket (give --control PATH for snapshot and status commands)");
+  }
   return d;
 }
 
@@ -316,7 +351,11 @@ Json Daemon::status() {
               {"connections_total", ns.connections_total},
               {"requests", ns.requests},
               {"errors", ns.errors},
-              {"protocol_violations", ns.protocol_violations}};
+              {"protocol_violations", ns.protocol_violations},
+              {"tls_handshake_failures", ns.tls_handshake_failures},
+              {"tls", options_.tls == nbd::TlsMode::kOff  ? "off"
+                      : options_.tls == nbd::TlsMode::kOn ? "on"
+                                                          : "require"}};
   j["open_volumes"] = st.open_volumes;
   j["failure"] = st.failure.empty() ? Json(nullptr) : Json(st.failure);
   const RollbackStatus& rb = st.rollback;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,7 +28,17 @@ struct DaemonOptions {
   std::string store_path;
   std::string origin_path;         // empty: the path the store remembers
   std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
+  std::vector<int> nbd_fds;        // listening sockets passed by systemd (taken over)
+  // Serve one NBD client on standard input and output (no listeners) and
+  // call on_stdio_closed, from a server thread, when it has gone.
+  bool nbd_stdio = false;
+  std::function<void()> on_stdio_closed;
+  // The control socket: control_fd (passed by systemd, taken over) if >= 0,
+  // else control_path; neither: no control socket.
   std::string control_path;
+  int control_fd = -1;
+  nbd::TlsMode tls = nbd::TlsMode::kOff;
+  nbd::TlsOptions tls_credentials;
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
   EngineOptions engine;
   Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
@@ -41,6 +52,8 @@ class Daemon {
 
   std::optional<control::Json> handle(const control::Json& request, control::Writer& out);
   std::vector<std::string> nbd_addresses() const { return nbd_->addresses(); }
+  // The control socket's path; "" when there is none.
+  std::string control_path() const { return control_ ? control_->path() : std::string(); }
   Engine& engine() { return *engine_; }
 
  private:

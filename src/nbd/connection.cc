@@ -52,17 +52,17 @@ void Connection::InputBuffer::compact() {
 
 // ---- Life cycle
 
-std::unique_ptr<Connection> Connection::create(uint64_t id, UniqueFd socket, WakeFd wake,
-                                               std::string peer, ConnectionHost& host,
+std::unique_ptr<Connection> Connection::create(uint64_t id, std::unique_ptr<Transport> transport,
+                                               WakeFd wake, std::string peer, ConnectionHost& host,
                                                const ConnectionOptions& options) {
   return std::unique_ptr<Connection>(
-      new Connection(id, std::move(socket), std::move(peer), host, options, std::move(wake)));
+      new Connection(id, std::move(transport), std::move(peer), host, options, std::move(wake)));
 }
 
-Connection::Connection(uint64_t id, UniqueFd socket, std::string peer, ConnectionHost& host,
-                       const ConnectionOptions& options, WakeFd wake)
+Connection::Connection(uint64_t id, std::unique_ptr<Transport> transport, std::string peer,
+                       ConnectionHost& host, const ConnectionOptions& options, WakeFd wake)
     : id_(id),
-      socket_(std::move(socket)),
+      transport_(std::move(transport)),
       peer_(std::move(peer)),
       host_(host),
       options_(options),
@@ -112,14 +112,18 @@ void Connection::run() {
   {
     NegotiatedExport negotiated;
     if (negotiate(&negotiated)) {
-      MS_LOG_INFO("nbd: connection {} ({}) uses export '{}'", id_, peer_,
-                  negotiated.exp->info().name);
+      std::string security = transport_->describe_security();
+      MS_LOG_INFO("nbd: connection {} ({}{}{}) uses export '{}'", id_, peer_,
+                  security.empty() ? "" : ", ", security, negotiated.exp->info().name);
       transmit(std::move(negotiated));
     }
     // The Export, if any, is destroyed here, before the host hears of the end.
   }
-  shutdown(socket_.get(), SHUT_RDWR);
-  socket_.reset();
+  if (transport_) {  // null only when a TLS session could not be set up
+    transport_->close_gracefully();
+    transport_->shutdown();
+    transport_.reset();
+  }
   set_reason("closed");
   host_.connection_finished(id_, reason_);
 }
@@ -127,7 +131,7 @@ void Connection::run() {
 // ---- Handshake
 
 bool Connection::negotiate(NegotiatedExport* out) {
-  Negotiation negotiation(host_.backend(), options_.max_option_length);
+  Negotiation negotiation(host_.backend(), options_.max_option_length, options_.tls);
   std::string reply;
   Negotiation::append_greeting(&reply);
   for (;;) {
@@ -135,6 +139,19 @@ bool Connection::negotiate(NegotiatedExport* out) {
     reply.clear();
     switch (negotiation.state()) {
       case Negotiation::State::kOptions: break;
+      case Negotiation::State::kStartTls:
+        if (in_.size() > 0) {
+          // The client may not speak before the TLS handshake: bytes sent in
+          // the clear after STARTTLS would be taken as coming through TLS.
+          MS_LOG_WARN("nbd: connection {} ({}): data after NBD_OPT_STARTTLS before the TLS handshake",
+                      id_, peer_);
+          host_.protocol_violation();
+          set_reason("protocol violation: data after STARTTLS");
+          return false;
+        }
+        if (!start_tls()) return false;
+        negotiation.tls_started();
+        continue;
       case Negotiation::State::kTransmission: return true;
       case Negotiation::State::kAborted: set_reason("client aborted the handshake"); return false;
       case Negotiation::State::kFailed:
@@ -169,7 +186,8 @@ bool Connection::negotiate(NegotiatedExport* out) {
 bool Connection::send_all(std::string_view data) {
   while (!data.empty()) {
     if (closing() || handshake_expired()) return false;
-    ssize_t n = send(socket_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    iovec iov{const_cast<char*>(data.data()), data.size()};
+    ssize_t n = transport_->send(&iov, 1);
     if (n > 0) {
       data.remove_prefix(static_cast<size_t>(n));
     } else if (n < 0 && errno == EINTR) {
@@ -177,7 +195,7 @@ bool Connection::send_all(std::string_view data) {
     } else if (n < 0 && would_block(errno)) {
       if (!wait_socket(POLLOUT)) return false;
     } else {
-      set_reason(fmt::format("send failed: {}", std::strerror(errno)));
+      set_reason(fmt::format("send failed: {}", transport_->last_error()));
       return false;
     }
   }
@@ -188,7 +206,7 @@ bool Connection::receive_more() {
   in_.compact();
   for (;;) {
     if (closing() || handshake_expired()) return false;
-    ssize_t n = recv(socket_.get(), in_.tail(), in_.space(), 0);
+    ssize_t n = transport_->receive(in_.tail(), in_.space());
     if (n > 0) {
       in_.produced(static_cast<size_t>(n));
       if (!spoke_) host_.client_spoke(id_);
@@ -201,7 +219,7 @@ bool Connection::receive_more() {
     }
     if (errno == EINTR) continue;
     if (!would_block(errno)) {
-      set_reason(fmt::format("recv failed: {}", std::strerror(errno)));
+      set_reason(fmt::format("recv failed: {}", transport_->last_error()));
       return false;
     }
     if (!wait_socket(POLLIN)) return false;
@@ -209,17 +227,76 @@ bool Connection::receive_more() {
 }
 
 bool Connection::wait_socket(short events) {
-  pollfd fds[2] = {{socket_.get(), events, 0}, {wake_.fd(), POLLIN, 0}};
   for (;;) {
     if (handshake_expired()) return false;
-    int rc = poll(fds, 2, handshake_time_left());
+    short got = 0;
+    bool woken = false;
+    int rc = poll_io(events, handshake_time_left(), &got, &woken);
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0) return false;
     if (rc == 0) continue;  // the deadline passed
-    if (fds[1].revents) wake_.clear();
+    if (woken) wake_.clear();
     if (closing()) return false;
-    if (fds[0].revents) return true;
+    if (got) return true;
   }
+}
+
+int Connection::poll_io(short events, int timeout_ms, short* got, bool* woken) {
+  int in = events & POLLIN ? transport_->in_fd() : -1;
+  int out = events & POLLOUT ? transport_->out_fd() : -1;
+  pollfd fds[3];
+  int n = 0;
+  int in_slot = -1, out_slot = -1;
+  if (in >= 0 && in == out) {
+    fds[n] = {in, events, 0};
+    in_slot = out_slot = n++;
+  } else {
+    if (in >= 0) {
+      fds[n] = {in, POLLIN, 0};
+      in_slot = n++;
+    }
+    if (out >= 0) {
+      fds[n] = {out, POLLOUT, 0};
+      out_slot = n++;
+    }
+  }
+  fds[n] = {wake_.fd(), POLLIN, 0};
+  int wake_slot = n++;
+  int rc = poll(fds, static_cast<nfds_t>(n), timeout_ms);
+  *got = 0;
+  *woken = false;
+  if (rc <= 0) return rc;
+  if (in_slot >= 0) *got |= fds[in_slot].revents;
+  if (out_slot >= 0 && out_slot != in_slot) *got |= fds[out_slot].revents;
+  *woken = fds[wake_slot].revents != 0;
+  return rc;
+}
+
+bool Connection::start_tls() {
+  auto tls = TlsTransport::create(options_.tls_credentials, std::move(transport_));
+  if (!tls.is_ok()) {
+    // The lower transport is gone with the failed session: nothing to close.
+    MS_LOG_WARN("nbd: connection {} ({}): {}", id_, peer_, tls.status().to_string());
+    set_reason(tls.status().to_string());
+    return false;
+  }
+  TlsTransport* session = tls->get();
+  transport_ = std::move(tls).value();
+  for (;;) {
+    if (closing() || handshake_expired()) return false;
+    TlsTransport::Step step = session->handshake();
+    if (step == TlsTransport::Step::kDone) break;
+    if (step == TlsTransport::Step::kFailed) {
+      MS_LOG_WARN("nbd: connection {} ({}): TLS handshake failed: {}", id_, peer_,
+                  session->last_error());
+      host_.tls_handshake_failed();
+      set_reason("TLS handshake failed: " + session->last_error());
+      return false;
+    }
+    if (!wait_socket(step == TlsTransport::Step::kWantWrite ? POLLOUT : POLLIN)) return false;
+  }
+  MS_LOG_DEBUG("nbd: connection {} ({}): {}", id_, peer_, transport_->describe_security());
+  return true;
 }
 
 int Connection::handshake_time_left() const {
@@ -249,7 +326,7 @@ void Connection::transmit(NegotiatedExport negotiated) {
       MS_LOG_WARN("nbd: connection {} ({}): {}; dropping it", id_, peer_, tx.failure());
       host_.protocol_violation();
       set_reason("protocol violation: " + tx.failure());
-      shutdown(socket_.get(), SHUT_RDWR);  // the client sees the drop now
+      transport_->shutdown();  // the client sees the drop now
       st.peer_gone = true;
       tx.stop_input();
     }
@@ -288,7 +365,7 @@ bool Connection::read_requests(Transmission& tx, LoopState& st) {
       want = in_.space();
       if (want == 0) break;  // a full buffer of requests waits for free slots
     }
-    ssize_t n = recv(socket_.get(), dest, want, 0);
+    ssize_t n = transport_->receive(dest, want);
     if (n > 0) {
       progress = true;
       if (!direct.empty()) {
@@ -310,7 +387,7 @@ bool Connection::read_requests(Transmission& tx, LoopState& st) {
     if (n == 0) {
       set_reason("client closed the connection");
     } else {
-      set_reason(fmt::format("recv failed: {}", std::strerror(errno)));
+      set_reason(fmt::format("recv failed: {}", transport_->last_error()));
       st.peer_gone = true;
     }
     tx.stop_input();
@@ -322,10 +399,8 @@ bool Connection::send_replies(Transmission& tx, LoopState& st) {
   struct iovec iov[kMaxIov];
   bool progress = false;
   while (tx.has_output() && st.writable && !st.peer_gone) {
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<size_t>(tx.gather_output(iov, kMaxIov));
-    ssize_t n = sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
+    int count = tx.gather_output(iov, kMaxIov);
+    ssize_t n = transport_->send(iov, count);
     if (n > 0) {
       tx.output_sent(static_cast<size_t>(n));
       progress = true;
@@ -336,7 +411,7 @@ bool Connection::send_replies(Transmission& tx, LoopState& st) {
       st.writable = false;
       break;
     }
-    set_reason(fmt::format("send failed: {}", std::strerror(errno)));
+    set_reason(fmt::format("send failed: {}", transport_->last_error()));
     st.peer_gone = true;
     tx.stop_input();
     tx.discard_output();
@@ -363,13 +438,13 @@ void Connection::sleep(Transmission& tx, LoopState& st) {
   if (tx.wants_input() && !st.readable) events |= POLLIN;
   if (tx.has_output() && !st.writable && !st.peer_gone) events |= POLLOUT;
   bool poll_socket = events != 0 && !st.hung_up && !st.peer_gone;
-  pollfd fds[2] = {{poll_socket ? socket_.get() : -1, events, 0}, {wake_.fd(), POLLIN, 0}};
   if (!tx.prepare_to_sleep()) return;
-  int rc = poll(fds, 2, timeout);
+  short got = 0;
+  bool woken = false;
+  int rc = poll_io(poll_socket ? events : 0, timeout, &got, &woken);
   tx.woke();
   if (rc <= 0) return;
-  if (fds[1].revents) wake_.clear();
-  short got = fds[0].revents;
+  if (woken) wake_.clear();
   if (got & (POLLIN | POLLHUP | POLLERR)) st.readable = true;
   if (got & (POLLOUT | POLLHUP | POLLERR)) st.writable = true;
   if (got & (POLLHUP | POLLERR)) st.hung_up = true;

@@ -1,8 +1,9 @@
-// Connection: one client socket and the thread that serves it.
+// Connection: one client and the thread that serves it.
 //
 // The thread runs the handshake (Negotiation) and then the transmission
-// phase (Transmission) over a non-blocking socket, sleeping in poll() on the
-// socket and on an eventfd. The eventfd is how other threads reach it: the
+// phase (Transmission) over a non-blocking Transport (transport.h: the
+// socket itself, stdio, or a TLS session over either once the client sent
+// NBD_OPT_STARTTLS), sleeping in poll() on its descriptors and on an eventfd. The eventfd is how other threads reach it: the
 // Export's completion callbacks (when the thread said it would sleep) and
 // request_close().
 //
@@ -15,7 +16,7 @@
 // Handshake deadline: a connection that has not entered the transmission
 // phase `handshake_timeout` after it was created (accepted) ends, whether the
 // client is silent, trickles bytes or does not read. Every wait in the
-// handshake is bounded by what is left of it.
+// handshake, the TLS handshake's included, is bounded by what is left of it.
 //
 // Closing: on NBD_CMD_DISC, end of stream or request_close(), no further
 // requests are read; requests in flight complete and their replies are sent
@@ -42,7 +43,9 @@
 #include "nbd/backend.h"
 #include "nbd/negotiation.h"
 #include "nbd/socket_util.h"
+#include "nbd/tls.h"
 #include "nbd/transmission.h"
+#include "nbd/transport.h"
 
 namespace multisnap::nbd {
 
@@ -62,6 +65,7 @@ class ConnectionHost {
   // connection closes without sending the final reply.
   virtual Status export_selected(uint64_t id, const std::string& canonical_name) = 0;
   virtual void handshake_timed_out() = 0;
+  virtual void tls_handshake_failed() = 0;
   // The client sent its first bytes (once per connection).
   virtual void client_spoke(uint64_t id) = 0;
   virtual void add_counters(const TransmissionCounters& delta) = 0;
@@ -76,6 +80,8 @@ struct ConnectionOptions {
   uint32_t max_option_length = Negotiation::kDefaultMaxOptionLength;
   std::chrono::milliseconds drain_timeout{5000};
   std::chrono::milliseconds handshake_timeout{0};  // 0: none
+  TlsMode tls = TlsMode::kOff;
+  std::shared_ptr<const TlsCredentials> tls_credentials;  // set unless kOff
 };
 
 // Why a connection dropped to make room for newer ones ended.
@@ -89,7 +95,7 @@ class Connection {
 
   // `wake` is the connection's own eventfd (WakeFd::create()); the caller
   // makes it, so that it can make room when descriptors run out.
-  static std::unique_ptr<Connection> create(uint64_t id, UniqueFd socket, WakeFd wake,
+  static std::unique_ptr<Connection> create(uint64_t id, std::unique_ptr<Transport> transport, WakeFd wake,
                                             std::string peer, ConnectionHost& host,
                                             const ConnectionOptions& options);
   ~Connection();  // joins the thread
@@ -133,7 +139,7 @@ class Connection {
     bool draining = false;
   };
 
-  Connection(uint64_t id, UniqueFd socket, std::string peer, ConnectionHost& host,
+  Connection(uint64_t id, std::unique_ptr<Transport> transport, std::string peer, ConnectionHost& host,
              const ConnectionOptions& options, WakeFd wake);
 
   void run();
@@ -144,6 +150,13 @@ class Connection {
   bool send_all(std::string_view data);
   bool receive_more();
   bool wait_socket(short events);
+  // STARTTLS was ACKed: the TLS handshake, then the session replaces the
+  // transport. False (reason recorded) if it fails or the deadline passes.
+  bool start_tls();
+  // poll() on the transport (POLLIN on its input, POLLOUT on its output)
+  // and the eventfd. Returns poll's result; *got: the transport's events,
+  // *woken: the eventfd fired.
+  int poll_io(short events, int timeout_ms, short* got, bool* woken);
   // Milliseconds left before the handshake deadline, rounded up; -1 without one.
   int handshake_time_left() const;
   // True (the reason recorded and the host told) once the deadline has passed.
@@ -165,7 +178,7 @@ class Connection {
   bool closing();
 
   const uint64_t id_;
-  UniqueFd socket_;
+  std::unique_ptr<Transport> transport_;
   const std::string peer_;
   ConnectionHost& host_;
   const ConnectionOptions options_;

@@ -1,6 +1,7 @@
 #include "nbd/listener.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 namespace multisnap::nbd {
@@ -138,7 +140,49 @@ Result<Listener> Listener::open_tcp(const ListenAddress& address) {
   return last;
 }
 
+Result<Listener> Listener::adopt(int fd) {
+  Listener l;
+  l.fd_ = UniqueFd(fd);
+  int type = 0, accepting = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    return errno_status(errno, fmt::format("inherited descriptor {} is not a socket", fd));
+  }
+  len = sizeof accepting;
+  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 ||
+      !accepting) {
+    return make_error(Code::kInvalidArgument,
+                      "inherited descriptor {} is not a listening stream socket", fd);
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 ||
+      fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    return errno_status(errno, fmt::format("inherited descriptor {}", fd));
+  }
+  sockaddr_storage ss{};
+  len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    return errno_status(errno, fmt::format("inherited descriptor {}", fd));
+  }
+  if (ss.ss_family == AF_UNIX) {
+    l.bound_.kind = ListenAddress::Kind::kUnix;
+    const auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
+    size_t max = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    l.bound_.path = un->sun_path[0] == '\0' ? "(abstract)" : std::string(un->sun_path, strnlen(un->sun_path, max));
+  } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    l.bound_.kind = ListenAddress::Kind::kTcp;
+    l.bound_.host = numeric_host(reinterpret_cast<sockaddr*>(&ss));
+    l.bound_.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                                   : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  } else {
+    return make_error(Code::kInvalidArgument, "inherited socket {} is neither unix nor TCP", fd);
+  }
+  l.adopted_ = true;
+  return l;
+}
+
 Listener::~Listener() {
+  if (adopted_) return;
   if (!fd_.valid() || bound_.kind != ListenAddress::Kind::kUnix) return;
   struct stat st;
   if (lstat(bound_.path.c_str(), &st) == 0 && st.st_dev == unix_dev_ && st.st_ino == unix_ino_) {

@@ -27,6 +27,11 @@ namespace multisnap::nbd {
 class Listener {
  public:
   static Result<Listener> open(const ListenAddress& address, uint32_t unix_mode);
+  // Takes over a socket that is already listening (systemd socket
+  // activation). kInvalidArgument if it is not a listening stream socket.
+  // Its socket file, if any, is left in place on destruction: whoever made
+  // it removes it.
+  static Result<Listener> adopt(int fd);
   Listener(Listener&&) = default;
   Listener& operator=(Listener&&) = default;
   ~Listener();
@@ -41,6 +46,7 @@ class Listener {
 
   UniqueFd fd_;
   ListenAddress bound_;
+  bool adopted_ = false;  // from adopt(): the socket file is not ours
   dev_t unix_dev_ = 0;  // identity of the socket file we created
   ino_t unix_ino_ = 0;
 };

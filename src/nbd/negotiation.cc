@@ -79,8 +79,8 @@ void add_unique(std::vector<std::string>* names, std::string name) {
 
 }  // namespace
 
-Negotiation::Negotiation(Backend& backend, uint32_t max_option_length)
-    : backend_(backend), max_option_length_(max_option_length) {}
+Negotiation::Negotiation(Backend& backend, uint32_t max_option_length, TlsMode tls)
+    : backend_(backend), max_option_length_(max_option_length), tls_(tls) {}
 
 void Negotiation::append_greeting(std::string* out) {
   append64(out, proto::kInitMagic);
@@ -161,7 +161,14 @@ bool Negotiation::consume_option_header(const uint8_t* p, size_t size, size_t* u
 }
 
 void Negotiation::handle_option(std::string_view payload, std::string* out) {
+  if (tls_ == TlsMode::kRequire && !tls_active_ && option_ != proto::kOptStartTls &&
+      option_ != proto::kOptAbort) {
+    // EXPORT_NAME cannot carry an error: the connection is dropped.
+    if (option_ == proto::kOptExportName) return fail("NBD_OPT_EXPORT_NAME before TLS (TLS is required)");
+    return reply_error(proto::kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first", out);
+  }
   switch (option_) {
+    case proto::kOptStartTls: return handle_starttls(payload, out);
     case proto::kOptExportName: return handle_export_name(payload, out);
     case proto::kOptAbort:
       // Data with ABORT is ignored, as the protocol asks.
@@ -177,6 +184,25 @@ void Negotiation::handle_option(std::string_view payload, std::string* out) {
     default:
       reply_error(proto::kRepErrUnsup, fmt::format("option {} is not supported", option_), out);
   }
+}
+
+void Negotiation::handle_starttls(std::string_view payload, std::string* out) {
+  if (tls_ == TlsMode::kOff) {
+    return reply_error(proto::kRepErrUnsup, "TLS is not enabled on this server", out);
+  }
+  if (tls_active_) return reply_error(proto::kRepErrInvalid, "TLS is already active", out);
+  if (!payload.empty()) return reply_error(proto::kRepErrInvalid, "STARTTLS takes no data", out);
+  reply(proto::kRepAck, {}, out);
+  state_ = State::kStartTls;
+}
+
+void Negotiation::tls_started() {
+  tls_active_ = true;
+  state_ = State::kOptions;
+  // Nothing negotiated in the clear carries over into the TLS session.
+  structured_replies_ = false;
+  selected_.clear();
+  selected_export_.clear();
 }
 
 void Negotiation::handle_export_name(std::string_view name, std::string* out) {

@@ -9,8 +9,18 @@
 // Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO (NBD_INFO_EXPORT,
 // NAME, DESCRIPTION, BLOCK_SIZE), STRUCTURED_REPLY, LIST_META_CONTEXT and
 // SET_META_CONTEXT ("base:allocation", which the server serves itself, and
-// whatever contexts the Backend offers: Backend::meta_contexts). Anything
-// else gets NBD_REP_ERR_UNSUP.
+// whatever contexts the Backend offers: Backend::meta_contexts), and
+// STARTTLS when TLS is configured. Anything else gets NBD_REP_ERR_UNSUP.
+//
+// TLS (TlsMode): kOff answers STARTTLS with ERR_UNSUP. kOn and kRequire ACK
+// it and enter kStartTls: the caller runs the TLS handshake and calls
+// tls_started(), after which everything (options, then transmission) goes
+// through the TLS session. Bytes the client sent after STARTTLS, before the
+// handshake, are a protocol violation (they would be plaintext injected
+// into the TLS conversation). kRequire answers every option but STARTTLS
+// and ABORT with ERR_TLS_REQD until TLS is up (EXPORT_NAME, which cannot
+// carry an error, fails the connection). What was negotiated before
+// STARTTLS (structured replies, meta contexts) is forgotten after it.
 // Options longer than max_option_length are skipped and refused with
 // NBD_REP_ERR_TOO_BIG; longer than kMaxSkippedOptionLength, or with a bad
 // IHAVEOPT magic, the connection fails (the caller drops it).
@@ -54,10 +64,17 @@ struct NegotiatedExport {
   std::vector<NegotiatedContext> contexts;
 };
 
+enum class TlsMode {
+  kOff,      // STARTTLS is not supported
+  kOn,       // STARTTLS is offered; plain clients are served too
+  kRequire,  // nothing but STARTTLS and ABORT before TLS
+};
+
 class Negotiation {
  public:
   enum class State {
     kOptions,       // still haggling
+    kStartTls,      // STARTTLS was ACKed (in `out`): run the TLS handshake, then tls_started()
     kTransmission,  // GO or EXPORT_NAME succeeded; take_export()
     kAborted,       // the client sent NBD_OPT_ABORT (the ACK is in `out`)
     kFailed,        // protocol violation or EXPORT_NAME failure; drop the connection
@@ -70,7 +87,8 @@ class Negotiation {
   static constexpr size_t kMaxSelectedContexts = 16;
   static constexpr size_t kMaxContextNames = 1024;
 
-  explicit Negotiation(Backend& backend, uint32_t max_option_length = kDefaultMaxOptionLength);
+  explicit Negotiation(Backend& backend, uint32_t max_option_length = kDefaultMaxOptionLength,
+                       TlsMode tls = TlsMode::kOff);
 
   // The server's first message: NBDMAGIC, IHAVEOPT, handshake flags.
   static void append_greeting(std::string* out);
@@ -83,10 +101,11 @@ class Negotiation {
   size_t consume(const uint8_t* data, size_t size, std::string* out);
 
   State state() const { return state_; }
+  // In kStartTls: the TLS handshake succeeded; back to kOptions.
+  void tls_started();
+  bool tls_active() const { return tls_active_; }
   // Why the state is kFailed, for the log.
   const std::string& failure() const { return failure_; }
-  // The client asked for NBD_FLAG_C_NO_ZEROES.
-
   // Valid once, in kTransmission.
   NegotiatedExport take_export();
 
@@ -99,6 +118,7 @@ class Negotiation {
   bool consume_option_header(const uint8_t* data, size_t size, size_t* used);
   void handle_option(std::string_view payload, std::string* out);
 
+  void handle_starttls(std::string_view payload, std::string* out);
   void handle_export_name(std::string_view payload, std::string* out);
   void handle_list(std::string_view payload, std::string* out);
   void handle_info_or_go(bool go, std::string_view payload, std::string* out);
@@ -118,6 +138,8 @@ class Negotiation {
 
   Backend& backend_;
   const uint32_t max_option_length_;
+  const TlsMode tls_;
+  bool tls_active_ = false;
   State state_ = State::kOptions;
   Step step_ = Step::kClientFlags;
   uint32_t option_ = 0;         // the option being processed

@@ -46,7 +46,8 @@ uint32_t negotiating_cap(uint32_t max_negotiating) {
 
 class Server::Impl final : public ConnectionHost {
  public:
-  Impl(Backend& backend, ServerOptions options, std::vector<Listener> listeners, WakeFd wake);
+  Impl(Backend& backend, ServerOptions options, std::vector<Listener> listeners, WakeFd wake,
+       std::shared_ptr<const TlsCredentials> tls);
   ~Impl() override { stop(); }
 
   Status start_accepting();
@@ -62,6 +63,8 @@ class Server::Impl final : public ConnectionHost {
   std::shared_mutex& open_gate() override { return open_gate_; }
   Status export_selected(uint64_t id, const std::string& canonical_name) override;
   void handshake_timed_out() override { handshake_timeouts_.fetch_add(1); }
+  void tls_handshake_failed() override { tls_failures_.fetch_add(1); }
+  Result<uint64_t> serve_stream(int in, int out);
   void client_spoke(uint64_t id) override;
   void add_counters(const TransmissionCounters& delta) override;
   void protocol_violation() override { protocol_violations_.fetch_add(1); }
@@ -78,7 +81,8 @@ class Server::Impl final : public ConnectionHost {
 
   void accept_loop();
   void accept_from(const Listener& listener);
-  void add_connection(UniqueFd fd, bool tcp);
+  // Returns the new connection's id, 0 if it was refused or dropped.
+  uint64_t add_connection(std::unique_ptr<Transport> transport, std::string peer);
   // Asks the oldest silent connection still negotiating (else the oldest of
   // all), other than `spare`, to close; false if there is none.
   bool evict_oldest_negotiating(uint64_t spare = 0);
@@ -114,7 +118,8 @@ class Server::Impl final : public ConnectionHost {
   std::set<uint64_t> silent_;  // those of negotiating_ that have not sent a byte
   uint64_t established_ = 0;  // records with has_export and not finished; guarded by mu_
   bool stopping_ = false;     // guarded by mu_
-  uint64_t next_id_ = 1;      // accept thread's
+  std::mutex add_mu_;         // serialises add_connection()
+  uint64_t next_id_ = 1;      // guarded by add_mu_
   // Accept thread's: what report_drops() has logged so far.
   uint64_t reported_refused_ = 0, reported_timeouts_ = 0, reported_evicted_ = 0;
   Clock::time_point next_report_{};
@@ -130,10 +135,11 @@ class Server::Impl final : public ConnectionHost {
   std::atomic<uint64_t> bytes_written_{0};
   std::atomic<uint64_t> errors_{0};
   std::atomic<uint64_t> protocol_violations_{0};
+  std::atomic<uint64_t> tls_failures_{0};
 };
 
 Server::Impl::Impl(Backend& backend, ServerOptions options, std::vector<Listener> listeners,
-                   WakeFd wake)
+                   WakeFd wake, std::shared_ptr<const TlsCredentials> tls)
     : backend_(backend),
       options_(std::move(options)),
       max_negotiating_(negotiating_cap(options_.max_negotiating)),
@@ -144,6 +150,8 @@ Server::Impl::Impl(Backend& backend, ServerOptions options, std::vector<Listener
   connection_options_.max_option_length = options_.max_option_length;
   connection_options_.drain_timeout = options_.drain_timeout;
   connection_options_.handshake_timeout = options_.handshake_timeout;
+  connection_options_.tls = options_.tls;
+  connection_options_.tls_credentials = std::move(tls);
   for (const Listener& l : listeners_) bound_.push_back(l.bound());
 }
 
@@ -154,6 +162,10 @@ Status Server::Impl::start_accepting() {
     return make_error(Code::kIoError, "cannot start the NBD accept thread: {}", e.what());
   }
   for (const ListenAddress& a : bound_) MS_LOG_INFO("nbd: listening on {}", a.to_string());
+  if (connection_options_.tls_credentials) {
+    MS_LOG_INFO("nbd: TLS {} ({})", options_.tls == TlsMode::kRequire ? "required" : "offered",
+                connection_options_.tls_credentials->describe());
+  }
   return Status::ok();
 }
 
@@ -190,7 +202,12 @@ void Server::Impl::accept_from(const Listener& listener) {
   for (;;) {
     int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      add_connection(UniqueFd(fd), listener.bound().kind == ListenAddress::Kind::kTcp);
+      if (listener.bound().kind == ListenAddress::Kind::kTcp) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      }
+      std::string peer = describe_peer(fd);
+      add_connection(std::make_unique<SocketTransport>(UniqueFd(fd)), std::move(peer));
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -205,9 +222,9 @@ void Server::Impl::accept_from(const Listener& listener) {
   }
 }
 
-void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
+uint64_t Server::Impl::add_connection(std::unique_ptr<Transport> transport, std::string peer) {
+  std::lock_guard adding(add_mu_);  // the accept thread and serve_stream()
   connections_total_.fetch_add(1);
-  std::string peer = describe_peer(fd.get());
   bool full = false, crowded = false;
   {
     std::lock_guard lock(mu_);
@@ -217,14 +234,10 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   if (full) {
     MS_LOG_DEBUG("nbd: refusing client {}: {} connections already", peer, options_.max_connections);
     connections_refused_.fetch_add(1);
-    return;
+    return 0;
   }
   // Only this thread adds negotiating connections, so there is room after this.
   if (crowded) evict_oldest_negotiating();
-  if (tcp) {
-    int one = 1;
-    setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
   // eventfd and thread creation fail only for lack of descriptors, threads or
   // memory; a handshake that gives way frees all three.
   constexpr int kTries = 3;
@@ -232,10 +245,10 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   for (int i = 1; i < kTries && !wake.is_ok() && make_room(); ++i) wake = WakeFd::create();
   if (!wake.is_ok()) {
     MS_LOG_WARN("nbd: dropping client {}: {}", peer, wake.status().to_string());
-    return;
+    return 0;
   }
   uint64_t id = next_id_++;
-  auto conn = Connection::create(id, std::move(fd), std::move(wake).value(), peer, *this,
+  auto conn = Connection::create(id, std::move(transport), std::move(wake).value(), peer, *this,
                                  connection_options_);
   MS_LOG_DEBUG("nbd: connection {} from {}", id, peer);
   notify({ConnectionEvent::Kind::kOpened, id, peer, "", ""});
@@ -252,7 +265,20 @@ void Server::Impl::add_connection(UniqueFd fd, bool tcp) {
   if (!started.is_ok()) {
     MS_LOG_WARN("nbd: dropping client {}: {}", peer, started.to_string());
     connection_finished(id, started.to_string());
+    return 0;
   }
+  return id;
+}
+
+Result<uint64_t> Server::Impl::serve_stream(int in, int out) {
+  UniqueFd in_fd(in), out_fd(out);
+  {
+    std::lock_guard state(mu_);
+    if (stopping_) return make_error(Code::kShutdown, "the NBD server is stopping");
+  }
+  uint64_t id = add_connection(make_stream_transport(std::move(in_fd), std::move(out_fd)), "stdio");
+  if (id == 0) return make_error(Code::kIoError, "cannot serve the client on standard input and output");
+  return id;
 }
 
 bool Server::Impl::evict_oldest_negotiating(uint64_t spare) {
@@ -460,6 +486,7 @@ ServerStats Server::Impl::stats() const {
   s.bytes_written = bytes_written_.load();
   s.errors = errors_.load();
   s.protocol_violations = protocol_violations_.load();
+  s.tls_handshake_failures = tls_failures_.load();
   return s;
 }
 
@@ -492,9 +519,21 @@ void Server::Impl::stop() {
 // ---- Server
 
 Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions options) {
-  if (options.listen.empty()) {
+  if (options.listen.empty() && options.listen_fds.empty() && !options.stream_only) {
     return make_error(Code::kInvalidArgument, "the NBD server needs an address to listen on");
   }
+  // Inherited sockets are ours from here on, whatever fails below.
+  std::vector<Listener> listeners;
+  Status adopted;
+  for (int fd : options.listen_fds) {
+    auto l = Listener::adopt(fd);
+    if (l.is_ok()) {
+      listeners.push_back(std::move(l).value());
+    } else if (adopted.is_ok()) {
+      adopted = l.status();
+    }
+  }
+  MS_TRY(adopted);
   if (options.max_requests_per_connection == 0 || options.max_connections == 0 ||
       options.max_negotiating == 0) {
     return make_error(Code::kInvalidArgument, "NBD connection limits must be positive");
@@ -509,15 +548,18 @@ Result<std::unique_ptr<Server>> Server::start(Backend& backend, ServerOptions op
     return make_error(Code::kInvalidArgument, "NBD max_option_length must be in [8 KiB, {}]",
                       Negotiation::kMaxSkippedOptionLength);
   }
-  std::vector<Listener> listeners;
+  std::shared_ptr<const TlsCredentials> tls;
+  if (options.tls != TlsMode::kOff) {
+    MS_ASSIGN_OR_RETURN(tls, TlsCredentials::load(options.tls_credentials));
+  }
   for (const std::string& spec : options.listen) {
     MS_ASSIGN_OR_RETURN(ListenAddress address, parse_listen_address(spec));
     MS_ASSIGN_OR_RETURN(Listener listener, Listener::open(address, options.unix_socket_mode));
     listeners.push_back(std::move(listener));
   }
   MS_ASSIGN_OR_RETURN(WakeFd wake, WakeFd::create());
-  auto impl =
-      std::make_unique<Impl>(backend, std::move(options), std::move(listeners), std::move(wake));
+  auto impl = std::make_unique<Impl>(backend, std::move(options), std::move(listeners),
+                                     std::move(wake), std::move(tls));
   MS_TRY(impl->start_accepting());
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -528,6 +570,10 @@ Server::~Server() {
 }
 void Server::stop() {
   impl_->stop();
+}
+
+Result<uint64_t> Server::serve_stream(int in, int out) {
+  return impl_->serve_stream(in, out);
 }
 
 std::vector<std::string> Server::addresses() const {

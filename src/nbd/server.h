@@ -10,7 +10,9 @@
 //
 // What it speaks (docs/nbd.md has the details): the fixed newstyle
 // handshake; options EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
-// LIST_META_CONTEXT, SET_META_CONTEXT (base:allocation); commands READ,
+// LIST_META_CONTEXT, SET_META_CONTEXT (base:allocation), STARTTLS (TLS with
+// X.509 certificates or a PSK, offered or required: ServerOptions::tls);
+// commands READ,
 // WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS and DISC with the
 // FUA, NO_HOLE, FAST_ZERO, DF and REQ_ONE flags; simple or structured
 // replies. Export names go to the Backend unchanged ("" is the default
@@ -53,6 +55,8 @@
 
 #include "nbd/address.h"
 #include "nbd/backend.h"
+#include "nbd/negotiation.h"
+#include "nbd/tls.h"
 #include "util/status.h"
 
 namespace multisnap::nbd {
@@ -68,9 +72,22 @@ struct ConnectionEvent {
 };
 
 struct ServerOptions {
-  // "unix:PATH" or "tcp:HOST:PORT" (address.h); at least one.
+  // "unix:PATH" or "tcp:HOST:PORT" (address.h). At least one address or
+  // listen_fds, unless stream_only.
   std::vector<std::string> listen;
+  // Sockets already listening (systemd socket activation). The server takes
+  // them over: it closes them at stop(), and leaves their socket files to
+  // whoever made them.
+  std::vector<int> listen_fds;
+  // No listeners at all: the only clients are those given to
+  // serve_stream() (`serve --nbd stdio`).
+  bool stream_only = false;
   uint32_t unix_socket_mode = 0600;
+  // TLS through NBD_OPT_STARTTLS (docs/nbd.md#tls). kOn and kRequire need
+  // tls_credentials; kRequire refuses every option but STARTTLS and ABORT
+  // until TLS is up.
+  TlsMode tls = TlsMode::kOff;
+  TlsOptions tls_credentials;
   // Connections in the transmission phase. While this many are established,
   // further clients are accepted and closed at once (and a warning logged);
   // a client whose handshake completes while the limit is reached is closed
@@ -121,6 +138,7 @@ struct ServerStats {
   uint64_t bytes_written = 0;            // WRITE payload bytes accepted from clients
   uint64_t errors = 0;                   // requests answered with an error
   uint64_t protocol_violations = 0;      // connections dropped for breaking the protocol
+  uint64_t tls_handshake_failures = 0;   // connections whose TLS handshake failed (wrong key, ...)
 };
 
 struct ConnectionInfo {
@@ -146,6 +164,12 @@ class Server {
   // their replies go out (see drain_timeout), closes the connections and
   // joins all threads. Idempotent; concurrent callers all return once done.
   void stop();
+
+  // Serves one client already connected on `in` and `out` (the same
+  // socket, or two pipes: standard input and output), taking both. It is
+  // a connection like any other, with the peer name "stdio"; returns its id
+  // (ConnectionEvent::id) for on_connection to recognise its end.
+  Result<uint64_t> serve_stream(int in, int out);
 
   // Where the server listens, with real TCP ports: "unix:/p", "tcp:127.0.0.1:41234".
   std::vector<std::string> addresses() const;

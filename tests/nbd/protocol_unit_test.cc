@@ -197,6 +197,89 @@ TEST(NegotiationTest, SelectedContextsReachTheTransmissionPhase) {
   EXPECT_EQ(e.contexts[0].id, 2u) << "a name keeps its id for the connection";
 }
 
+// STARTTLS, without sockets: what each TLS mode answers, before and after
+// the (here pretended) TLS handshake. Replies are 20-byte headers (magic,
+// option, type, length) followed by their data.
+TEST(NegotiationTest, StartTlsByMode) {
+  MemoryBackend backend;
+  ASSERT_TRUE(backend.add_export({.name = "disk", .size = 65536}).is_ok());
+  auto option = [](uint32_t opt, std::string_view data = {}) {
+    Bytes b;
+    b.u64(wire::kIHaveOpt).u32(opt).u32(static_cast<uint32_t>(data.size())).str(data);
+    return b;
+  };
+  constexpr uint32_t kStartTls = 5, kList = 3;
+  constexpr uint32_t kAck = 1, kErrUnsup = 0x80000001u, kErrInvalid = 0x80000003u, kErrTlsReqd = 0x80000005u;
+  // Feeds one option; returns the reply type of the first reply.
+  auto reply_type = [&](Negotiation& n, const Bytes& b) {
+    std::string out;
+    EXPECT_EQ(n.consume(b.data().data(), b.size(), &out), b.size());
+    EXPECT_GE(out.size(), 20u);
+    return out.size() >= 20 ? be32(out.data() + 12) : 0u;
+  };
+  Bytes flags;
+  flags.u32(3);
+  std::string out;
+  {
+    Negotiation n(backend, Negotiation::kDefaultMaxOptionLength, TlsMode::kOff);
+    n.consume(flags.data().data(), flags.size(), &out);
+    EXPECT_EQ(reply_type(n, option(kStartTls)), kErrUnsup);
+    EXPECT_EQ(n.state(), Negotiation::State::kOptions);
+  }
+  {
+    Negotiation n(backend, Negotiation::kDefaultMaxOptionLength, TlsMode::kOn);
+    n.consume(flags.data().data(), flags.size(), &out);
+    EXPECT_EQ(reply_type(n, option(kList)), 2u) << "kOn serves plain clients";
+    EXPECT_EQ(reply_type(n, option(kStartTls, "x")), kErrInvalid) << "STARTTLS takes no data";
+    // STARTTLS with a LIST behind it: consumption stops at STARTTLS, and the
+    // LIST is left for the connection, which drops such a client.
+    Bytes both = option(kStartTls);
+    Bytes list = option(kList);
+    both.raw(list.data().data(), list.size());
+    std::string o;
+    EXPECT_EQ(n.consume(both.data().data(), both.size(), &o), 16u);
+    EXPECT_EQ(be32(o.data() + 12), kAck);
+    EXPECT_EQ(n.state(), Negotiation::State::kStartTls);
+    n.tls_started();
+    EXPECT_TRUE(n.tls_active());
+    EXPECT_EQ(n.state(), Negotiation::State::kOptions);
+    EXPECT_EQ(reply_type(n, option(kStartTls)), kErrInvalid) << "TLS is already active";
+  }
+  {
+    Negotiation n(backend, Negotiation::kDefaultMaxOptionLength, TlsMode::kRequire);
+    n.consume(flags.data().data(), flags.size(), &out);
+    EXPECT_EQ(reply_type(n, option(kList)), kErrTlsReqd);
+    EXPECT_EQ(reply_type(n, option(wire::kStructuredReply)), kErrTlsReqd);
+    Bytes go;
+    go.u32(4).str("disk").u16(0);
+    EXPECT_EQ(reply_type(n, option(wire::kGo, std::string_view(reinterpret_cast<const char*>(go.data().data()), go.size()))),
+              kErrTlsReqd);
+    EXPECT_EQ(reply_type(n, option(kStartTls)), kAck);
+    n.tls_started();
+    EXPECT_EQ(reply_type(n, option(kList)), 2u);
+    EXPECT_EQ(reply_type(n, option(wire::kGo, std::string_view(reinterpret_cast<const char*>(go.data().data()), go.size()))),
+              3u) << "NBD_REP_INFO";
+    EXPECT_EQ(n.state(), Negotiation::State::kTransmission);
+  }
+  {
+    // EXPORT_NAME cannot carry ERR_TLS_REQD: the connection fails.
+    Negotiation n(backend, Negotiation::kDefaultMaxOptionLength, TlsMode::kRequire);
+    n.consume(flags.data().data(), flags.size(), &out);
+    Bytes b = option(1, "disk");
+    std::string o;
+    n.consume(b.data().data(), b.size(), &o);
+    EXPECT_EQ(n.state(), Negotiation::State::kFailed);
+    EXPECT_TRUE(o.empty());
+  }
+  {
+    // ABORT is allowed before TLS.
+    Negotiation n(backend, Negotiation::kDefaultMaxOptionLength, TlsMode::kRequire);
+    n.consume(flags.data().data(), flags.size(), &out);
+    EXPECT_EQ(reply_type(n, option(2)), kAck);
+    EXPECT_EQ(n.state(), Negotiation::State::kAborted);
+  }
+}
+
 TEST(MemoryBackendTest, TracksAllocation) {
   MemoryBackend backend;
   ASSERT_TRUE(backend.add_export({.name = "m", .size = 10 * 4096 + 512, .min_block = 512}).is_ok());
