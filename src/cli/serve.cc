@@ -48,6 +48,9 @@ int run_serve(const ServeArgs& a) {
   DaemonOptions o;
   o.store_path = a.store;
   o.origin_path = a.origin;
+  o.force_origin = a.force;
+  o.save_origin = a.save;
+  if (a.save && a.origin.empty()) return fail(make_error(Code::kInvalidArgument, "--save needs --origin PATH"));
   o.nbd = a.nbd.empty() ? std::vector<std::string>{"unix:multisnap.sock"} : a.nbd;
   o.control_path = control_path(a.control);
   auto cache = parse_size(a.cache_size);
@@ -65,8 +68,6 @@ int run_serve(const ServeArgs& a) {
   o.engine.use_older_commit = a.use_older_commit;
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());
-  MS_LOG_INFO("serving {} (NBD: {}; control: {})", a.store, fmt::join((*daemon)->nbd_addresses(), ", "),
-              o.control_path);
 
   int sig = 0;
   sigwait(&sigs, &sig);

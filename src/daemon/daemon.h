@@ -15,6 +15,7 @@
 #include "control/control.h"
 #include "control/fields.h"
 #include "daemon/engine_backend.h"
+#include "daemon/origin_identity.h"
 #include "daemon/policy_runner.h"
 #include "daemon/replication.h"
 #include "engine/engine.h"
@@ -26,6 +27,8 @@ namespace multisnap {
 struct DaemonOptions {
   std::string store_path;
   std::string origin_path;         // empty: the path the store remembers
+  bool force_origin = false;       // serve an origin check_origin() refuses
+  bool save_origin = false;        // record origin_path as the store's origin
   std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
   std::string control_path;
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
@@ -70,6 +73,10 @@ class Daemon {
   std::mutex stop_mu_;
   bool stopped_ = false;
 };
+
+// The origin identity recorded in a store (property 3), read without
+// opening an engine; nullopt for a store made before origins were recorded.
+Result<std::optional<OriginIdentity>> read_origin_identity(FileDevice& store, bool use_older_commit = false);
 
 // Locks a device file against another multisnap (flock). Shared for
 // read-only tools (check, dump), exclusive for serve and create.
