@@ -69,6 +69,8 @@ int main(int argc, char** argv) {
   serve->add_flag("--use-older-commit", sa.use_older_commit,
                   "open the newest intact commit when both copies of a newer one are damaged (loses its changes)");
   serve->add_option("--origin", sa.origin, "origin path, if it moved since create");
+  serve->add_option("--metrics", sa.metrics,
+                    "serve Prometheus metrics over HTTP at tcp:HOST:PORT/metrics (HOST empty: 127.0.0.1)");
   serve->add_flag("--save", sa.save, "with --origin: record PATH as the store's origin");
   serve->add_flag("--force", sa.force,
                   "serve an origin that is neither the recorded file nor of the recorded size");

@@ -49,6 +49,7 @@ int run_serve(const ServeArgs& a) {
   o.store_path = a.store;
   o.origin_path = a.origin;
   o.force_origin = a.force;
+  o.metrics = a.metrics;
   o.save_origin = a.save;
   if (a.save && a.origin.empty()) return fail(make_error(Code::kInvalidArgument, "--save needs --origin PATH"));
   o.nbd = a.nbd.empty() ? std::vector<std::string>{"unix:multisnap.sock"} : a.nbd;

@@ -93,7 +93,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
     if (options.save_origin) MS_LOG_INFO("recorded {} as the origin of {}", now.path, store_path);
   }
   MS_LOG_INFO("serving {}: origin {} ({})", store_path, d->origin_->path(), format_size(sb.layout.origin_size));
-  d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
+  d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots,
+                                                options.metrics.empty() ? nullptr : &d->request_metrics_);
   d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
@@ -107,8 +108,14 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
                                                                   [self](const Json& req, control::Writer& out) {
                                                                     return self->handle(req, out);
                                                                   }));
+  if (!options.metrics.empty()) {
+    MetricsServer::Options mo;
+    mo.listen = options.metrics;
+    MS_ASSIGN_OR_RETURN(d->metrics_, MetricsServer::start(mo, [self] { return self->metrics_text(); }));
+  }
   for (const std::string& a : d->nbd_->addresses()) MS_LOG_INFO("serving NBD on {}", a);
   MS_LOG_INFO("control socket {}", options.control_path);
+  if (d->metrics_) MS_LOG_INFO("metrics on http://{}/metrics", d->metrics_->address().substr(4));
   return d;
 }
 
@@ -119,6 +126,7 @@ Status Daemon::stop() {
   if (stopped_) return Status::ok();
   stopped_ = true;
   if (control_) control_->stop();
+  metrics_.reset();
   if (nbd_) nbd_->stop();  // in-flight requests finish and are answered first
   // After the NBD clients: a write waiting for the policy to free space
   // is among those requests.
@@ -321,6 +329,8 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
                                                  {"restarts", space->restarts}});
   out.write(text + ",\"ok\":true}\n");
 }
+
+std::string Daemon::metrics_text() { return render_metrics(engine_->status(), nbd_->stats(), request_metrics_); }
 
 Json Daemon::status() {
   EngineStatus st = engine_->status();

@@ -15,6 +15,8 @@
 #include "control/control.h"
 #include "control/fields.h"
 #include "daemon/engine_backend.h"
+#include "daemon/metrics.h"
+#include "daemon/metrics_server.h"
 #include "daemon/origin_identity.h"
 #include "daemon/policy_runner.h"
 #include "daemon/replication.h"
@@ -32,6 +34,7 @@ struct DaemonOptions {
   std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
   std::string control_path;
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
+  std::string metrics;             // "tcp:HOST:PORT": serve Prometheus metrics there; empty: none
   EngineOptions engine;
   Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
 };
@@ -44,6 +47,8 @@ class Daemon {
 
   std::optional<control::Json> handle(const control::Json& request, control::Writer& out);
   std::vector<std::string> nbd_addresses() const { return nbd_->addresses(); }
+  // The Prometheus text of `serve --metrics` (docs/design.md, "Metrics").
+  std::string metrics_text();
   Engine& engine() { return *engine_; }
 
  private:
@@ -66,10 +71,12 @@ class Daemon {
   std::unique_ptr<PolicyRunner> policy_;  // declared before engine_: destroyed after it
   std::atomic<PolicyRunner*> policy_hook_{nullptr};  // the engine's on_no_space goes here
   std::unique_ptr<Engine> engine_;
+  RequestMetrics request_metrics_;  // before backend_: its exports point here
   std::unique_ptr<EngineBackend> backend_;
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<control::ControlServer> control_;
+  std::unique_ptr<MetricsServer> metrics_;
   std::mutex stop_mu_;
   bool stopped_ = false;
 };
