@@ -75,7 +75,7 @@ grep -q "losetup -d" readme-fs.sh || fail "the README's nbdfuse block was not fo
 mkdir readme && cd readme
 create_store origin.img store.img --origin-size 256M >/dev/null
 rm -f "$SOCK" "$MULTISNAP_CONTROL"
-"$MULTISNAP" serve store.img >>"$WORK/serve.log" 2>&1 &
+env -u MULTISNAP_CONTROL "$MULTISNAP" serve store.img >>"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 wait_for_socket multisnap.sock
 wait_for_socket multisnap.ctl
