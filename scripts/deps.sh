@@ -8,6 +8,7 @@ packages=(
   liburing-dev nlohmann-json3-dev libcli11-dev libfmt-dev libxxhash-dev libzstd-dev
   libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils fio
   fuse3 e2fsprogs util-linux clang socat iproute2 openssh-server openssh-client
+  scdoc dpkg-dev lintian man-db bash-completion curl
 )
 missing=()
 for p in "${packages[@]}"; do
