@@ -42,6 +42,13 @@ $PY -c 'import json; e = json.load(open("err.json"))["error"]; assert e["code"] 
 expect_fail "1-64 characters" ms snapshot create --name ''
 
 start_serve
+# Where it listens is logged once; a listing client leaving is not news.
+[ "$(grep -c "$SOCK" serve.log)" = 1 ] || fail "the NBD address is logged $(grep -c "$SOCK" serve.log) times"
+if command -v nbdinfo >/dev/null; then
+  nbdinfo --list "$(uri "")" >/dev/null
+  sleep 0.2
+  ! grep -q "INFO.*\(Broken pipe\|closed\)" serve.log || fail "a client leaving is logged at INFO: $(grep closed serve.log)"
+fi
 expect_fail "in use" ms check store.img
 expect_fail "in use\|already" "$MULTISNAP" serve store.img --nbd unix:$WORK/other.sock --control $WORK/other.ctl
 # Nothing a refused command touches is harmed: the running store, its
