@@ -88,9 +88,14 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
       MS_ASSIGN_OR_RETURN(Uuid u, random_uuid());
       now.uuid = u.to_string();
     }
-    MS_TRY(d->engine_->set_property(kOriginProperty, to_property(now)));
-    mark_origin(*d->origin_, now.uuid);
-    if (options.save_origin) MS_LOG_INFO("recorded {} as the origin of {}", now.path, store_path);
+    Status saved = d->engine_->set_property(kOriginProperty, to_property(now));
+    if (options.save_origin) MS_TRY(saved.annotate("cannot record the origin (--save)"));
+    if (saved.is_ok()) {
+      mark_origin(*d->origin_, now.uuid);
+      if (options.save_origin) MS_LOG_INFO("recorded {} as the origin of {}", now.path, store_path);
+    } else {  // adopting is a convenience: serve anyway
+      MS_LOG_WARN("could not record the origin's identity in the store: {}", saved.to_string());
+    }
   }
   MS_LOG_INFO("serving {}: origin {} ({})", store_path, d->origin_->path(), format_size(sb.layout.origin_size));
   d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots,
