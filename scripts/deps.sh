@@ -9,6 +9,7 @@ packages=(
   libnbd-dev libnbd-bin python3-libnbd nbdkit qemu-utils fio
   libgnutls28-dev gnutls-bin
   fuse3 e2fsprogs util-linux clang socat iproute2 openssh-server openssh-client
+  scdoc dpkg-dev lintian man-db bash-completion curl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -27,6 +27,9 @@ struct ServeArgs {
   double handshake_timeout = 10;  // seconds; 0 = none
   bool read_only_snapshots = false;
   bool use_older_commit = false;
+  std::string metrics;       // tcp:HOST:PORT for Prometheus
+  bool force = false;        // serve an origin that does not look like the store's
+  bool save = false;         // record --origin as the store's origin
 };
 int run_serve(const ServeArgs& a);
 
@@ -65,10 +68,15 @@ int run_policy_show(const OnlineArgs& o);
 int run_policy_clear(const OnlineArgs& o);
 
 int run_check(const std::string& store, bool json);
+// Records PATH as the origin of a store that is not being served.
+int run_set_origin(const std::string& store, const std::string& origin, bool force);
 int run_dump(const std::string& store, bool json);
 
-// "multisnap: <message>" on stderr; returns 1.
+// "multisnap: <message>" on stderr; returns 1. After set_json_errors(true)
+// (--json) also {"ok": false, "error": {"code", "errno", "message"}} on
+// stdout, with the control socket's codes (docs/control.md).
 int fail(const Status& s);
+void set_json_errors(bool on);
 // --control, else $MULTISNAP_CONTROL, else multisnap.ctl in the current directory.
 std::string control_path(const std::string& flag);
 

@@ -2,12 +2,40 @@
 // commands.h.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <string>
+#include <string_view>
 
 #include "cli/commands.h"
 #include "util/log.h"
 
 using namespace multisnap;
 using namespace multisnap::cli;
+
+namespace {
+// CLI11 reports `multisnap frobnicate` as "A subcommand is required": name
+// the word instead. Follows the words of argv down the subcommands that
+// require one; options are skipped (only --log-level takes a value there).
+std::string unknown_command(CLI::App& app, int argc, char** argv) {
+  CLI::App* at = &app;
+  std::string path;
+  for (int i = 1; i < argc; ++i) {
+    std::string w = argv[i];
+    if (w == "--log-level") {
+      ++i;
+      continue;
+    }
+    if (w.empty() || w[0] == '-') continue;
+    if (at->get_require_subcommand_min() == 0) return {};
+    CLI::App* sub = nullptr;
+    for (CLI::App* c : at->get_subcommands([](CLI::App*) { return true; }))
+      if (c->get_name() == w) sub = c;
+    if (!sub) return path + w;
+    path += w + " ";
+    at = sub;
+  }
+  return {};
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"multisnap: a multi-snapshot block volume served over NBD", "multisnap"};
@@ -53,6 +81,11 @@ int main(int argc, char** argv) {
   serve->add_flag("--use-older-commit", sa.use_older_commit,
                   "open the newest intact commit when both copies of a newer one are damaged (loses its changes)");
   serve->add_option("--origin", sa.origin, "origin path, if it moved since create");
+  serve->add_option("--metrics", sa.metrics,
+                    "serve Prometheus metrics over HTTP at tcp:HOST:PORT/metrics (HOST empty: 127.0.0.1)");
+  serve->add_flag("--save", sa.save, "with --origin: record PATH as the store's origin");
+  serve->add_flag("--force", sa.force,
+                  "serve an origin that is neither the recorded file nor of the recorded size");
 
   OnlineArgs oa;
   auto add_online = [&](CLI::App* cmd) {
@@ -66,7 +99,7 @@ int main(int argc, char** argv) {
   bool force = false;
   auto* screate = snapshot->add_subcommand("create", "Take a snapshot; prints its ID");
   screate->add_option("--of", of, "snapshot to take a snapshot of (ID or name; default: the origin)");
-  screate->add_option("--name", name, "a name for it (letters, digits, . _ - : @ +)");
+  auto* name_opt = screate->add_option("--name", name, "a name for it: 1-64 of letters, digits, . _ - : @ +");
   add_online(screate);
   auto* sdelete = snapshot->add_subcommand("delete", "Delete a snapshot; its space is reclaimed in the background");
   sdelete->add_option("SNAPSHOT", target, "ID or name")->required();
@@ -127,6 +160,13 @@ int main(int argc, char** argv) {
 
   std::string store;
   bool json = false;
+  std::string set_origin_path;
+  bool set_origin_force = false;
+  auto* set_origin = app.add_subcommand("set-origin", "Record where the origin of a store that is not being served is now");
+  set_origin->add_option("STORE", store, "the store")->required();
+  set_origin->add_option("ORIGIN", set_origin_path, "the origin's path now")->required();
+  set_origin->add_flag("--force", set_origin_force,
+                       "record it even if it is neither the recorded file nor of the recorded size");
   auto* check = app.add_subcommand("check", "Verify all metadata of a store that is not being served");
   check->add_option("STORE", store, "the store")->required();
   check->add_flag("--json", json, "print JSON");
@@ -134,11 +174,22 @@ int main(int argc, char** argv) {
   dump->add_option("STORE", store, "the store")->required();
   dump->add_flag("--json", json, "print JSON");
 
+  bool json_wanted = false;
+  for (int i = 1; i < argc; ++i) json_wanted |= std::string_view(argv[i]) == "--json";
+  set_json_errors(json_wanted);
+  if (std::string word = unknown_command(app, argc, argv); !word.empty()) {
+    fail(make_error(Code::kInvalidArgument, "unknown command '{}' (see --help)", word));
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
-    fprintf(stderr, "multisnap: %s (see --help)\n", e.what());
+    fail(make_error(Code::kInvalidArgument, "{} (see --help)", e.what()));
+    return 2;
+  }
+  if (name_opt->count() > 0 && name.empty()) {
+    fail(make_error(Code::kInvalidArgument, "--name must be 1-64 characters; leave it out for a snapshot without a name"));
     return 2;
   }
   LogLevel level = serve->parsed() ? LogLevel::kInfo : LogLevel::kWarn;
@@ -161,6 +212,7 @@ int main(int argc, char** argv) {
   if (pshow->parsed()) return run_policy_show(oa);
   if (pclear->parsed()) return run_policy_clear(oa);
   if (check->parsed()) return run_check(store, json);
+  if (set_origin->parsed()) return run_set_origin(store, set_origin_path, set_origin_force);
   if (dump->parsed()) return run_dump(store, json);
   return 2;
 }

@@ -5,10 +5,13 @@
 
 #include <climits>
 #include <cstdio>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "daemon/daemon.h"
+#include "daemon/origin_identity.h"
+#include "util/uuid.h"
 #include "io/file_device.h"
 #include "util/clock.h"
 #include "util/units.h"
@@ -24,10 +27,6 @@ Result<uint64_t> optional_size(const std::string& text, uint64_t fallback) {
 
 bool exists(const std::string& path, struct stat* st) { return ::stat(path.c_str(), st) == 0; }
 
-std::string absolute(const std::string& path) {
-  char buf[PATH_MAX];
-  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
-}
 
 Result<std::unique_ptr<FileDevice>> open_origin(const CreateArgs& a, bool* created) {
   struct stat st;
@@ -83,7 +82,56 @@ Result<std::unique_ptr<FileDevice>> open_store_file(const CreateArgs& a, uint64_
   return FileDevice::open(a.store, o);
 }
 
+// Records `origin` as the store's origin (property 3), keeping the uuid of
+// `previous` if there is one, and marks the origin file with it.
+Status record_origin(FileDevice& store_dev, const FileDevice& origin, const std::optional<OriginIdentity>& previous) {
+  MS_ASSIGN_OR_RETURN(auto store, open_store(store_dev, TmOptions{}));
+  MS_ASSIGN_OR_RETURN(OriginIdentity id, observe_origin(origin));
+  id.size = store->layout().origin_size;
+  if (previous) {
+    id.uuid = previous->uuid;
+  } else {
+    MS_ASSIGN_OR_RETURN(Uuid u, random_uuid());
+    id.uuid = u.to_string();
+  }
+  MS_TRY(store->set_property(kOriginProperty, to_property(id)));
+  MS_TRY(store->commit());
+  mark_origin(origin, id.uuid);
+  return Status::ok();
+}
+
 }  // namespace
+
+int run_set_origin(const std::string& store_path, const std::string& origin_path, bool force) {
+  auto store = FileDevice::open(store_path);
+  if (!store.is_ok()) return fail(store.status());
+  Status s = lock_device(**store, true);
+  if (!s.is_ok()) return fail(s);
+  auto sb = read_superblock(**store);
+  if (!sb.is_ok()) return fail(sb.status());
+  auto recorded = read_origin_identity(**store);
+  if (!recorded.is_ok()) return fail(recorded.status());
+  auto origin = FileDevice::open(absolute_path(origin_path));
+  if (!origin.is_ok()) return fail(origin.status());
+  s = lock_device(**origin, true);
+  if (!s.is_ok()) return fail(s);
+  auto seen = observe_origin(**origin);
+  if (!seen.is_ok()) return fail(seen.status());
+  std::vector<std::string> warnings;
+  if (*recorded) {
+    (*recorded)->size = sb->layout.origin_size;
+    s = check_origin(**recorded, *seen, force, &warnings);
+    if (!s.is_ok()) return fail(s);
+  }
+  if (seen->size < sb->layout.origin_size)
+    return fail(make_error(Code::kInvalidArgument, "{} has {} bytes; the store's origin has {}", seen->path,
+                           seen->size, sb->layout.origin_size));
+  for (const std::string& w : warnings) fprintf(stderr, "multisnap: warning: %s\n", w.c_str());
+  s = record_origin(**store, **origin, *recorded);
+  if (!s.is_ok()) return fail(s);
+  printf("the origin of %s is now %s\n", store_path.c_str(), seen->path.c_str());
+  return 0;
+}
 
 int run_create(const CreateArgs& a) {
   auto format = parse_store_format(a.format);
@@ -114,10 +162,12 @@ int run_create(const CreateArgs& a) {
   co.format = *format;
   co.chunk_size = static_cast<uint32_t>(std::min<uint64_t>(*chunk, UINT32_MAX));
   co.origin_size = (*origin)->size();
-  co.origin_path = absolute(a.origin);
+  co.origin_path = absolute_path(a.origin);
   if (*meta) co.metadata_size = *meta;
   s = format_store(**store, co);
   if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot create the store"));
+  s = record_origin(**store, **origin, std::nullopt);
+  if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot record the origin"));
   auto sb = read_superblock(**store);
   if (!sb.is_ok()) return fail(sb.status());
   const Layout& l = sb->layout;
@@ -154,7 +204,15 @@ int run_check(const std::string& path, bool json) {
       else report.warning(f.text);
     }
     (*store)->check(report);
-    const std::string& origin_path = (*store)->origin_path();
+    std::string origin_path = (*store)->origin_path();
+    auto text = (*store)->get_property(kOriginProperty);
+    if (!text.is_ok()) {
+      report.problem(text.status().to_string());
+    } else if (*text) {
+      auto id = origin_from_property(**text);
+      if (!id.is_ok()) report.problem(id.status().to_string());
+      else if (!id->path.empty()) origin_path = id->path;
+    }
     struct stat st;
     if (::stat(origin_path.c_str(), &st) != 0) report.note("the origin " + origin_path + " is missing");
   }
@@ -187,10 +245,17 @@ int run_dump(const std::string& path, bool json) {
   else printf("%s store, %u-byte chunks, %llu snapshots, %llu exceptions\n", s.format, s.chunk_size,
               static_cast<unsigned long long>(s.snapshots), static_cast<unsigned long long>(s.exceptions));
   bool first = true;
+  // Parents come before their snapshots in ID order: remember the names of
+  // those that have any.
+  std::map<SnapshotId, std::string> parent_names;
   Status ls = st.list_snapshots(0, [&](const SnapshotInfo& info) {
-    if (json) printf("%s%s", first ? "" : ",", snapshot_json(info).dump().c_str());
+    if (info.children > 0) parent_names[info.id] = info.name;
+    std::string parent_name = info.parent ? parent_names[info.parent] : std::string();
+    if (json) printf("%s%s", first ? "" : ",", snapshot_json(info, parent_name).dump().c_str());
     else printf("snapshot %u%s%s of %s, created %s\n", info.id, info.name.empty() ? "" : " ", info.name.c_str(),
-                info.parent ? ("snapshot " + std::to_string(info.parent)).c_str() : "the origin",
+                info.parent ? ("snapshot " + std::to_string(info.parent) +
+                               (parent_name.empty() ? "" : " " + parent_name)).c_str()
+                            : "the origin",
                 iso8601(info.created_ns).c_str());
     first = false;
     return true;

@@ -21,8 +21,18 @@ std::string control_path(const std::string& flag) {
   return "multisnap.ctl";
 }
 
+namespace {
+bool json_errors = false;
+}
+
+void set_json_errors(bool on) { json_errors = on; }
+
 int fail(const Status& s) {
   fprintf(stderr, "multisnap: %s\n", s.to_string().c_str());
+  if (json_errors) {
+    Json answer = control::error_answer(s);
+    printf("%s\n", Json{{"ok", false}, {"error", answer["error"]}}.dump(2).c_str());
+  }
   return 1;
 }
 
@@ -129,22 +139,27 @@ int run_snapshot_list(const OnlineArgs& o, bool space, bool progress) {
   }
   auto id_of = [](const Json& s) { return static_cast<unsigned long long>(s["id"].get<uint64_t>()); };
   auto name_of = [](const Json& s) { return s["name"].is_null() ? std::string("-") : s["name"].get<std::string>(); };
+  // "origin", or the parent's ID and name: "1 (base)".
   auto of_of = [](const Json& s) {
-    return s["of"].is_string() ? s["of"].get<std::string>() : std::to_string(s["of"].get<uint64_t>());
+    const Json& of = s["of"];
+    if (!of.is_object()) return std::string("origin");
+    std::string text = std::to_string(of["id"].get<uint64_t>());
+    if (of["name"].is_string()) text += " (" + of["name"].get<std::string>() + ")";
+    return text;
   };
   if (space) {
-    printf("%-10s %-24s %-8s %-24s %10s %10s %s\n", "ID", "NAME", "OF", "CREATED", "EXCLUSIVE", "SHARED", "EXPORT");
+    printf("%-10s %-24s %-20s %-24s %10s %10s %s\n", "ID", "NAME", "OF", "CREATED", "EXCLUSIVE", "SHARED", "EXPORT");
     for (const Json& s : list)
-      printf("%-10llu %-24s %-8s %-24s %10s %10s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
+      printf("%-10llu %-24s %-20s %-24s %10s %10s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
              s["created"].get<std::string>().c_str(), format_size(s.value("exclusive_bytes", uint64_t{0})).c_str(),
              format_size(s.value("shared_bytes", uint64_t{0})).c_str(), s["export"].get<std::string>().c_str());
     uint64_t pending = scanned ? (*r)["space"].value("reclaim_pending_bytes", uint64_t{0}) : 0;
     if (pending) printf("(%s more held by deleted snapshots, being reclaimed)\n", format_size(pending).c_str());
     return 0;
   }
-  printf("%-10s %-24s %-8s %-24s %s\n", "ID", "NAME", "OF", "CREATED", "EXPORT");
+  printf("%-10s %-24s %-20s %-24s %s\n", "ID", "NAME", "OF", "CREATED", "EXPORT");
   for (const Json& s : list)
-    printf("%-10llu %-24s %-8s %-24s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
+    printf("%-10llu %-24s %-20s %-24s %s\n", id_of(s), name_of(s).c_str(), of_of(s).c_str(),
            s["created"].get<std::string>().c_str(), s["export"].get<std::string>().c_str());
   return 0;
 }

@@ -162,6 +162,10 @@ int run_serve(const ServeArgs& a) {
   DaemonOptions o;
   o.store_path = a.store;
   o.origin_path = a.origin;
+  o.force_origin = a.force;
+  o.metrics = a.metrics;
+  o.save_origin = a.save;
+  if (a.save && a.origin.empty()) return fail(make_error(Code::kInvalidArgument, "--save needs --origin PATH"));
   if (Status s = plan_sockets(a, *activation, &o); !s.is_ok()) return fail(s);
   auto tls = tls_mode(a);
   if (!tls.is_ok()) return fail(tls.status());
@@ -191,10 +195,6 @@ int run_serve(const ServeArgs& a) {
   o.engine.use_older_commit = a.use_older_commit;
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());
-  std::vector<std::string> where = (*daemon)->nbd_addresses();
-  if (o.nbd_stdio) where.push_back("stdio");
-  MS_LOG_INFO("serving {} (NBD: {}; control: {})", a.store, fmt::join(where, ", "),
-              (*daemon)->control_path().empty() ? "none" : (*daemon)->control_path());
 
   int sig = 0;
   sigwait(&first, &sig);

@@ -16,6 +16,8 @@
 #include "policy/policy.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/units.h"
+#include "util/uuid.h"
 
 namespace multisnap {
 
@@ -29,6 +31,18 @@ Status lock_device(const FileDevice& dev, bool exclusive) {
   return errno_status(errno, "cannot lock " + dev.path());
 }
 
+Result<std::optional<OriginIdentity>> read_origin_identity(FileDevice& store, bool use_older_commit) {
+  TmOptions tmo;
+  tmo.read_only = true;
+  tmo.cache_bytes = 1 << 20;
+  tmo.use_older_commit = use_older_commit;
+  MS_ASSIGN_OR_RETURN(auto st, open_store(store, tmo));
+  MS_ASSIGN_OR_RETURN(std::optional<std::string> text, st->get_property(kOriginProperty));
+  if (!text) return std::optional<OriginIdentity>();
+  MS_ASSIGN_OR_RETURN(OriginIdentity id, origin_from_property(*text));
+  return std::optional<OriginIdentity>(std::move(id));
+}
+
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   std::unique_ptr<Daemon> d(new Daemon);
   d->options_ = options;
@@ -37,12 +51,28 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(store_path));
   MS_TRY(lock_device(*d->store_, true));
   MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(*d->store_));
-  std::string origin_path = options.origin_path.empty() ? sb.origin_path : options.origin_path;
+  // The origin is checked before the engine opens: a rollback resumes by
+  // itself there and would write to whatever file it was given.
+  MS_ASSIGN_OR_RETURN(std::optional<OriginIdentity> recorded,
+                      read_origin_identity(*d->store_, options.engine.use_older_commit));
+  std::string origin_path = options.origin_path;
+  if (origin_path.empty()) origin_path = recorded && !recorded->path.empty() ? recorded->path : sb.origin_path;
+  origin_path = absolute_path(origin_path);
   auto origin = FileDevice::open(origin_path);
   if (!origin.is_ok())
     return origin.status().annotate(fmt::format("the origin of {} (pass --origin if it moved)", options.store_path));
   d->origin_ = std::move(origin).value();
   MS_TRY(lock_device(*d->origin_, true));
+  MS_ASSIGN_OR_RETURN(OriginIdentity seen, observe_origin(*d->origin_));
+  std::vector<std::string> warnings;
+  if (recorded) {
+    recorded->size = sb.layout.origin_size;
+    MS_TRY(check_origin(*recorded, seen, options.force_origin, &warnings));
+  } else if (seen.size > sb.layout.origin_size) {
+    warnings.push_back(fmt::format("the origin {} grew from {} to {} bytes; only the first {} are served",
+                                   seen.path, sb.layout.origin_size, seen.size, sb.layout.origin_size));
+  }
+  for (const std::string& w : warnings) MS_LOG_WARN("WARNING: {}", w);
   Daemon* self = d.get();
   EngineOptions eo = options.engine;
   eo.on_no_space = [self] {
@@ -50,7 +80,28 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
     return p != nullptr && p->on_no_space();
   };
   MS_ASSIGN_OR_RETURN(d->engine_, Engine::open(*d->origin_, *d->store_, eo));
-  d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots);
+  if (!recorded || options.save_origin) {
+    // A store made before origins were recorded adopts this one.
+    OriginIdentity now = seen;
+    now.size = sb.layout.origin_size;
+    if (recorded) {
+      now.uuid = recorded->uuid;
+    } else {
+      MS_ASSIGN_OR_RETURN(Uuid u, random_uuid());
+      now.uuid = u.to_string();
+    }
+    Status saved = d->engine_->set_property(kOriginProperty, to_property(now));
+    if (options.save_origin) MS_TRY(saved.annotate("cannot record the origin (--save)"));
+    if (saved.is_ok()) {
+      mark_origin(*d->origin_, now.uuid);
+      if (options.save_origin) MS_LOG_INFO("recorded {} as the origin of {}", now.path, store_path);
+    } else {  // adopting is a convenience: serve anyway
+      MS_LOG_WARN("could not record the origin's identity in the store: {}", saved.to_string());
+    }
+  }
+  MS_LOG_INFO("serving {}: origin {} ({})", store_path, d->origin_->path(), format_size(sb.layout.origin_size));
+  d->backend_ = std::make_unique<EngineBackend>(*d->engine_, options.engine.read_only_snapshots,
+                                                options.metrics.empty() ? nullptr : &d->request_metrics_);
   d->replication_ = std::make_unique<Replication>(*d->engine_);
   nbd::ServerOptions so;
   so.listen = options.nbd;
@@ -76,6 +127,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   } else if (!options.control_path.empty()) {
     MS_ASSIGN_OR_RETURN(d->control_, control::ControlServer::start(options.control_path, handler));
   }
+  if (!options.metrics.empty()) {
+    MetricsServer::Options mo;
+    mo.listen = options.metrics;
+    MS_ASSIGN_OR_RETURN(d->metrics_, MetricsServer::start(mo, [self] { return self->metrics_text(); }));
+  }
   for (const std::string& a : d->nbd_->addresses()) MS_LOG_INFO("serving NBD on {}", a);
   if (options.nbd_stdio) {
     // Duplicates, so that nothing else ever writes on the client's stream:
@@ -99,6 +155,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   } else {
     MS_LOG_INFO("no control socket (give --control PATH for snapshot and status commands)");
   }
+  if (d->metrics_) MS_LOG_INFO("metrics on http://{}/metrics", d->metrics_->address().substr(4));
   return d;
 }
 
@@ -109,6 +166,7 @@ Status Daemon::stop() {
   if (stopped_) return Status::ok();
   stopped_ = true;
   if (control_) control_->stop();
+  metrics_.reset();
   if (nbd_) nbd_->stop();  // in-flight requests finish and are answered first
   // After the NBD clients: a write waiting for the policy to free space
   // is among those requests.
@@ -168,7 +226,7 @@ Json Daemon::snapshot_create(const Json& req) {
   }
   auto s = engine_->create_snapshot(of, args->name);
   if (!s.is_ok()) return control::error_answer(s.status());
-  return Json{{"ok", true}, {"snapshot", snapshot_json(*s)}};
+  return Json{{"ok", true}, {"snapshot", snapshot_json(*engine_, *s)}};
 }
 
 std::optional<Json> Daemon::send(const Json& req, control::Writer& out) {
@@ -268,7 +326,7 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
   }
   const uint64_t chunk = engine_->layout().chunk_size;
   auto with_space = [&](const SnapshotInfo& s) {
-    Json j = snapshot_json(s);
+    Json j = snapshot_json(*engine_, s);
     if (!space) return j;
     auto it = std::lower_bound(space->snapshots.begin(), space->snapshots.end(), s.id,
                                [](const SnapshotSpace& a, SnapshotId id) { return a.id < id; });
@@ -311,6 +369,8 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
                                                  {"restarts", space->restarts}});
   out.write(text + ",\"ok\":true}\n");
 }
+
+std::string Daemon::metrics_text() { return render_metrics(engine_->status(), nbd_->stats(), request_metrics_); }
 
 Json Daemon::status() {
   EngineStatus st = engine_->status();

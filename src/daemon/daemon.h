@@ -16,6 +16,9 @@
 #include "control/control.h"
 #include "control/fields.h"
 #include "daemon/engine_backend.h"
+#include "daemon/metrics.h"
+#include "daemon/metrics_server.h"
+#include "daemon/origin_identity.h"
 #include "daemon/policy_runner.h"
 #include "daemon/replication.h"
 #include "engine/engine.h"
@@ -27,6 +30,8 @@ namespace multisnap {
 struct DaemonOptions {
   std::string store_path;
   std::string origin_path;         // empty: the path the store remembers
+  bool force_origin = false;       // serve an origin check_origin() refuses
+  bool save_origin = false;        // record origin_path as the store's origin
   std::vector<std::string> nbd;    // "unix:PATH" / "tcp:HOST:PORT"
   std::vector<int> nbd_fds;        // listening sockets passed by systemd (taken over)
   // Serve one NBD client on standard input and output (no listeners) and
@@ -40,6 +45,7 @@ struct DaemonOptions {
   nbd::TlsMode tls = nbd::TlsMode::kOff;
   nbd::TlsOptions tls_credentials;
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
+  std::string metrics;             // "tcp:HOST:PORT": serve Prometheus metrics there; empty: none
   EngineOptions engine;
   Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
 };
@@ -54,6 +60,8 @@ class Daemon {
   std::vector<std::string> nbd_addresses() const { return nbd_->addresses(); }
   // The control socket's path; "" when there is none.
   std::string control_path() const { return control_ ? control_->path() : std::string(); }
+  // The Prometheus text of `serve --metrics` (docs/design.md, "Metrics").
+  std::string metrics_text();
   Engine& engine() { return *engine_; }
 
  private:
@@ -76,13 +84,19 @@ class Daemon {
   std::unique_ptr<PolicyRunner> policy_;  // declared before engine_: destroyed after it
   std::atomic<PolicyRunner*> policy_hook_{nullptr};  // the engine's on_no_space goes here
   std::unique_ptr<Engine> engine_;
+  RequestMetrics request_metrics_;  // before backend_: its exports point here
   std::unique_ptr<EngineBackend> backend_;
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<control::ControlServer> control_;
+  std::unique_ptr<MetricsServer> metrics_;
   std::mutex stop_mu_;
   bool stopped_ = false;
 };
+
+// The origin identity recorded in a store (property 3), read without
+// opening an engine; nullopt for a store made before origins were recorded.
+Result<std::optional<OriginIdentity>> read_origin_identity(FileDevice& store, bool use_older_commit = false);
 
 // Locks a device file against another multisnap (flock). Shared for
 // read-only tools (check, dump), exclusive for serve and create.

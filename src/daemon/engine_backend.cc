@@ -79,32 +79,38 @@ class ChangedContext final : public nbd::MetaContext {
 
 class EngineExport final : public nbd::Export {
  public:
-  EngineExport(Engine& engine, VolumeRef volume, nbd::ExportInfo info)
-      : engine_(engine), volume_(std::move(volume)), info_(std::move(info)) {}
+  EngineExport(Engine& engine, VolumeRef volume, nbd::ExportInfo info, RequestMetrics* metrics)
+      : engine_(engine), volume_(std::move(volume)), info_(std::move(info)), metrics_(metrics),
+        kind_(volume_->is_origin() ? RequestMetrics::kOrigin : RequestMetrics::kSnapshot) {}
 
   const nbd::ExportInfo& info() const override { return info_; }
 
   void read(uint64_t offset, uint32_t length, uint8_t* buf, nbd::Done done) override {
-    engine_.submit(volume_, {IoRequest::Op::kRead, offset, length, buf, false}, std::move(done));
+    engine_.submit(volume_, {IoRequest::Op::kRead, offset, length, buf, false},
+                   counted(RequestMetrics::kRead, length, std::move(done)));
   }
   void write(uint64_t offset, uint32_t length, const uint8_t* buf, bool fua, nbd::Done done) override {
     engine_.submit(volume_, {IoRequest::Op::kWrite, offset, length, const_cast<uint8_t*>(buf), fua},
-                   std::move(done));
+                   counted(RequestMetrics::kWrite, length, std::move(done)));
   }
   void flush(nbd::Done done) override {
-    engine_.submit(volume_, {IoRequest::Op::kFlush, 0, 0, nullptr, false}, std::move(done));
+    engine_.submit(volume_, {IoRequest::Op::kFlush, 0, 0, nullptr, false},
+                   counted(RequestMetrics::kFlush, 0, std::move(done)));
   }
   void trim(uint64_t offset, uint64_t length, bool fua, nbd::Done done) override {
-    engine_.submit(volume_, {IoRequest::Op::kTrim, offset, length, nullptr, fua}, std::move(done));
+    engine_.submit(volume_, {IoRequest::Op::kTrim, offset, length, nullptr, fua},
+                   counted(RequestMetrics::kTrim, 0, std::move(done)));
   }
   void write_zeroes(uint64_t offset, uint64_t length, bool fua, bool /*no_hole*/, bool /*fast_zero*/,
                     nbd::Done done) override {
     // Zeroing is never slower than writing zeros here (a hole punch or a
     // zero entry for whole chunks), so FAST_ZERO needs no special case.
-    engine_.submit(volume_, {IoRequest::Op::kWriteZeroes, offset, length, nullptr, fua}, std::move(done));
+    engine_.submit(volume_, {IoRequest::Op::kWriteZeroes, offset, length, nullptr, fua},
+                   counted(RequestMetrics::kWriteZeroes, 0, std::move(done)));
   }
   void cache(uint64_t offset, uint64_t length, nbd::Done done) override {
-    engine_.submit(volume_, {IoRequest::Op::kCache, offset, length, nullptr, false}, std::move(done));
+    engine_.submit(volume_, {IoRequest::Op::kCache, offset, length, nullptr, false},
+                   counted(RequestMetrics::kCache, 0, std::move(done)));
   }
   void block_status(uint64_t offset, uint64_t length, nbd::ExtentsDone done) override {
     engine_.block_status(volume_, offset, length, [done = std::move(done)](Result<std::vector<AllocationExtent>> r) {
@@ -134,9 +140,16 @@ class EngineExport final : public nbd::Export {
   }
 
  private:
+  // Counted and timed when metrics are on; untouched (no allocation) when off.
+  nbd::Done counted(RequestMetrics::Op op, uint64_t bytes, nbd::Done done) {
+    return metrics_ ? metrics_->wrap(kind_, op, bytes, std::move(done)) : std::move(done);
+  }
+
   Engine& engine_;
   VolumeRef volume_;
   nbd::ExportInfo info_;
+  RequestMetrics* metrics_;
+  RequestMetrics::Kind kind_;
 };
 
 }  // namespace
@@ -229,7 +242,7 @@ Result<std::vector<std::string>> EngineBackend::meta_contexts(std::string_view /
 Result<std::unique_ptr<nbd::Export>> EngineBackend::open_export(std::string_view name) {
   MS_ASSIGN_OR_RETURN(VolumeRef v, open(name));
   nbd::ExportInfo info = info_for(*v, v->snapshot() ? describe(*v->snapshot()) : "the origin volume (live data)");
-  return std::unique_ptr<nbd::Export>(new EngineExport(engine_, std::move(v), std::move(info)));
+  return std::unique_ptr<nbd::Export>(new EngineExport(engine_, std::move(v), std::move(info), metrics_));
 }
 
 }  // namespace multisnap

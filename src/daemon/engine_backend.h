@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 
+#include "daemon/metrics.h"
 #include "engine/engine.h"
 #include "nbd/backend.h"
 
@@ -24,8 +25,10 @@ namespace multisnap {
 
 class EngineBackend final : public nbd::Backend {
  public:
-  EngineBackend(Engine& engine, bool read_only_snapshots)
-      : engine_(engine), read_only_snapshots_(read_only_snapshots) {}
+  // `metrics`: where to count and time requests (null: nowhere); it must
+  // outlive every export opened.
+  EngineBackend(Engine& engine, bool read_only_snapshots, RequestMetrics* metrics = nullptr)
+      : engine_(engine), read_only_snapshots_(read_only_snapshots), metrics_(metrics) {}
 
   Result<std::vector<nbd::ExportInfo>> list_exports() override;
   Result<nbd::ExportInfo> export_info(std::string_view name) override;
@@ -47,6 +50,7 @@ class EngineBackend final : public nbd::Backend {
 
   Engine& engine_;
   bool read_only_snapshots_;
+  RequestMetrics* metrics_;
   std::mutex mu_;
   std::set<SnapshotId> blocked_;
 };

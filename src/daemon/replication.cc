@@ -153,16 +153,24 @@ std::string snapshot_words(const SnapshotInfo& s) {
 
 }  // namespace
 
-Json snapshot_json(const SnapshotInfo& s) {
+Json snapshot_json(const SnapshotInfo& s, std::string_view parent_name) {
   Json j;
   j["id"] = s.id;
   j["name"] = s.name.empty() ? Json(nullptr) : Json(s.name);
-  j["of"] = s.parent == kOriginId ? Json("origin") : Json(s.parent);
+  if (s.parent == kOriginId) j["of"] = nullptr;
+  else j["of"] = {{"id", s.parent}, {"name", parent_name.empty() ? Json(nullptr) : Json(parent_name)}};
   j["created"] = iso8601(s.created_ns);
   j["uuid"] = s.uuid.to_string();
   j["written"] = (s.flags & kSnapshotWritten) != 0;
   j["export"] = "snapshot/" + std::to_string(s.id);
   return j;
+}
+
+Json snapshot_json(Engine& engine, const SnapshotInfo& s) {
+  if (s.parent == kOriginId) return snapshot_json(s);
+  auto parent = engine.find_snapshot(std::to_string(s.parent));
+  // A parent that is gone (or cannot be read now) still has its ID.
+  return snapshot_json(s, parent.is_ok() && *parent ? std::string_view((*parent)->name) : std::string_view());
 }
 
 // ---------------------------------------------------------------- send
@@ -286,7 +294,7 @@ std::optional<Json> Replication::send(const SnapshotInfo& target, const std::opt
               {"bytes", w.bytes_written()},
               {"data_bytes", w.data_bytes()},
               {"zero_bytes", w.zero_bytes()},
-              {"snapshot", snapshot_json(target)}};
+              {"snapshot", snapshot_json(engine_, target)}};
 }
 
 // ---------------------------------------------------------------- receive
@@ -456,7 +464,7 @@ std::optional<Json> Replication::receive(const std::string& name_override, contr
   }
   if (s.is_ok()) {
     auto snap = engine_.finish_receive(name, h.target);
-    if (snap.is_ok()) return Json{{"ok", true}, {"snapshot", snapshot_json(*snap)}};
+    if (snap.is_ok()) return Json{{"ok", true}, {"snapshot", snapshot_json(engine_, *snap)}};
     s = snap.status();
   }
   if (s.code() == Code::kShutdown) {

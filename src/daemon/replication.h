@@ -16,13 +16,18 @@
 
 #include <mutex>
 #include <optional>
+#include <string_view>
 
 #include "control/control.h"
 #include "engine/engine.h"
 
 namespace multisnap {
 
-control::Json snapshot_json(const SnapshotInfo& s);
+// A snapshot object (docs/control.md): "of" is null for a snapshot of the
+// origin, else {"id": parent, "name": parent_name or null}.
+control::Json snapshot_json(const SnapshotInfo& s, std::string_view parent_name = {});
+// The same, looking the parent's name up in the engine.
+control::Json snapshot_json(Engine& engine, const SnapshotInfo& s);
 
 class Replication {
  public:

@@ -55,6 +55,7 @@ struct CopyJob {
   uint32_t pending = 0;
   Status status;
   bool poisoned = false;  // its copy failed: never committed, conflicting I/O fails
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 };
 
 // A client request inside the engine.

@@ -13,6 +13,9 @@ struct AtomicCounters {
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> copy_jobs{0}, chunks_copied{0}, commits{0}, retries{0}, errors{0};
   std::atomic<uint64_t> direct_writes{0}, direct_reads{0};
+  std::atomic<uint64_t> direct_writes{0};
+  LatencyHistogram copy_latency;    // a copy job's data I/O: start to written
+  LatencyHistogram commit_latency;  // one commit of the store
 
   static void add(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 
@@ -24,6 +27,7 @@ struct AtomicCounters {
     c.copy_jobs = v(copy_jobs), c.chunks_copied = v(chunks_copied), c.commits = v(commits);
     c.retries = v(retries), c.errors = v(errors), c.direct_writes = v(direct_writes);
     c.direct_reads = v(direct_reads);
+    c.copy_latency = copy_latency.snapshot(), c.commit_latency = commit_latency.snapshot();
     return c;
   }
 };

@@ -34,6 +34,7 @@
 #include "io/block_device.h"
 #include "io/io_context.h"
 #include "store/exception_store.h"
+#include "util/histogram.h"
 
 namespace multisnap {
 
@@ -125,6 +126,8 @@ struct EngineCounters {
   uint64_t errors = 0;
   uint64_t direct_writes = 0;  // origin writes that took the shortcut
   uint64_t direct_reads = 0;   // snapshot reads served on the caller's thread (read_map.h)
+  HistogramSnapshot copy_latency;    // copy jobs that copied data: start to data written
+  HistogramSnapshot commit_latency;  // store commits
 };
 
 struct RollbackStatus {

@@ -136,6 +136,7 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
 }
 
 void EngineCore::job_io_done(CopyJob* job, Status s) {
+  if (!job->dests.empty()) counters_.copy_latency.record_since(job->started);
   --jobs_in_flight_;
   slots_used_ -= static_cast<uint32_t>(job->dests.size());
   if (job->buffer && job->buffer != zero_buffer_) return_buffer(job->buffer);
@@ -192,8 +193,10 @@ Status EngineCore::commit_now() {
   assert(jobs_in_flight_ == 0);  // E3
   bool was_ok = store_failure().is_ok();
   commit_due_ = false;
+  auto started = std::chrono::steady_clock::now();
   Status s = store_->commit();
   last_commit_ = std::chrono::steady_clock::now();
+  counters_.commit_latency.record(last_commit_ - started);
   AtomicCounters::add(counters_.commits);
   store_failure();  // a failed commit fails the store: mirror it at once
   if (!s.is_ok() && was_ok) MS_LOG_ERROR("commit failed, the store stops taking changes: {}", s.to_string());

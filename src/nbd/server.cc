@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <string_view>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
@@ -161,7 +162,7 @@ Status Server::Impl::start_accepting() {
   } catch (const std::system_error& e) {
     return make_error(Code::kIoError, "cannot start the NBD accept thread: {}", e.what());
   }
-  for (const ListenAddress& a : bound_) MS_LOG_INFO("nbd: listening on {}", a.to_string());
+  // The daemon logs where it listens (once, with the rest of what it serves).
   if (connection_options_.tls_credentials) {
     MS_LOG_INFO("nbd: TLS {} ({})", options_.tls == TlsMode::kRequire ? "required" : "offered",
                 connection_options_.tls_credentials->describe());
@@ -391,6 +392,17 @@ void Server::Impl::add_counters(const TransmissionCounters& delta) {
   errors_.fetch_add(delta.errors, std::memory_order_relaxed);
 }
 
+namespace {
+// The reasons Connection gives when the client ended the connection itself.
+bool client_went_away(std::string_view reason) {
+  for (std::string_view r : {"client closed the connection", "client disconnected (NBD_CMD_DISC)",
+                             "send failed: Broken pipe", "send failed: Connection reset by peer",
+                             "recv failed: Connection reset by peer"})
+    if (reason.substr(0, r.size()) == r) return true;
+  return false;
+}
+}  // namespace
+
 void Server::Impl::connection_finished(uint64_t id, const std::string& reason) {
   ConnectionEvent event{ConnectionEvent::Kind::kClosed, id, "", "", reason};
   {
@@ -404,7 +416,9 @@ void Server::Impl::connection_finished(uint64_t id, const std::string& reason) {
   // Connections that never reached transmission (listings, probes, dropped
   // handshakes) are only logged at debug level: a flood of them is summed up
   // by report_drops() instead.
-  LogLevel level = event.export_name.empty() ? LogLevel::kDebug : LogLevel::kInfo;
+  // A client that goes away (closes, sends NBD_CMD_DISC, or resets while
+  // its last replies are sent, as `nbdinfo --list` does) is routine: debug.
+  LogLevel level = event.export_name.empty() || client_went_away(reason) ? LogLevel::kDebug : LogLevel::kInfo;
   log(level, "nbd: connection {} ({}) closed: {}", id, event.peer, reason);
   notify(event);
   {

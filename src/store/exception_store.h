@@ -47,6 +47,7 @@ constexpr uint64_t kNoChunk = UINT64_MAX;
 // Property ids (persisted: never renumber; docs/format.md).
 constexpr uint64_t kPolicyProperty = 1;    // the rolling-snapshot policy (JSON)
 constexpr uint64_t kRollbackProperty = 2;  // a rollback in progress: u32 target, u64 next chunk
+constexpr uint64_t kOriginProperty = 3;    // which file is the origin (JSON; daemon/origin_identity.h)
 
 // SnapshotInfo::flags (persisted in the snapshot record: never renumber).
 constexpr uint32_t kSnapshotWritten = 1;  // written to since it was created

@@ -50,7 +50,7 @@ std::optional<Json> handle(const Json& req, Writer& out) {
       return Json{
           {"ok", true},
           {"snapshot",
-           {{"id", 1}, {"name", args->name}, {"of", args->of ? ref_json(*args->of) : "origin"}}}};
+           {{"id", 1}, {"name", args->name}, {"of", args->of ? ref_json(*args->of) : Json(nullptr)}}}};
     }
     if (cmd == "snapshot-delete") {
       auto args = parse_snapshot_delete(req);

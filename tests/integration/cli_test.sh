@@ -25,8 +25,30 @@ ms check store.img | grep -q clean
 
 # Online commands without a server say so.
 expect_fail "no multisnap is serving" ms snapshot list
+# An unknown command is named; with --json an error is JSON on stdout too.
+expect_fail "unknown command 'frobnicate'" ms frobnicate
+expect_fail "unknown command 'snapshot frob'" ms snapshot frob --json
+rc=0; ms status --json >err.json 2>/dev/null || rc=$?
+[ $rc = 1 ] || fail "status without a server exited $rc"
+$PY - <<'PY'
+import json
+e = json.load(open("err.json"))["error"]
+assert e["code"] == "not-found" or e["code"] == "io-error", e
+assert "no multisnap is serving" in e["message"], e
+PY
+rc=0; ms snapshot delete --json >err.json 2>/dev/null || rc=$?
+[ $rc = 2 ] || fail "a command line that does not parse exited $rc"
+$PY -c 'import json; e = json.load(open("err.json"))["error"]; assert e["code"] == "invalid-argument", e'
+expect_fail "1-64 characters" ms snapshot create --name ''
 
 start_serve
+# Where it listens is logged once; a listing client leaving is not news.
+[ "$(grep -c "$SOCK" serve.log)" = 1 ] || fail "the NBD address is logged $(grep -c "$SOCK" serve.log) times"
+if command -v nbdinfo >/dev/null; then
+  nbdinfo --list "$(uri "")" >/dev/null
+  sleep 0.2
+  ! grep -q "INFO.*\(Broken pipe\|closed\)" serve.log || fail "a client leaving is logged at INFO: $(grep closed serve.log)"
+fi
 expect_fail "in use" ms check store.img
 expect_fail "in use\|already" "$MULTISNAP" serve store.img --nbd unix:$WORK/other.sock --control $WORK/other.ctl
 # Nothing a refused command touches is harmed: the running store, its
@@ -62,13 +84,16 @@ ids = [int(x) for x in sys.argv[2:]]
 snaps = json.load(open("list.json"))
 assert [s["id"] for s in snaps] == ids, snaps
 assert snaps[0]["name"] == "base" and snaps[1]["name"] is None and snaps[2]["name"] == "clone", snaps
-assert snaps[0]["of"] == "origin", snaps
-assert snaps[2]["of"] == (ids[0] if sys.argv[1] == "range" else "origin"), snaps
+assert snaps[0]["of"] is None, snaps
+assert snaps[2]["of"] == ({"id": ids[0], "name": "base"} if sys.argv[1] == "range" else None), snaps
 for s in snaps:
     datetime.datetime.fromisoformat(s["created"].replace("Z", "+00:00"))
     assert s["export"] == "snapshot/%d" % s["id"]
 PY
 ms snapshot list | grep -q "clone"
+if [ "$FORMAT" = range ]; then
+  ms snapshot list | grep -q "^$id3 *clone *$id1 (base) " || fail "snapshot list does not name a clone's parent"
+fi
 
 ms status --json > status.json
 $PY - "$FORMAT" <<'PY'

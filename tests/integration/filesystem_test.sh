@@ -65,3 +65,27 @@ detach fuse "$lo"
 stop_serve
 ms check store.img | grep -q clean
 echo "filesystem: ok"
+
+# The README's nbdfuse block, verbatim (it waits for nbdfuse and tears down
+# in order): afterwards nothing is mounted or attached and serve still runs.
+README=$(dirname "$0")/../../README.md
+awk '/^A filesystem through `nbdfuse`/ {f=1} f && /^```sh/ {inblock=1; next} inblock && /^```/ {exit} inblock {print}' \
+  "$README" > readme-fs.sh
+grep -q "losetup -d" readme-fs.sh || fail "the README's nbdfuse block was not found"
+mkdir readme && cd readme
+create_store origin.img store.img --origin-size 256M >/dev/null
+rm -f "$SOCK" "$MULTISNAP_CONTROL"
+env -u MULTISNAP_CONTROL "$MULTISNAP" serve store.img >>"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+wait_for_socket multisnap.sock
+wait_for_socket multisnap.ctl
+env MULTISNAP_CONTROL=$PWD/multisnap.ctl M=$MULTISNAP U='nbd+unix:///origin?socket=multisnap.sock' \
+  timeout 300 bash -c 'set -euo pipefail; source ../readme-fs.sh; wait' >readme-fs.out 2>&1 \
+  || { cat readme-fs.out; fail "the README's nbdfuse block failed"; }
+grep -qx -- "$(ls /etc | head -1)" readme-fs.out || { cat readme-fs.out; fail "the snapshot did not show /etc"; }
+grep -q " $WORK/readme/" /proc/mounts && fail "the README's teardown left mounts: $(grep " $WORK/readme/" /proc/mounts)"
+losetup -j "$WORK/readme/fuse/disk" | grep -q . && fail "the README's teardown left a loop device"
+kill -0 "$SERVE_PID" || fail "serve did not survive the README's teardown"
+stop_serve
+cd "$WORK"
+echo "filesystem (README block): ok"
