@@ -13,7 +13,6 @@ struct AtomicCounters {
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> copy_jobs{0}, chunks_copied{0}, commits{0}, retries{0}, errors{0};
   std::atomic<uint64_t> direct_writes{0}, direct_reads{0};
-  std::atomic<uint64_t> direct_writes{0};
   LatencyHistogram copy_latency;    // a copy job's data I/O: start to written
   LatencyHistogram commit_latency;  // one commit of the store
 
