@@ -111,6 +111,8 @@ std::string render_metrics(const EngineStatus& e, const nbd::ServerStats& n, con
         c.retries);
   t.one("multisnap_direct_writes_total", "counter", "Origin writes that needed no copy and bypassed the engine.",
         c.direct_writes);
+  t.one("multisnap_direct_reads_total", "counter",
+        "Snapshot reads of chunks known to be in the store, served without the engine thread.", c.direct_reads);
   t.one("multisnap_requests_in_flight", "gauge", "Requests inside the engine now.", e.requests_in_flight);
 
   t.one("multisnap_origin_size_bytes", "gauge", "Size of the origin volume.", s.origin_size);

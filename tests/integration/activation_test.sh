@@ -29,7 +29,7 @@ U="nbd+unix:///origin?socket=$WORK/run/nbd.sock"
 nbdcopy a.bin "$U"          # the first connection starts serve
 nbdcopy "$U" back.bin
 cmp <(head -c 4M back.bin) a.bin || fail "data through an inherited socket differs"
-grep -q "nbd: listening on unix:$WORK/run/nbd.sock" serve.log || fail "the inherited NBD socket is not logged"
+grep -q "serving NBD on unix:$WORK/run/nbd.sock" serve.log || fail "the inherited NBD socket is not logged"
 MULTISNAP_CONTROL=$WORK/run/ctl.sock ms snapshot create --name act >/dev/null || fail "control through the inherited socket"
 [ "$(nbdinfo --size "nbd+unix:///snapshot/act?socket=$WORK/run/nbd.sock")" = $((32 << 20)) ] || fail "snapshot export"
 [ -z "$(ls cwd)" ] || fail "serve made files in its directory when activated: $(ls cwd)"

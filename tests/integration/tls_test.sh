@@ -48,7 +48,7 @@ CERTS="tls-certificates=$WORK/client"
 
 # ---- X.509, TLS required, on unix and TCP
 start_serve --nbd tcp:127.0.0.1:0 --tls require --tls-certificates "$WORK/server"
-PORT=$(sed -n 's/.*listening on tcp:127.0.0.1:\([0-9]*\).*/\1/p' serve.log | head -1)
+PORT=$(sed -n 's/.*serving NBD on tcp:127.0.0.1:\([0-9]*\).*/\1/p' serve.log | head -1)
 [ -n "$PORT" ] || fail "no TCP port in the log"
 grep -q "TLS required (X.509 certificates from $WORK/server)" serve.log || fail "TLS not announced"
 
