@@ -75,6 +75,18 @@ void EngineCore::shutdown() {
 // ---------------------------------------------------------------- entry points
 
 void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone done) {
+  // Counted before stopping_ is looked at (shutdown() sets it, then waits
+  // for the count to drop), so a request is either refused or waited for,
+  // also the ones served on this thread, which use the engine's devices
+  // and maps. A queued request is uncounted by finish().
+  ++outstanding_;
+  struct Uncount {
+    std::atomic<uint64_t>& n;
+    bool queued = false;
+    ~Uncount() {
+      if (!queued) --n;
+    }
+  } uncount{outstanding_};
   if (stopping_) {
     done(Status(Code::kShutdown, "the engine is shutting down"));
     return;
@@ -111,7 +123,7 @@ void EngineCore::submit(const VolumeRef& volume, const IoRequest& io, IoDone don
   r->volume = volume;
   r->io = io;
   r->done = std::move(done);
-  ++outstanding_;
+  uncount.queued = true;
   {
     MutexLock lock(in_mu_);
     incoming_.push_back(r);
@@ -198,19 +210,26 @@ void EngineCore::block_status(const VolumeRef& volume, uint64_t offset, uint64_t
                     length, offset));
     return;
   }
-  if (volume->is_origin()) {
-    auto a = origin_.allocation(offset, length);
-    if (!a.is_ok()) return done(a.status());
-    std::vector<AllocationExtent> out;
-    for (auto& e : *a) out.push_back({e.length, e.hole, e.hole});
-    return done(std::move(out));
+  ++outstanding_;  // as in submit()
+  if (stopping_ || volume->is_origin()) {
+    Result<std::vector<AllocationExtent>> result = Status(Code::kShutdown, "the engine is shutting down");
+    if (!stopping_) {
+      auto a = origin_.allocation(offset, length);
+      if (a.is_ok()) {
+        std::vector<AllocationExtent> out;
+        for (auto& e : *a) out.push_back({e.length, e.hole, e.hole});
+        result = std::move(out);
+      } else {
+        result = a.status();
+      }
+    }
+    --outstanding_;
+    return done(std::move(result));
   }
-  if (stopping_) return done(Status(Code::kShutdown, "the engine is shutting down"));
   auto* r = new Request;
   r->volume = volume;
   r->io = {IoRequest::Op::kCache, offset, length, nullptr, false};
   r->extents_done = std::move(done);
-  ++outstanding_;
   {
     MutexLock lock(in_mu_);
     incoming_.push_back(r);
