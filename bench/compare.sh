@@ -175,7 +175,7 @@ cow_iops() {  # part
       --size="$size" --iodepth=16 --read_iolog="$work/cow$1.iolog" --output-format=json 2>/dev/null |
     sed -n '/^{/,$p' | $PY -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))'
 }
-c1=$(many_point); w1=$(cow_iops 0)
+sync; c1=$(many_point); w1=$(cow_iops 0)  # sync: the fill's dirty pages would slow the first point's fdatasyncs
 echo "10 $c1 $w1" | tee -a "$out/many.txt"
 $PY - "$work/n.ctl" "$many" <<'PY'
 import json, socket, sys
@@ -186,7 +186,7 @@ while have < int(sys.argv[2]) - 10:
     r = json.loads(f.readline()); assert r.get("ok"), r
     have += 1
 PY
-cn=$(many_point); wn=$(cow_iops 1)
+sync; cn=$(many_point); wn=$(cow_iops 1)
 echo "$many $cn $wn" | tee -a "$out/many.txt"
 stop_last; rm -f "$work"/n-*.img
 
