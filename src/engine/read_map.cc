@@ -52,15 +52,6 @@ void ReadMap::forget_snapshot(SnapshotId id) {
   map_.erase(it);
 }
 
-void ReadMap::clear() {
-  {
-    std::unique_lock lock(mu_);
-    map_.clear();
-    entries_.store(0, std::memory_order_relaxed);
-  }
-  wait_for_readers();
-}
-
 void ReadMap::wait_for_readers() {
   // Readers that entered before the removal are in the old epoch's counter
   // (or re-enter the new one, where they cannot find what was removed).

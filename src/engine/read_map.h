@@ -8,9 +8,9 @@
 //  * forget_chunk(c) before make_chunk_writeable or zero_chunk of chunk c
 //    for any snapshot (writing a snapshot may move *other* snapshots that
 //    shared its store chunk to a new one, the range store's carve);
-//  * forget_snapshot(S) when S is deleted (nobody has it open then);
-//  * clear() when the store fails (its in-memory state is not to be trusted
-//    by a shortcut any more).
+//  * forget_snapshot(S) when S is deleted (nobody has it open then).
+// After a store failure the shortcut is not taken at all (the engine's
+// store_failed_ mirror), so nothing needs forgetting then.
 // Nothing else moves a snapshot's data once it is in the store: origin
 // writes only turn origin mappings into store or zero mappings (never
 // cached), reclaim only frees chunks of deleted snapshots, and a store
@@ -57,7 +57,6 @@ class ReadMap {
   void insert(SnapshotId id, uint64_t chunk, uint64_t store_chunk);
   void forget_chunk(uint64_t chunk);
   void forget_snapshot(SnapshotId id);
-  void clear();
   size_t entries() const { return entries_.load(std::memory_order_relaxed); }
 
  private:

@@ -266,7 +266,15 @@ int Connection::poll_io(short events, int timeout_ms, short* got, bool* woken) {
   *got = 0;
   *woken = false;
   if (rc <= 0) return rc;
-  if (in_slot >= 0) *got |= fds[in_slot].revents;
+  if (in_slot >= 0) {
+    short r = fds[in_slot].revents;
+    // On a pipe (stdio mode: input and output are different descriptors) a
+    // hang-up on the input only says the client closed its writing end; it
+    // may still be reading replies. That is the end of input, not of the
+    // connection: read() returns 0 and input stops.
+    if (in_slot != out_slot && (r & POLLHUP)) r = static_cast<short>((r & ~POLLHUP) | POLLIN);
+    *got |= r;
+  }
   if (out_slot >= 0 && out_slot != in_slot) *got |= fds[out_slot].revents;
   *woken = fds[wake_slot].revents != 0;
   return rc;

@@ -353,16 +353,21 @@ ssize_t TlsTransport::send(const iovec* iov, int count) {
       errno = EPIPE;
       return -1;
     }
-    total = staged_;
+    // What the held record carried: with a smaller record size negotiated
+    // by the client that may be less than was offered.
+    total = rc > 0 ? std::min(static_cast<size_t>(rc), staged_) : staged_;
     staged_ = 0;
   }
+  // One record at a time, never larger than the session allows, so that a
+  // record held on EAGAIN carries exactly the bytes offered for it.
+  const size_t record = std::min<size_t>(kRecordSize, std::max<size_t>(1, gnutls_record_get_max_size(s)));
   while (total < kMaxSendPerCall) {
     // A whole record straight from the caller's buffer when it is there,
     // else small pieces (headers, short payloads) gathered into one.
-    const uint8_t* data = contiguous(iov, count, total, kRecordSize);
-    size_t n = kRecordSize;
+    const uint8_t* data = contiguous(iov, count, total, record);
+    size_t n = record;
     if (data == nullptr) {
-      n = gather(iov, count, total, staging_.get(), kRecordSize);
+      n = gather(iov, count, total, staging_.get(), record);
       data = staging_.get();
     }
     if (n == 0) break;
