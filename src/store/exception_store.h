@@ -100,10 +100,25 @@ struct StoreStats {
   const char* format = "";
   uint32_t chunk_size = 0;
   uint64_t origin_size = 0;
+  // One space (format 3): metadata borrows whole data chunks when its pool
+  // is full. data_chunks_used counts chunks holding data only;
+  // meta_chunks_borrowed the chunks holding metadata; meta_blocks_total is
+  // the pool and meta_blocks_used every metadata block in use (pool and
+  // borrowed chunks).
   uint64_t data_chunks_total = 0;
   uint64_t data_chunks_used = 0;
   uint64_t meta_blocks_total = 0;
   uint64_t meta_blocks_used = 0;
+  uint64_t meta_chunks_borrowed = 0;
+  uint64_t meta_blocks_borrowed_free = 0;  // free blocks inside borrowed chunks
+  bool shared_space = false;               // format 3: metadata may borrow data chunks
+  // Free bytes: data chunks free + metadata pool free + free blocks in
+  // borrowed chunks (what data and metadata together can still use).
+  uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
+  uint64_t free_meta_bytes() const {
+    uint64_t pool_used = meta_blocks_used - (meta_chunks_borrowed * (chunk_size / 4096) - meta_blocks_borrowed_free);
+    return (meta_blocks_total - pool_used + meta_blocks_borrowed_free) * 4096;
+  }
   uint64_t snapshots = 0;
   uint64_t snapshot_slots_free = UINT64_MAX;  // bitmask store: free bits
   uint64_t exceptions = 0;
@@ -319,6 +334,9 @@ struct CreateOptions {
   uint64_t origin_size = 0;
   std::string origin_path;
   std::optional<uint64_t> metadata_size;
+  // The on-disk format version to write: kFormatVersion, or 2 (a fixed
+  // metadata area, as earlier multisnap made) for compatibility tests.
+  uint32_t format_version = kFormatVersion;
 };
 
 // Writes a new, empty store on `dev` (its whole size).
