@@ -20,7 +20,7 @@ constexpr uint64_t kDefaultMetaFloor = 64ull << 20;
 constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB, the default's floor
 // --metadata-size may go lower: the metadata borrows data chunks when the
 // pool is full, so a small pool only costs locality.
-constexpr uint64_t kMinRequestedMetaBlocks = 16;  // 64 KiB
+constexpr uint64_t kMinRequestedMetaBlocks = 1;  // 4 KiB
 
 }  // namespace
 
@@ -48,7 +48,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
   if (r.metadata_size) {
     meta_blocks = *r.metadata_size / kBlockSize;
     if (meta_blocks < kMinRequestedMetaBlocks)
-      return make_error(Code::kInvalidArgument, "metadata size {} is below the minimum of 64 KiB",
+      return make_error(Code::kInvalidArgument, "metadata size {} is below the minimum of 4 KiB",
                         *r.metadata_size);
   }
   // Fixed point: the data area shrinks as the metadata it needs is carved out.
