@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "util/clock.h"
+#include "util/log.h"
 #include "util/units.h"
 
 namespace multisnap {
@@ -70,6 +71,13 @@ Result<std::unique_ptr<TransactionManager>> TransactionManager::open(BlockDevice
   MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(dev));
   std::unique_ptr<TransactionManager> tm(new TransactionManager(dev, std::move(sb), options));
   MS_TRY(tm->load_commit_record());
+  if (!options.read_only) {
+    // Invariant 7: commit records, bitmaps and the pool never wait for space.
+    Status s = dev.preallocate(0, tm->layout().data_start);
+    if (!s.is_ok())
+      MS_LOG_WARN("{}: could not preallocate the metadata area ({}); a full host filesystem may fail the store",
+                  dev.describe(), s.to_string());
+  }
   return tm;
 }
 
@@ -290,10 +298,41 @@ Status TransactionManager::check_delete_reserve(const char* what, uint64_t block
                     data_->freed_this_transaction());
 }
 
+Status TransactionManager::ensure_backed(uint64_t chunk) {
+  const Layout& l = sb_.layout;
+  const uint64_t per_group = std::max<uint64_t>(1, kPreallocGroupBytes / l.chunk_size);
+  const uint64_t g = chunk / per_group;
+  if (prealloc_done_.empty()) prealloc_done_.assign(div_round_up(l.data_chunks, per_group), false);
+  if (prealloc_done_[g]) return Status::ok();
+  const uint64_t first = g * per_group;
+  const uint64_t count = std::min(per_group, l.data_chunks - first);
+  Status s = dev_.preallocate(l.data_offset(first), count * l.chunk_size);
+  if (s.is_ok()) {
+    prealloc_done_[g] = true;
+    return s;
+  }
+  if (s.code() != Code::kNoSpace) return s;
+  // Not room for the whole group: this chunk alone may still fit.
+  return dev_.preallocate(l.data_offset(chunk), l.chunk_size);
+}
+
+Result<uint64_t> TransactionManager::allocate_backed_chunk() {
+  MS_ASSIGN_OR_RETURN(uint64_t chunk, data_->allocate());
+  Status s = ensure_backed(chunk);
+  if (s.is_ok()) return chunk;
+  // Allocated in this transaction, so free again at once (not pinned).
+  Status undo = data_->free(chunk);
+  if (!undo.is_ok()) return fail(undo);
+  if (s.code() == Code::kNoSpace)
+    return make_error(Code::kNoSpace, "the store cannot grow on its host filesystem: {}", s.to_string());
+  return s;  // an error of fallocate itself: this request fails, the store goes on
+}
+
 Status TransactionManager::borrow_chunk() {
-  auto chunk = data_->allocate();
+  auto chunk = allocate_backed_chunk();
   if (!chunk.is_ok()) {
     if (chunk.status().code() != Code::kNoSpace) return fail(chunk.status());
+    if (data_available() > 0) return chunk.status();  // the host filesystem is full, not the store
     return make_error(Code::kNoSpace,
                       "the store is full: metadata needs room and no data chunk is free ({} of {} chunks in use, {} "
                       "of them holding metadata; {} more freed but not reusable before the next commit)",
@@ -451,7 +490,7 @@ Status TransactionManager::free_block(uint64_t blocknr) {
 Result<uint64_t> TransactionManager::allocate_chunk() {
   MS_TRY(writable());
   MS_TRY(check_delete_reserve("a data chunk", sb_.layout.chunk_blocks()));
-  auto chunk = data_->allocate();
+  auto chunk = allocate_backed_chunk();
   if (!chunk.is_ok()) return chunk.status().code() == Code::kNoSpace ? chunk.status() : fail(chunk.status());
   changed_ = true;
   return chunk;

@@ -33,6 +33,11 @@
 //     borrowed chunk without a block in use back to the data space: freed in
 //     that transaction, so by 3 it is reused only after the commit, when its
 //     blocks are free in the committed metadata bitmap too.
+//  7. A full host filesystem is a full store, not a failed one: a data
+//     chunk is given out only after its bytes were preallocated on the
+//     store file (BlockDevice::preallocate), so the copy and metadata writes
+//     into it cannot fail for lack of space; the metadata region (up to
+//     data_start) is preallocated when the store is opened read-write.
 //
 // The store layer keeps its roots and counters in a 512-byte "store area"
 // inside the commit record; this layer does not interpret it.
@@ -215,6 +220,14 @@ class TransactionManager {
   // kNoSpace when using `blocks` more would leave less than the delete
   // reserve (outside a DeleteReserve scope).
   Status check_delete_reserve(const char* what, uint64_t blocks) const;
+  // Invariant 7: a data chunk is given out (to data or to metadata) only
+  // once its bytes are preallocated on the host filesystem, in groups of
+  // kPreallocGroupBytes remembered here (per process: at most one
+  // fallocate per group per run); kNoSpace when the filesystem is full.
+  static constexpr uint64_t kPreallocGroupBytes = 16ull << 20;
+  Status ensure_backed(uint64_t chunk);
+  Result<uint64_t> allocate_backed_chunk();
+  std::vector<bool> prealloc_done_;
 
   BlockDevice& dev_;
   Superblock sb_;
