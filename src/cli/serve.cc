@@ -68,8 +68,15 @@ int run_serve(const ServeArgs& a) {
   MS_LOG_INFO("serving {} (NBD: {}; control: {})", a.store, fmt::join((*daemon)->nbd_addresses(), ", "),
               o.control_path);
 
+  // Wait for a signal, checking free space every few seconds meanwhile.
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    (*daemon)->check_space();
+    timespec every{5, 0};
+    siginfo_t info;
+    sig = sigtimedwait(&sigs, &info, &every);
+    if (sig > 0) break;
+  }
   MS_LOG_INFO("{}: finishing requests in flight, committing, then exiting", strsignal(sig));
   std::atomic<bool> done{false};
   Status result;

@@ -13,6 +13,7 @@
 #include "control/requests.h"
 #include "policy/policy.h"
 #include "util/clock.h"
+#include "util/units.h"
 #include "util/log.h"
 
 namespace multisnap {
@@ -277,6 +278,20 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
   out.write(text + ",\"ok\":true}\n");
 }
 
+void Daemon::check_space() {
+  StoreStats s = engine_->status().store;
+  const bool low = s.free_bytes() < s.low_space_threshold();
+  if (low && !low_space_warned_)
+    MS_LOG_WARN("the store is low on space: {} free ({} for data, {} for metadata), below the warning threshold of "
+                "{}; delete snapshots or give the store more space",
+                format_size(s.free_bytes()), format_size(s.free_data_bytes()), format_size(s.free_meta_bytes()),
+                format_size(s.low_space_threshold()));
+  else if (!low && low_space_warned_)
+    MS_LOG_INFO("the store has {} free again, above the warning threshold of {}", format_size(s.free_bytes()),
+                format_size(s.low_space_threshold()));
+  low_space_warned_ = low;
+}
+
 Json Daemon::status() {
   EngineStatus st = engine_->status();
   const StoreStats& s = st.store;
@@ -294,7 +309,16 @@ Json Daemon::status() {
                           {"used_bytes", s.data_chunks_used * chunk},
                           {"total_chunks", s.data_chunks_total},
                           {"used_chunks", s.data_chunks_used}}},
-                {"metadata", {{"total_bytes", s.meta_blocks_total * 4096}, {"used_bytes", s.meta_blocks_used * 4096}}},
+                {"metadata", {{"total_bytes", s.meta_blocks_total * 4096},
+                              {"used_bytes", s.meta_blocks_used * 4096},
+                              {"borrowed_chunks", s.meta_chunks_borrowed},
+                              {"borrowed_bytes", s.meta_chunks_borrowed * chunk}}},
+                {"space", {{"free_bytes", s.free_bytes()},
+                           {"data_free_bytes", s.free_data_bytes()},
+                           {"metadata_free_bytes", s.free_meta_bytes()},
+                           {"shared", s.shared_space},
+                           {"low", s.free_bytes() < s.low_space_threshold()},
+                           {"low_threshold_bytes", s.low_space_threshold()}}},
                 {"generation", s.generation}};
   j["snapshots"] = s.snapshots;
   if (s.snapshot_slots_free != UINT64_MAX) j["snapshot_slots_free"] = s.snapshot_slots_free;

@@ -42,6 +42,10 @@ class Daemon {
   std::optional<control::Json> handle(const control::Json& request, control::Writer& out);
   std::vector<std::string> nbd_addresses() const { return nbd_->addresses(); }
   Engine& engine() { return *engine_; }
+  // Logs a warning when free space (data and metadata together) falls below
+  // StoreStats::low_space_threshold(), and a note when it is back above.
+  // serve calls it every few seconds; one thread only.
+  void check_space();
 
  private:
   Daemon() = default;
@@ -59,6 +63,7 @@ class Daemon {
   Status delete_unused_snapshot(SnapshotId id);
 
   DaemonOptions options_;
+  bool low_space_warned_ = false;
   std::unique_ptr<FileDevice> store_, origin_;
   std::unique_ptr<PolicyRunner> policy_;  // declared before engine_: destroyed after it
   std::atomic<PolicyRunner*> policy_hook_{nullptr};  // the engine's on_no_space goes here

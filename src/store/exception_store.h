@@ -28,6 +28,8 @@
 // Single-threaded: the engine thread (or an offline tool) owns the store.
 #pragma once
 
+#include <algorithm>
+
 #include <functional>
 #include <memory>
 #include <optional>
@@ -115,6 +117,11 @@ struct StoreStats {
   // Free bytes: data chunks free + metadata pool free + free blocks in
   // borrowed chunks (what data and metadata together can still use).
   uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
+  uint64_t free_bytes() const { return free_data_bytes() + free_meta_bytes(); }
+  // `status` warns below this: 5% of the store's data space, at most 1 GiB.
+  uint64_t low_space_threshold() const {
+    return std::min<uint64_t>(data_chunks_total * chunk_size / 20, 1ull << 30);
+  }
   uint64_t free_meta_bytes() const {
     uint64_t pool_used = meta_blocks_used - (meta_chunks_borrowed * (chunk_size / 4096) - meta_blocks_borrowed_free);
     return (meta_blocks_total - pool_used + meta_blocks_borrowed_free) * 4096;
