@@ -1,10 +1,11 @@
 // TransactionManager: copy-on-write metadata transactions over the block
 // cache and the two space maps (metadata blocks, data chunks).
 //
-// Invariants (multisnap check verifies 1-4 on disk; check_invariants(),
+// Invariants (multisnap check verifies 1-4 and 6 on disk; check_invariants(),
 // called after every commit in debug builds, asserts the in-memory side of
-// 2 and 5: the open transaction is past the committed one, usage counters
-// within the pools, a read-only or failed manager holds no changes):
+// 2, 5 and 6: the open transaction is past the committed one, usage counters
+// within the pools, a read-only or failed manager holds no changes, every
+// borrowed chunk holds a block and nothing is pinned after a commit):
 //  1. The store is described by the valid commit record with the highest
 //     generation. Everything it references was durable before it was written
 //     (commit: write dirty blocks, flush, write the record's two copies,
