@@ -173,6 +173,28 @@ TEST_P(SharedSpaceTest, CheckFindsALeakedBorrowedBlock) {
   EXPECT_TRUE(leak);
 }
 
+// A data chunk that an exception references and that also holds a metadata
+// block in use is double use, whichever kind came first.
+TEST_P(SharedSpaceTest, CheckFindsAChunkUsedAsDataAndMetadata) {
+  format(16 << 20, 64 << 10);
+  ASSERT_TRUE(store_->create_snapshot(std::nullopt, "s", 1).is_ok());
+  store_->reset_query(7);
+  ASSERT_TRUE(*store_->query_next_remap());
+  CopyDescriptor d;
+  const uint64_t chunk = *store_->add_next_remap(&d);
+  ASSERT_TRUE(store_->commit().is_ok());
+  for (auto& p : testing::check_store(*dev_)) ADD_FAILURE() << "before the damage: " << p;
+  // The damage: a metadata bit set inside that data chunk.
+  const Layout& l = tm().layout();
+  const uint64_t block = l.data_start_block() + chunk * l.chunk_blocks();
+  ASSERT_EQ(*tm().meta_space().allocate_in(block - l.meta_start, 1), block - l.meta_start);
+  ASSERT_TRUE(tm().commit().is_ok());
+  store_.reset();
+  bool double_use = false;
+  for (auto& p : testing::check_store(*dev_)) double_use |= p.find("double use") != std::string::npos;
+  EXPECT_TRUE(double_use);
+}
+
 // An empty borrowed chunk (a reservation that was not used) is handed back at
 // commit, so check finds no leak.
 TEST_P(SharedSpaceTest, AnUnusedReservationIsHandedBack) {
