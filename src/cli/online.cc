@@ -176,7 +176,7 @@ int run_status(const OnlineArgs& o) {
   if (borrowed) printf(", plus %s of data chunks holding metadata", format_size(borrowed).c_str());
   printf("\n");
   if (sp["low"].get<bool>())
-    printf("WARNING    low on space: less than %s free; delete snapshots or give the store more space\n",
+    printf("WARNING    low on space: less than %s free for data; delete snapshots or give the store more space\n",
            format_size(sp["low_threshold_bytes"]).c_str());
   printf("snapshots  %llu", static_cast<unsigned long long>(s["snapshots"].get<uint64_t>()));
   if (s.contains("snapshot_slots_free"))

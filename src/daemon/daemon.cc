@@ -280,15 +280,15 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
 
 void Daemon::check_space() {
   StoreStats s = engine_->status().store;
-  const bool low = s.free_bytes() < s.low_space_threshold();
+  const bool low = s.low_on_space();
   if (low && !low_space_warned_)
-    MS_LOG_WARN("the store is low on space: {} free ({} for data, {} for metadata), below the warning threshold of "
-                "{}; delete snapshots or give the store more space",
+    MS_LOG_WARN("the store is low on space: {} free ({} for data, {} for metadata); the warning threshold is {} "
+                "for data; delete snapshots or give the store more space",
                 format_size(s.free_bytes()), format_size(s.free_data_bytes()), format_size(s.free_meta_bytes()),
                 format_size(s.low_space_threshold()));
   else if (!low && low_space_warned_)
-    MS_LOG_INFO("the store has {} free again, above the warning threshold of {}", format_size(s.free_bytes()),
-                format_size(s.low_space_threshold()));
+    MS_LOG_INFO("the store has {} free again ({} for data), above the warning threshold", format_size(s.free_bytes()),
+                format_size(s.free_data_bytes()));
   low_space_warned_ = low;
 }
 
@@ -317,7 +317,7 @@ Json Daemon::status() {
                            {"data_free_bytes", s.free_data_bytes()},
                            {"metadata_free_bytes", s.free_meta_bytes()},
                            {"shared", s.shared_space},
-                           {"low", s.free_bytes() < s.low_space_threshold()},
+                           {"low", s.low_on_space()},
                            {"low_threshold_bytes", s.low_space_threshold()}}},
                 {"generation", s.generation}};
   j["snapshots"] = s.snapshots;

@@ -118,9 +118,15 @@ struct StoreStats {
   // borrowed chunks (what data and metadata together can still use).
   uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
   uint64_t free_bytes() const { return free_data_bytes() + free_meta_bytes(); }
-  // `status` warns below this: 5% of the store's data space, at most 1 GiB.
+  // `status` warns when free data space (which copies need, and metadata
+  // borrows from past its pool) is below this: 5% of the data area, at most
+  // 1 GiB; a format-2 store also when its fixed metadata area is 95% full.
   uint64_t low_space_threshold() const {
     return std::min<uint64_t>(data_chunks_total * chunk_size / 20, 1ull << 30);
+  }
+  bool low_on_space() const {
+    return free_data_bytes() < low_space_threshold() ||
+           (!shared_space && free_meta_bytes() < meta_blocks_total * 4096 / 20);
   }
   uint64_t free_meta_bytes() const {
     uint64_t pool_used = meta_blocks_used - (meta_chunks_borrowed * (chunk_size / 4096) - meta_blocks_borrowed_free);

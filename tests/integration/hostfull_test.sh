@@ -68,4 +68,23 @@ has clean "$out" || fail "check: $out"
 expect_fail "cannot preallocate" ms create origin2.img small/big.img --origin-size 16M --store-size 64M --preallocate
 ms create origin3.img small/pre.img --origin-size 1M --store-size 3M --preallocate >/dev/null
 [ "$(du -k small/pre.img | cut -f1)" -ge 3000 ] || fail "--preallocate left the store sparse"
-echo "host filesystem full: ENOSPC, store kept serving, writes resumed"
+# A store nearly full of its own: status flags low space and serve logs it.
+create_store origin4.img low.img --origin-size 16M --store-size 10M >/dev/null
+rm -f "$SOCK" "$MULTISNAP_CONTROL"
+"$MULTISNAP" serve low.img --nbd "unix:$SOCK" --control "$MULTISNAP_CONTROL" >>serve.log 2>&1 &
+SERVE_PID=$!
+wait_for_socket "$SOCK"
+wait_for_socket "$MULTISNAP_CONTROL"
+has '"low": *false' "$(ms status --json)" || fail "a new store is low on space"
+qio -c 'write -P 0x11 0 16M' "$(uri origin)" >/dev/null   # data, not holes: the next writes copy
+ms snapshot create >/dev/null
+qio -c 'write -P 0x55 0 16M' "$(uri origin)" >/dev/null
+st=$(ms status --json)
+has '"low": *true' "$st" || fail "a full store is not flagged low on space: $st"
+has "WARNING    low on space" "$(ms status)" || fail "status does not warn"
+for _ in $(seq 70); do grep -q "low on space" serve.log && break; sleep 0.1; done
+grep -q "WARN: the store is low on space" serve.log || fail "serve did not log the low space"
+kill -TERM "$SERVE_PID"
+wait "$SERVE_PID" || fail "serve did not exit cleanly"
+SERVE_PID=
+echo "host filesystem full: ENOSPC, store kept serving, writes resumed; low space flagged and logged"
