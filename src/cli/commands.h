@@ -14,6 +14,7 @@ struct CreateArgs {
   std::string origin, store;
   std::string origin_size, chunk_size = "64K", format = "range", store_size, metadata_size;
   bool force = false;
+  bool preallocate = false;
 };
 int run_create(const CreateArgs& a);
 

@@ -53,7 +53,11 @@ int main(int argc, char** argv) {
   create->add_option("--chunk-size", ca.chunk_size, "copy-on-write unit, 4K to 1M (default 64K)");
   create->add_option("--format", ca.format, "exception store: range or bitmask (default range)");
   create->add_option("--store-size", ca.store_size, "size of a new store file (default: 4 x origin + 1G, sparse)");
-  create->add_option("--metadata-size", ca.metadata_size, "metadata area (default: 128 bytes per data chunk, at least 64M)");
+  create->add_option("--metadata-size", ca.metadata_size,
+                     "metadata pool (default: 128 bytes per data chunk, at least 64M; metadata grows into data space "
+                     "past it)");
+  create->add_flag("--preallocate", ca.preallocate,
+                   "allocate the whole store file on its filesystem now (fallocate) instead of as chunks are used");
   create->add_flag("--force", ca.force, "overwrite an existing store");
 
   ServeArgs sa;

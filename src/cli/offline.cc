@@ -164,6 +164,10 @@ int run_create(const CreateArgs& a) {
   co.origin_size = (*origin)->size();
   co.origin_path = absolute_path(a.origin);
   if (*meta) co.metadata_size = *meta;
+  if (a.preallocate) {
+    s = (*store)->preallocate(0, (*store)->size());
+    if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot preallocate the store"));
+  }
   s = format_store(**store, co);
   if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot create the store"));
   s = record_origin(**store, **origin, std::nullopt);
@@ -171,7 +175,8 @@ int run_create(const CreateArgs& a) {
   auto sb = read_superblock(**store);
   if (!sb.is_ok()) return fail(sb.status());
   const Layout& l = sb->layout;
-  printf("created %s: %s store, %s chunks, origin %s (%s); %s for data, %s for metadata\n", a.store.c_str(),
+  printf("created %s: %s store, %s chunks, origin %s (%s); %s for data, a %s metadata pool (metadata grows into "
+         "data space past it)\n", a.store.c_str(),
          store_format_name(*format), format_size(l.chunk_size).c_str(), co.origin_path.c_str(),
          format_size(co.origin_size).c_str(), format_size(l.data_chunks * l.chunk_size).c_str(),
          format_size(l.meta_blocks * kBlockSize).c_str());

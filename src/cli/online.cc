@@ -181,8 +181,18 @@ int run_status(const OnlineArgs& o) {
   printf("store      %s: %s store, %s chunks, generation %llu\n", st["path"].get<std::string>().c_str(),
          s["format"].get<std::string>().c_str(), format_size(st["chunk_size"]).c_str(),
          static_cast<unsigned long long>(st["generation"].get<uint64_t>()));
+  const Json& sp = st["space"];
+  uint64_t borrowed = st["metadata"]["borrowed_bytes"];
+  printf("free       %s (%s for data, %s for metadata)%s\n", format_size(sp["free_bytes"]).c_str(),
+         format_size(sp["data_free_bytes"]).c_str(), format_size(sp["metadata_free_bytes"]).c_str(),
+         sp["shared"].get<bool>() ? "; metadata grows into data space" : "; format 2: fixed metadata area");
   printf("data       %s of %s used (%.1f%%)\n", format_size(du).c_str(), format_size(dt).c_str(), pct(du, dt));
-  printf("metadata   %s of %s used (%.1f%%)\n", format_size(mu).c_str(), format_size(mt).c_str(), pct(mu, mt));
+  printf("metadata   %s used; pool %s", format_size(mu).c_str(), format_size(mt).c_str());
+  if (borrowed) printf(", plus %s of data chunks holding metadata", format_size(borrowed).c_str());
+  printf("\n");
+  if (sp["low"].get<bool>())
+    printf("WARNING    low on space: less than %s free for data; delete snapshots or give the store more space\n",
+           format_size(sp["low_threshold_bytes"]).c_str());
   printf("snapshots  %llu", static_cast<unsigned long long>(s["snapshots"].get<uint64_t>()));
   if (s.contains("snapshot_slots_free"))
     printf(" (%llu slots free)", static_cast<unsigned long long>(s["snapshot_slots_free"].get<uint64_t>()));

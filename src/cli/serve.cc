@@ -172,7 +172,7 @@ int run_serve(const ServeArgs& a) {
   o.tls = *tls;
   o.tls_credentials = {a.tls_certificates, a.tls_psk, a.tls_verify_peer};
   // --nbd stdio: the client's end is ours. SIGUSR1 to ourselves is the way
-  // out of sigwait() below; not SIGTERM, which during the stop that a
+  // out of the wait below; not SIGTERM, which during the stop that a
   // SIGTERM began would mean "exit at once".
   o.on_stdio_closed = [] { kill(getpid(), SIGUSR1); };
   sigset_t first = sigs;  // what starts the stop
@@ -196,8 +196,15 @@ int run_serve(const ServeArgs& a) {
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());
 
+  // Wait for a signal, checking free space every few seconds meanwhile.
   int sig = 0;
-  sigwait(&first, &sig);
+  for (;;) {
+    (*daemon)->check_space();
+    timespec every{5, 0};
+    siginfo_t info;
+    sig = sigtimedwait(&first, &info, &every);
+    if (sig > 0) break;
+  }
   if (sig == SIGUSR1) {
     MS_LOG_INFO("the NBD client on standard input and output has gone: committing, then exiting");
   } else {

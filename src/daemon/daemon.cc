@@ -15,6 +15,7 @@
 #include "control/requests.h"
 #include "policy/policy.h"
 #include "util/clock.h"
+#include "util/units.h"
 #include "util/log.h"
 #include "util/units.h"
 #include "util/uuid.h"
@@ -372,6 +373,20 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
 
 std::string Daemon::metrics_text() { return render_metrics(engine_->status(), nbd_->stats(), request_metrics_); }
 
+void Daemon::check_space() {
+  StoreStats s = engine_->status().store;
+  const bool low = s.low_on_space();
+  if (low && !low_space_warned_)
+    MS_LOG_WARN("the store is low on space: {} free ({} for data, {} for metadata); the warning threshold is {} "
+                "for data; delete snapshots or give the store more space",
+                format_size(s.free_bytes()), format_size(s.free_data_bytes()), format_size(s.free_meta_bytes()),
+                format_size(s.low_space_threshold()));
+  else if (!low && low_space_warned_)
+    MS_LOG_INFO("the store has {} free again ({} for data), above the warning threshold", format_size(s.free_bytes()),
+                format_size(s.free_data_bytes()));
+  low_space_warned_ = low;
+}
+
 Json Daemon::status() {
   EngineStatus st = engine_->status();
   const StoreStats& s = st.store;
@@ -389,7 +404,16 @@ Json Daemon::status() {
                           {"used_bytes", s.data_chunks_used * chunk},
                           {"total_chunks", s.data_chunks_total},
                           {"used_chunks", s.data_chunks_used}}},
-                {"metadata", {{"total_bytes", s.meta_blocks_total * 4096}, {"used_bytes", s.meta_blocks_used * 4096}}},
+                {"metadata", {{"total_bytes", s.meta_blocks_total * 4096},
+                              {"used_bytes", s.meta_blocks_used * 4096},
+                              {"borrowed_chunks", s.meta_chunks_borrowed},
+                              {"borrowed_bytes", s.meta_chunks_borrowed * chunk}}},
+                {"space", {{"free_bytes", s.free_bytes()},
+                           {"data_free_bytes", s.free_data_bytes()},
+                           {"metadata_free_bytes", s.free_meta_bytes()},
+                           {"shared", s.shared_space},
+                           {"low", s.low_on_space()},
+                           {"low_threshold_bytes", s.low_space_threshold()}}},
                 {"generation", s.generation}};
   j["snapshots"] = s.snapshots;
   if (s.snapshot_slots_free != UINT64_MAX) j["snapshot_slots_free"] = s.snapshot_slots_free;

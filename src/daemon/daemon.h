@@ -63,6 +63,10 @@ class Daemon {
   // The Prometheus text of `serve --metrics` (docs/design.md, "Metrics").
   std::string metrics_text();
   Engine& engine() { return *engine_; }
+  // Logs a warning when free space (data and metadata together) falls below
+  // StoreStats::low_space_threshold(), and a note when it is back above.
+  // serve calls it every few seconds; one thread only.
+  void check_space();
 
  private:
   Daemon() = default;
@@ -80,6 +84,7 @@ class Daemon {
   Status delete_unused_snapshot(SnapshotId id);
 
   DaemonOptions options_;
+  bool low_space_warned_ = false;
   std::unique_ptr<FileDevice> store_, origin_;
   std::unique_ptr<PolicyRunner> policy_;  // declared before engine_: destroyed after it
   std::atomic<PolicyRunner*> policy_hook_{nullptr};  // the engine's on_no_space goes here

@@ -12,6 +12,8 @@ Status BlockDevice::check_range(uint64_t offset, uint64_t len) const {
   return Status::ok();
 }
 
+Status BlockDevice::preallocate(uint64_t, uint64_t) { return Status::ok(); }
+
 Status BlockDevice::write_zeroes(uint64_t offset, uint64_t len) {
   MS_TRY(check_range(offset, len));
   static const std::vector<char> zeros(1 << 20, 0);

@@ -53,6 +53,12 @@ class BlockDevice {
   };
   virtual Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len);
 
+  // Makes later writes into [offset, offset+len) independent of free space
+  // on the host filesystem (fallocate on a regular file): kNoSpace when the
+  // filesystem cannot give it now. Devices without the notion (block
+  // devices, memory) and filesystems without fallocate return ok.
+  virtual Status preallocate(uint64_t offset, uint64_t len);
+
   // The file descriptor for io_uring, or -1 when the device has none.
   virtual int fd() const { return -1; }
   virtual std::string describe() const = 0;

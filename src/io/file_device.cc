@@ -112,6 +112,19 @@ Status FileDevice::flush() {
   return Status::ok();
 }
 
+Status FileDevice::preallocate(uint64_t offset, uint64_t len) {
+  if (block_device_ || read_only_ || len == 0) return Status::ok();
+  MS_TRY(rw_check(offset, len, true));
+  // Mode 0 inside the file's size: allocates the holes, leaves data alone.
+  if (fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(len)) == 0) return Status::ok();
+  int err = errno;
+  if (err == EOPNOTSUPP || err == ENOSYS) return Status::ok();  // nothing to promise on such a filesystem
+  if (err == ENOSPC || err == EDQUOT)
+    return make_error(Code::kNoSpace, "the filesystem holding {} is full (fallocate of {} bytes at {})", path_,
+                      len, offset);
+  return errno_status(err, fmt::format("fallocate {} at {}", path_, offset));
+}
+
 Status FileDevice::discard(uint64_t offset, uint64_t len) {
   MS_TRY(rw_check(offset, len, true));
   if (len == 0) return Status::ok();

@@ -26,6 +26,7 @@ class FileDevice final : public BlockDevice {
   Status write_fua(uint64_t offset, const void* buf, size_t len) override;
   Status flush() override;
   Status discard(uint64_t offset, uint64_t len) override;
+  Status preallocate(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
   Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len) override;
   int fd() const override { return fd_; }

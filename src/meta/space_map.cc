@@ -12,9 +12,10 @@ inline const uint8_t* bits(const uint8_t* block) { return block + sizeof(BlockHe
 inline bool test_bit(const uint8_t* b, uint64_t i) { return (b[i / 8] >> (i % 8)) & 1; }
 }  // namespace
 
-SpaceMap::SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t first_bitmap_block,
-                   uint32_t bitmaps, const uint64_t* generation)
-    : cache_(cache), name_(std::move(name)), units_(units), first_(first_bitmap_block),
+SpaceMap::SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t alloc_units,
+                   uint64_t first_bitmap_block, uint32_t bitmaps, const uint64_t* generation)
+    : cache_(cache), name_(std::move(name)), units_(units), alloc_units_(std::min(alloc_units, units)),
+      first_(first_bitmap_block),
       bitmaps_(bitmaps), generation_(generation), states_((bitmaps + 3) / 4, 0),
       dirty_(bitmaps, false), full_hint_(bitmaps, false) {}
 
@@ -22,7 +23,7 @@ void SpaceMap::load(const std::vector<uint8_t>& states, uint64_t used, uint64_t 
   states_ = states;
   states_.resize((bitmaps_ + 3) / 4, 0);
   used_ = used;
-  cursor_ = cursor < units_ ? cursor : 0;
+  cursor_ = cursor < alloc_units_ ? cursor : 0;
   dirty_.assign(bitmaps_, false);
   full_hint_.assign(bitmaps_, false);
   freed_ = 0;
@@ -85,9 +86,10 @@ Result<BlockRef> SpaceMap::working_block(uint32_t i, bool for_write) {
   return b;
 }
 
-Result<uint64_t> SpaceMap::find_free_in(uint32_t i, uint64_t from_bit) {
+Result<uint64_t> SpaceMap::find_free_in(uint32_t i, uint64_t from_bit, uint64_t limit_bit) {
   uint64_t base = uint64_t{i} * kBitsPerBitmap;
-  uint64_t limit = std::min<uint64_t>(kBitsPerBitmap, units_ - base);
+  if (base >= units_) return UINT64_MAX;
+  uint64_t limit = std::min<uint64_t>({kBitsPerBitmap, units_ - base, limit_bit});
   if (from_bit >= limit) return UINT64_MAX;
   const uint8_t* work = nullptr;
   const uint8_t* committed = nullptr;
@@ -123,25 +125,34 @@ Result<uint64_t> SpaceMap::find_free_in(uint32_t i, uint64_t from_bit) {
   return UINT64_MAX;
 }
 
+Status SpaceMap::take(uint32_t i, uint64_t unit) {
+  MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, true));
+  uint8_t* b = bits(w.mutable_data());
+  uint64_t bit = unit - uint64_t{i} * kBitsPerBitmap;
+  b[bit / 8] = static_cast<uint8_t>(b[bit / 8] | (1u << (bit % 8)));
+  ++used_;
+  return Status::ok();
+}
+
 Result<uint64_t> SpaceMap::allocate() {
+  if (alloc_units_ == 0)
+    return make_error(Code::kNoSpace, "the store's {} space is full (it has no units)", name_);
   if (used_ >= units_)
     return make_error(Code::kNoSpace, "the store's {} space is full ({} of {} in use)", name_, used_, units_);
+  const uint32_t searched = static_cast<uint32_t>((alloc_units_ + kBitsPerBitmap - 1) / kBitsPerBitmap);
   uint32_t start = static_cast<uint32_t>(cursor_ / kBitsPerBitmap);
-  for (uint32_t k = 0; k <= bitmaps_; ++k) {
-    uint32_t i = (start + k) % bitmaps_;
+  for (uint32_t k = 0; k <= searched; ++k) {
+    uint32_t i = (start + k) % searched;
     if (full_hint_[i] && k != 0) continue;
     uint64_t from = (k == 0) ? cursor_ % kBitsPerBitmap : 0;
-    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, from));
+    uint64_t limit = alloc_units_ - uint64_t{i} * kBitsPerBitmap;
+    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, from, limit));
     if (unit == UINT64_MAX) {
       if (from == 0) full_hint_[i] = true;
       continue;
     }
-    MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, true));
-    uint8_t* b = bits(w.mutable_data());
-    uint64_t bit = unit - uint64_t{i} * kBitsPerBitmap;
-    b[bit / 8] = static_cast<uint8_t>(b[bit / 8] | (1u << (bit % 8)));
-    ++used_;
-    cursor_ = unit + 1 < units_ ? unit + 1 : 0;
+    MS_TRY(take(i, unit));
+    cursor_ = unit + 1 < alloc_units_ ? unit + 1 : 0;
     return unit;
   }
   return make_error(Code::kNoSpace,
@@ -149,18 +160,38 @@ Result<uint64_t> SpaceMap::allocate() {
                     name_, used_, freed_);
 }
 
-Status SpaceMap::free(uint64_t unit) {
+Result<uint64_t> SpaceMap::allocate_in(uint64_t first, uint64_t count) {
+  MS_TRY(validate_unit(first));
+  const uint64_t end = std::min(units_, first + count);
+  for (uint64_t u = first; u < end;) {
+    uint32_t i = static_cast<uint32_t>(u / kBitsPerBitmap);
+    uint64_t base = uint64_t{i} * kBitsPerBitmap;
+    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, u - base, end - base));
+    if (unit != UINT64_MAX) {
+      MS_TRY(take(i, unit));
+      return unit;
+    }
+    u = base + kBitsPerBitmap;
+  }
+  return UINT64_MAX;
+}
+
+Status SpaceMap::free(uint64_t unit, bool* pinned) {
   MS_TRY(validate_unit(unit));
   uint32_t i = static_cast<uint32_t>(unit / kBitsPerBitmap);
   uint64_t bit = unit % kBitsPerBitmap;
+  // A unit allocated in this transaction is free in both versions once
+  // cleared, so it is usable again at once; only committed ones are pinned.
+  MS_ASSIGN_OR_RETURN(bool was_committed, is_allocated_committed(unit));
   MS_ASSIGN_OR_RETURN(BlockRef w, working_block(i, true));
   uint8_t* b = bits(w.mutable_data());
   if (!test_bit(b, bit))
     return make_error(Code::kCorruption, "{} space map: freeing unit {} which is not in use", name_, unit);
   b[bit / 8] = static_cast<uint8_t>(b[bit / 8] & ~(1u << (bit % 8)));
   --used_;
-  ++freed_;
-  full_hint_[i] = false;
+  if (was_committed) ++freed_;
+  else full_hint_[i] = false;
+  if (pinned) *pinned = was_committed;
   return Status::ok();
 }
 
@@ -191,6 +222,20 @@ Result<std::vector<bool>> SpaceMap::committed_bits() {
       if (test_bit(bits(c.data()), b)) out[base + b] = true;
   }
   return out;
+}
+
+Status SpaceMap::for_each_committed(uint64_t from, const std::function<void(uint64_t)>& fn) {
+  for (uint32_t i = static_cast<uint32_t>(std::min<uint64_t>(from / kBitsPerBitmap, bitmaps_)); i < bitmaps_; ++i) {
+    if (!bitmap_written(i)) continue;
+    MS_ASSIGN_OR_RETURN(BlockRef c, committed_block(i));
+    uint64_t base = uint64_t{i} * kBitsPerBitmap;
+    if (base >= units_) break;
+    uint64_t limit = std::min<uint64_t>(kBitsPerBitmap, units_ - base);
+    uint64_t b = from > base ? from - base : 0;
+    for (; b < limit; ++b)
+      if (test_bit(bits(c.data()), b)) fn(base + b);
+  }
+  return Status::ok();
 }
 
 }  // namespace multisnap

@@ -14,10 +14,16 @@
 //
 // Memory: 2 bits of state per bitmap block (each covers 32,512 units), plus
 // the cache. Single-threaded.
+//
+// The metadata space map of a format-3 store covers every block from the
+// metadata pool to the end of the data area: allocate() searches only the
+// pool (the first `alloc_units` units); blocks inside data chunks that the
+// metadata borrowed are taken with allocate_in() (transaction.h says which).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,8 +36,9 @@ class SpaceMap {
  public:
   // `first_bitmap_block`: block of bitmap 0's slot 0; bitmap i slot s is at
   // first_bitmap_block + 2*i + s.
-  SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t first_bitmap_block,
-           uint32_t bitmaps, const uint64_t* generation);
+  // `alloc_units`: allocate() only gives out units below it (<= units).
+  SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t alloc_units,
+           uint64_t first_bitmap_block, uint32_t bitmaps, const uint64_t* generation);
 
   // State from the commit record: 2 bits per bitmap (bit 0 slot, bit 1 written).
   void load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor);
@@ -40,16 +47,27 @@ class SpaceMap {
   // After the commit record is durable.
   void commit_done();
 
+  // A unit below alloc_units, free in this transaction and at the last commit.
   Result<uint64_t> allocate();
-  Status free(uint64_t unit);
+  // The same within [first, first + count); UINT64_MAX when none is free.
+  Result<uint64_t> allocate_in(uint64_t first, uint64_t count);
+  // *pinned (if given) is set when the unit was in use at the last commit,
+  // so it stays unusable until this transaction commits.
+  Status free(uint64_t unit, bool* pinned = nullptr);
   Result<bool> is_allocated(uint64_t unit);            // in this transaction
   Result<bool> is_allocated_committed(uint64_t unit);  // at the last commit
   // Every unit's committed bit, for check (memory: one bit per unit).
   Result<std::vector<bool>> committed_bits();
+  // Calls fn(unit) for every unit at or above `from` in use at the last
+  // commit, reading only bitmaps that were ever written.
+  Status for_each_committed(uint64_t from, const std::function<void(uint64_t)>& fn);
 
   uint64_t used() const { return used_; }
   uint64_t total() const { return units_; }
   uint64_t cursor() const { return cursor_; }
+  uint64_t alloc_units() const { return alloc_units_; }
+  // Units freed in this transaction that were in use at the last commit:
+  // free in the working bitmap but not allocatable before the commit.
   uint64_t freed_this_transaction() const { return freed_; }
   // True when a bitmap was changed in this transaction.
   bool dirty() const { return std::find(dirty_.begin(), dirty_.end(), true) != dirty_.end(); }
@@ -66,12 +84,16 @@ class SpaceMap {
   // The working (writable) version of bitmap i, copied from the committed one
   // into the other slot the first time this transaction touches it.
   Result<BlockRef> working_block(uint32_t i, bool for_write);
-  Result<uint64_t> find_free_in(uint32_t i, uint64_t from_bit);
+  // First unit of bitmap i at or after from_bit and below limit_bit that is
+  // free in both versions; UINT64_MAX if none.
+  Result<uint64_t> find_free_in(uint32_t i, uint64_t from_bit, uint64_t limit_bit);
+  Status take(uint32_t i, uint64_t unit);
   Status validate_unit(uint64_t unit) const;
 
   BlockCache& cache_;
   std::string name_;
   uint64_t units_;
+  uint64_t alloc_units_;
   uint64_t first_;
   uint32_t bitmaps_;
   const uint64_t* generation_;

@@ -17,7 +17,10 @@ constexpr uint64_t kMetaBytesPerChunk = 128;
 // Room for the snapshot table and names too: 64 MiB holds about 400,000
 // snapshots. Small stores get a sixteenth of their size at most.
 constexpr uint64_t kDefaultMetaFloor = 64ull << 20;
-constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB
+constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB, the default's floor
+// --metadata-size may go lower: the metadata borrows data chunks when the
+// pool is full, so a small pool only costs locality.
+constexpr uint64_t kMinRequestedMetaBlocks = 1;  // 4 KiB
 
 }  // namespace
 
@@ -34,6 +37,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
                       "chunk size {} must be a power of two from 4 KiB to 1 MiB", r.chunk_size);
   if (r.origin_size == 0) return make_error(Code::kInvalidArgument, "the origin is empty");
   Layout l;
+  l.version = r.version == 2 ? 2 : kFormatVersion;
   l.chunk_size = r.chunk_size;
   l.origin_size = r.origin_size;
   l.store_size = r.store_size / kBlockSize * kBlockSize;
@@ -43,8 +47,8 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
   uint64_t meta_blocks = 0;
   if (r.metadata_size) {
     meta_blocks = *r.metadata_size / kBlockSize;
-    if (meta_blocks < 64)
-      return make_error(Code::kInvalidArgument, "metadata size {} is below the minimum of 256 KiB",
+    if (meta_blocks < kMinRequestedMetaBlocks)
+      return make_error(Code::kInvalidArgument, "metadata size {} is below the minimum of 4 KiB",
                         *r.metadata_size);
   }
   // Fixed point: the data area shrinks as the metadata it needs is carved out.
@@ -53,7 +57,10 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
       uint64_t floor_blocks = std::min(kDefaultMetaFloor, l.store_size / 16) / kBlockSize;
       meta_blocks = std::max({kMinMetaBlocks, floor_blocks, div_round_up(data_chunks * kMetaBytesPerChunk, kBlockSize)});
     }
-    uint64_t meta_bitmaps = div_round_up(meta_blocks, kBitsPerBitmap);
+    // One space (format 3): the metadata bitmaps cover every block of the
+    // store, a bound on the pool plus the data area whatever the fixed point.
+    uint64_t meta_bitmaps = l.shared_space() ? div_round_up(total_blocks, kBitsPerBitmap)
+                                             : div_round_up(meta_blocks, kBitsPerBitmap);
     uint64_t data_bitmaps = std::max<uint64_t>(1, div_round_up(data_chunks, kBitsPerBitmap));
     uint32_t cblocks = commit_blocks_for(meta_bitmaps, data_bitmaps);
     uint64_t fixed = 1 + 2ull * kCommitCopies * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
@@ -96,7 +103,7 @@ Status write_superblock(BlockDevice& dev, const Superblock& sb) {
   d->header.blocknr = 0;
   d->header.generation = 0;
   std::memcpy(d->magic, kMagic, sizeof kMagic);
-  d->version = kFormatVersion;
+  d->version = sb.layout.version;
   d->format = sb.format;
   std::memcpy(d->uuid, sb.uuid.data(), 16);
   d->created_ns = sb.created_ns;
@@ -147,8 +154,9 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
                       "0.1 and copy the origin and each snapshot you keep out with nbdcopy, then `multisnap create` "
                       "a new store and copy them back in",
                       dev.describe());
-  if (d->version != kFormatVersion)
-    return make_error(Code::kNotSupported, "{}: store format version {} is not supported (this is {})",
+  if (d->version != kFormatVersion && d->version != 2)
+    return make_error(Code::kNotSupported,
+                      "{}: store format version {} is not supported (this multisnap opens versions 2 and {})",
                       dev.describe(), d->version, kFormatVersion);
   if (d->block_size != kBlockSize)
     return make_error(Code::kCorruption, "{}: block size {} is not {}", dev.describe(), d->block_size,
@@ -158,6 +166,7 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
   std::memcpy(sb.uuid.data(), d->uuid, 16);
   sb.created_ns = d->created_ns;
   Layout& l = sb.layout;
+  l.version = d->version;
   l.chunk_size = d->chunk_size;
   l.origin_size = d->origin_size;
   l.store_size = d->store_size;
@@ -182,7 +191,8 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
               l.data_bitmap_start == l.meta_bitmap_start + 2ull * l.meta_bitmaps &&
               l.meta_start == l.data_bitmap_start + 2ull * l.data_bitmaps &&
               l.commit_blocks == commit_blocks_for(l.meta_bitmaps, l.data_bitmaps) &&
-              l.meta_bitmaps == div_round_up(l.meta_blocks, kBitsPerBitmap) &&
+              (l.shared_space() ? uint64_t{l.meta_bitmaps} * kBitsPerBitmap >= l.meta_units()
+                                : l.meta_bitmaps == div_round_up(l.meta_blocks, kBitsPerBitmap)) &&
               l.data_bitmaps == std::max<uint64_t>(1, div_round_up(l.data_chunks, kBitsPerBitmap)) &&
               l.data_start % l.chunk_size == 0 &&
               l.data_start >= (l.meta_start + l.meta_blocks) * kBlockSize &&

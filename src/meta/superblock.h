@@ -14,7 +14,11 @@ namespace multisnap {
 
 // Version 2: every commit record kept twice; snapshot records carry a uuid
 // and flags; the store area records origin changes and a pending receive.
-constexpr uint32_t kFormatVersion = 2;
+// Version 3: one space: the metadata space map covers the data area too, and
+// metadata borrows whole data chunks when its pool is full (transaction.h).
+// Version 2 stores still open, read-write, with their fixed metadata area.
+constexpr uint32_t kFormatVersion = 3;
+constexpr uint32_t kFirstSharedSpaceVersion = 3;
 // Copies of each commit record (docs/format.md, section 4).
 constexpr int kCommitCopies = 2;
 constexpr uint32_t kMinChunkSize = 4096;
@@ -27,6 +31,7 @@ constexpr size_t kStoreAreaOffset = 128;
 constexpr size_t kStoreAreaSize = 512;
 
 struct Layout {
+  uint32_t version = kFormatVersion;  // of the superblock that describes it
   uint32_t chunk_size = 0;
   uint64_t origin_size = 0;  // bytes
   uint64_t store_size = 0;   // bytes of the store device used
@@ -42,6 +47,18 @@ struct Layout {
   uint64_t data_chunks = 0;
 
   uint64_t origin_chunks() const { return (origin_size + chunk_size - 1) / chunk_size; }
+  // Metadata may borrow data chunks (format 3 and later).
+  bool shared_space() const { return version >= kFirstSharedSpaceVersion; }
+  uint64_t chunk_blocks() const { return chunk_size / 4096; }
+  uint64_t data_start_block() const { return data_start / 4096; }
+  uint64_t data_end_block() const { return data_start_block() + data_chunks * chunk_blocks(); }
+  // Units of the metadata space map: metadata block b is unit b - meta_start.
+  // Format 2: the pool only; format 3: up to the end of the data area (the
+  // blocks between the pool and data_start are never allocated).
+  uint64_t meta_units() const { return shared_space() ? data_end_block() - meta_start : meta_blocks; }
+  // The data chunk holding block b (b inside the data area).
+  uint64_t chunk_of_block(uint64_t b) const { return (b - data_start_block()) / chunk_blocks(); }
+  bool in_data_area(uint64_t b) const { return b >= data_start_block() && b < data_end_block(); }
   uint64_t data_offset(uint64_t chunk) const { return data_start + chunk * chunk_size; }
   // First block of copy `copy` of commit slot `slot` (copies of both slots
   // alternate: slot 0 copy 0, slot 1 copy 0, slot 0 copy 1, slot 1 copy 1).
@@ -55,6 +72,9 @@ struct LayoutRequest {
   uint32_t chunk_size = 64 * 1024;
   uint64_t origin_size = 0;
   std::optional<uint64_t> metadata_size;  // bytes; default: sized from the data area
+  // 2 makes a store of the previous format (fixed metadata area), for tests
+  // of the compatibility path; anything else is kFormatVersion.
+  uint32_t version = kFormatVersion;
 };
 Result<Layout> compute_layout(const LayoutRequest& request);
 // Blocks per commit slot for this many bitmaps (their selectors must fit).

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "util/clock.h"
+#include "util/log.h"
 #include "util/units.h"
 
 namespace multisnap {
@@ -44,9 +45,9 @@ TransactionManager::TransactionManager(BlockDevice& dev, Superblock sb, TmOption
     : dev_(dev), sb_(std::move(sb)), options_(options) {
   const Layout& l = sb_.layout;
   cache_ = std::make_unique<BlockCache>(dev_, options_.cache_bytes, sb_.checksum_seed());
-  meta_ = std::make_unique<SpaceMap>(*cache_, "metadata", l.meta_blocks, l.meta_bitmap_start,
+  meta_ = std::make_unique<SpaceMap>(*cache_, "metadata", l.meta_units(), l.meta_blocks, l.meta_bitmap_start,
                                      l.meta_bitmaps, &generation_);
-  data_ = std::make_unique<SpaceMap>(*cache_, "data", l.data_chunks, l.data_bitmap_start,
+  data_ = std::make_unique<SpaceMap>(*cache_, "data", l.data_chunks, l.data_chunks, l.data_bitmap_start,
                                      l.data_bitmaps, &generation_);
 }
 
@@ -70,6 +71,13 @@ Result<std::unique_ptr<TransactionManager>> TransactionManager::open(BlockDevice
   MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(dev));
   std::unique_ptr<TransactionManager> tm(new TransactionManager(dev, std::move(sb), options));
   MS_TRY(tm->load_commit_record());
+  if (!options.read_only) {
+    // Invariant 7: commit records, bitmaps and the pool never wait for space.
+    Status s = dev.preallocate(0, tm->layout().data_start);
+    if (!s.is_ok())
+      MS_LOG_WARN("{}: could not preallocate the metadata area ({}); a full host filesystem may fail the store",
+                  dev.describe(), s.to_string());
+  }
   return tm;
 }
 
@@ -179,13 +187,38 @@ Status TransactionManager::load_commit_record() {
               r->meta_used, r->meta_cursor);
   data_->load(std::vector<uint8_t>(sel.begin() + static_cast<long>(meta_bytes), sel.end()),
               r->data_used, r->data_cursor);
-  if (r->meta_used > l.meta_blocks || r->data_used > l.data_chunks)
+  if (r->meta_used > l.meta_units() || r->data_used > l.data_chunks ||
+      (!l.shared_space() && r->meta_borrowed_chunks != 0))
     return make_error(Code::kCorruption, "commit record: usage counters exceed the store");
+  committed_borrowed_ = r->meta_borrowed_chunks;
   std::memcpy(area_.data(), r->store_area, kStoreAreaSize);
   committed_area_ = area_;
   generation_ = best + 1;
   newest_record_ = chosen;
   newest_slot_ = best_slot;
+  return load_borrowed();
+}
+
+Status TransactionManager::load_borrowed() {
+  const Layout& l = sb_.layout;
+  if (!l.shared_space()) return Status::ok();
+  bool outside = false;
+  MS_TRY(meta_->for_each_committed(l.meta_blocks, [&](uint64_t unit) {
+    uint64_t b = l.meta_start + unit;
+    if (!l.in_data_area(b)) {
+      outside = true;
+      return;
+    }
+    ++borrowed_[l.chunk_of_block(b)].used;
+    ++borrowed_used_;
+  }));
+  if (outside)
+    return make_error(Code::kCorruption, "{}: the metadata bitmap has blocks in use between the pool and the data area",
+                      dev_.describe());
+  for (auto& [c, b] : borrowed_) {
+    borrowed_avail_ += avail(b);
+    if (avail(b) > 0) open_chunks_.insert(c);
+  }
   return Status::ok();
 }
 
@@ -236,29 +269,161 @@ bool TransactionManager::in_meta_pool(uint64_t b) const {
   return b >= l.meta_start && b < l.meta_start + l.meta_blocks;
 }
 
+bool TransactionManager::in_meta_space(uint64_t b) const {
+  return in_meta_pool(b) || (sb_.layout.shared_space() && sb_.layout.in_data_area(b));
+}
+
+uint64_t TransactionManager::meta_available() const {
+  uint64_t pool_used = meta_->used() - borrowed_used_;
+  uint64_t pool_pinned = meta_->freed_this_transaction() - borrowed_pinned_;
+  uint64_t pool_taken = pool_used + pool_pinned;
+  uint64_t pool = meta_->alloc_units() > pool_taken ? meta_->alloc_units() - pool_taken : 0;
+  return pool + borrowed_avail_;
+}
+
+uint64_t TransactionManager::data_available() const {
+  uint64_t taken = data_->used() + data_->freed_this_transaction();
+  return data_->total() > taken ? data_->total() - taken : 0;
+}
+
+Status TransactionManager::check_delete_reserve(const char* what, uint64_t blocks) const {
+  if (delete_reserve_users_ > 0 || !sb_.layout.shared_space()) return Status::ok();
+  const uint64_t room = room_blocks();
+  if (room >= blocks + delete_reserve_blocks()) return Status::ok();
+  return make_error(Code::kNoSpace,
+                    "the store is full: {} needs {} blocks and {} are left, of which {} are kept for deleting "
+                    "snapshots ({} of {} data chunks in use, {} of them holding metadata; {} more freed but not "
+                    "reusable before the next commit)",
+                    what, blocks, room, delete_reserve_blocks(), data_->used(), data_->total(), borrowed_.size(),
+                    data_->freed_this_transaction());
+}
+
+Status TransactionManager::ensure_backed(uint64_t chunk) {
+  const Layout& l = sb_.layout;
+  const uint64_t per_group = std::max<uint64_t>(1, kPreallocGroupBytes / l.chunk_size);
+  const uint64_t g = chunk / per_group;
+  if (prealloc_done_.empty()) prealloc_done_.assign(div_round_up(l.data_chunks, per_group), false);
+  if (prealloc_done_[g]) return Status::ok();
+  const uint64_t first = g * per_group;
+  const uint64_t count = std::min(per_group, l.data_chunks - first);
+  Status s = dev_.preallocate(l.data_offset(first), count * l.chunk_size);
+  if (s.is_ok()) {
+    prealloc_done_[g] = true;
+    return s;
+  }
+  if (s.code() != Code::kNoSpace) return s;
+  // Not room for the whole group: this chunk alone may still fit.
+  return dev_.preallocate(l.data_offset(chunk), l.chunk_size);
+}
+
+Result<uint64_t> TransactionManager::allocate_backed_chunk() {
+  MS_ASSIGN_OR_RETURN(uint64_t chunk, data_->allocate());
+  Status s = ensure_backed(chunk);
+  if (s.is_ok()) return chunk;
+  // Allocated in this transaction, so free again at once (not pinned).
+  Status undo = data_->free(chunk);
+  if (!undo.is_ok()) return fail(undo);
+  if (s.code() == Code::kNoSpace)
+    return make_error(Code::kNoSpace, "the store cannot grow on its host filesystem: {}", s.to_string());
+  return s;  // an error of fallocate itself: this request fails, the store goes on
+}
+
+Status TransactionManager::borrow_chunk() {
+  auto chunk = allocate_backed_chunk();
+  if (!chunk.is_ok()) {
+    if (chunk.status().code() != Code::kNoSpace) return fail(chunk.status());
+    if (data_available() > 0) return chunk.status();  // the host filesystem is full, not the store
+    return make_error(Code::kNoSpace,
+                      "the store is full: metadata needs room and no data chunk is free ({} of {} chunks in use, {} "
+                      "of them holding metadata; {} more freed but not reusable before the next commit)",
+                      data_->used(), data_->total(), borrowed_.size(), data_->freed_this_transaction());
+  }
+  borrowed_[*chunk] = Borrowed{};
+  open_chunks_.insert(*chunk);
+  maybe_empty_.insert(*chunk);
+  borrowed_avail_ += sb_.layout.chunk_blocks();
+  changed_ = true;
+  return Status::ok();
+}
+
+Result<uint64_t> TransactionManager::allocate_borrowed() {
+  if (open_chunks_.empty()) MS_TRY(borrow_chunk());
+  const Layout& l = sb_.layout;
+  const uint64_t c = *open_chunks_.begin();
+  Borrowed& b = borrowed_[c];
+  const uint64_t first = l.data_start_block() + c * l.chunk_blocks();
+  auto unit = meta_->allocate_in(first - l.meta_start, l.chunk_blocks());
+  if (!unit.is_ok()) return fail(unit.status());
+  if (*unit == UINT64_MAX)
+    return fail(make_error(Code::kCorruption, "borrowed chunk {} should have a free block but has none", c));
+  ++b.used;
+  ++borrowed_used_;
+  --borrowed_avail_;
+  if (avail(b) == 0) open_chunks_.erase(c);
+  return *unit;
+}
+
+Status TransactionManager::release_empty_chunks() {
+  for (uint64_t c : maybe_empty_) {
+    auto it = borrowed_.find(c);
+    if (it == borrowed_.end() || it->second.used > 0) continue;
+    Status s = data_->free(c);
+    if (!s.is_ok()) return fail(s);
+    borrowed_avail_ -= avail(it->second);
+    borrowed_pinned_ -= it->second.pinned;
+    open_chunks_.erase(c);
+    pinned_chunks_.erase(c);
+    borrowed_.erase(it);
+  }
+  maybe_empty_.clear();
+  return Status::ok();
+}
+
+void TransactionManager::unpin_borrowed() {
+  for (uint64_t c : pinned_chunks_) {
+    auto it = borrowed_.find(c);
+    if (it == borrowed_.end()) continue;
+    borrowed_avail_ += it->second.pinned;
+    it->second.pinned = 0;
+    if (avail(it->second) > 0) open_chunks_.insert(c);
+  }
+  pinned_chunks_.clear();
+  borrowed_pinned_ = 0;
+}
+
 Result<BlockRef> TransactionManager::read(uint64_t blocknr, BlockType type) {
-  if (type == BlockType::kBTreeNode && !in_meta_pool(blocknr))
+  if (type == BlockType::kBTreeNode && !in_meta_space(blocknr))
     return make_error(Code::kCorruption, "pointer to block {} is outside the metadata area", blocknr);
   auto r = cache_->read(blocknr, type, generation_);
   if (!r.is_ok() && r.status().code() == Code::kIoError) fail(r.status()).ignore();
   return r;
 }
 
-Status TransactionManager::reserve_meta(uint64_t blocks) {
+Status TransactionManager::reserve_meta(uint64_t blocks, bool keep_delete_reserve) {
   MS_TRY(writable());
+  if (keep_delete_reserve) MS_TRY(check_delete_reserve("metadata", blocks));
   // Blocks freed in this transaction are not reusable before it commits.
-  uint64_t unavailable = meta_->used() + meta_->freed_this_transaction();
-  if (unavailable >= meta_->total() || meta_->total() - unavailable < blocks)
-    return make_error(Code::kNoSpace,
-                      "the store's metadata area is full ({} of {} blocks in use, {} more freed but not reusable "
-                      "before the next commit; this update needs {})",
-                      meta_->used(), meta_->total(), meta_->freed_this_transaction(), blocks);
+  while (meta_available() < blocks) {
+    if (!sb_.layout.shared_space())
+      return make_error(Code::kNoSpace,
+                        "the store's metadata area is full ({} of {} blocks in use, {} more freed but not reusable "
+                        "before the next commit; this update needs {}; a format-2 store cannot lend it data space)",
+                        meta_->used(), meta_->total(), meta_->freed_this_transaction(), blocks);
+    Status s = borrow_chunk();
+    if (!s.is_ok()) {
+      // Hand back what this attempt borrowed, so data can still use it.
+      MS_TRY(release_empty_chunks());
+      return s;
+    }
+  }
   return Status::ok();
 }
 
 Result<BlockRef> TransactionManager::new_block(BlockType type) {
   MS_TRY(writable());
   auto unit = meta_->allocate();
+  if (!unit.is_ok() && unit.status().code() == Code::kNoSpace && sb_.layout.shared_space())
+    unit = allocate_borrowed();
   if (!unit.is_ok()) return unit.status().code() == Code::kNoSpace ? unit.status() : fail(unit.status());
   uint64_t blocknr = sb_.layout.meta_start + *unit;
   auto ref = cache_->create(blocknr);
@@ -288,10 +453,35 @@ Result<BlockRef> TransactionManager::shadow(const BlockRef& block, bool* moved) 
 
 Status TransactionManager::free_block(uint64_t blocknr) {
   MS_TRY(writable());
-  if (!in_meta_pool(blocknr))
+  const Layout& l = sb_.layout;
+  if (!in_meta_space(blocknr))
     return make_error(Code::kCorruption, "freeing block {} outside the metadata area", blocknr);
-  Status s = meta_->free(blocknr - sb_.layout.meta_start);
+  Borrowed* owner = nullptr;
+  uint64_t chunk = 0;
+  if (!in_meta_pool(blocknr)) {
+    chunk = l.chunk_of_block(blocknr);
+    auto it = borrowed_.find(chunk);
+    if (it == borrowed_.end())
+      return fail(make_error(Code::kCorruption, "freeing block {} in data chunk {}, which holds no metadata",
+                             blocknr, chunk));
+    owner = &it->second;
+  }
+  bool pinned = false;
+  Status s = meta_->free(blocknr - l.meta_start, &pinned);
   if (!s.is_ok()) return fail(s);
+  if (owner) {
+    --owner->used;
+    --borrowed_used_;
+    if (pinned) {
+      ++owner->pinned;
+      ++borrowed_pinned_;
+      pinned_chunks_.insert(chunk);
+    } else {
+      ++borrowed_avail_;
+      open_chunks_.insert(chunk);
+    }
+    if (owner->used == 0) maybe_empty_.insert(chunk);
+  }
   cache_->forget(blocknr);
   changed_ = true;
   return Status::ok();
@@ -299,7 +489,8 @@ Status TransactionManager::free_block(uint64_t blocknr) {
 
 Result<uint64_t> TransactionManager::allocate_chunk() {
   MS_TRY(writable());
-  auto chunk = data_->allocate();
+  MS_TRY(check_delete_reserve("a data chunk", sb_.layout.chunk_blocks()));
+  auto chunk = allocate_backed_chunk();
   if (!chunk.is_ok()) return chunk.status().code() == Code::kNoSpace ? chunk.status() : fail(chunk.status());
   changed_ = true;
   return chunk;
@@ -322,6 +513,8 @@ Status TransactionManager::commit() {
   MS_TRY(writable());
   if (!has_changes()) return Status::ok();
   const Layout& l = sb_.layout;
+  // Invariant 6: a borrowed chunk left without metadata goes back to data.
+  MS_TRY(release_empty_chunks());
   // 1. Everything the new record will reference, then a barrier.
   Status s = cache_->write_dirty();
   if (s.is_ok()) s = dev_.flush();
@@ -337,6 +530,7 @@ Status TransactionManager::commit() {
   r->data_used = data_->used();
   r->meta_cursor = meta_->cursor();
   r->data_cursor = data_->cursor();
+  r->meta_borrowed_chunks = borrowed_.size();
   std::memcpy(r->store_area, area_.data(), kStoreAreaSize);
   std::vector<uint8_t> sel = meta_->next_states();
   std::vector<uint8_t> dsel = data_->next_states();
@@ -356,6 +550,8 @@ Status TransactionManager::commit() {
   // 3. Durable: the new state is the committed one.
   meta_->commit_done();
   data_->commit_done();
+  unpin_borrowed();
+  committed_borrowed_ = borrowed_.size();
   committed_area_ = area_;
   newest_record_ = std::move(rec);
   newest_slot_ = slot;
@@ -369,6 +565,9 @@ void TransactionManager::check_invariants() const {
 #ifndef NDEBUG
   assert(generation_ >= 2);
   assert(meta_->used() <= meta_->total());
+  assert(borrowed_used_ <= meta_->used() && borrowed_.size() <= data_->used());
+  assert(borrowed_pinned_ == 0 && maybe_empty_.empty());
+  for ([[maybe_unused]] auto& [c, b] : borrowed_) assert(b.used > 0 && b.pinned == 0);
   assert(data_->used() <= data_->total());
   assert(!options_.read_only || !changed_);
   assert(failure_.is_ok() || !changed_ || generation_ >= 2);

@@ -1,10 +1,11 @@
 // TransactionManager: copy-on-write metadata transactions over the block
 // cache and the two space maps (metadata blocks, data chunks).
 //
-// Invariants (multisnap check verifies 1-4 on disk; check_invariants(),
+// Invariants (multisnap check verifies 1-4 and 6 on disk; check_invariants(),
 // called after every commit in debug builds, asserts the in-memory side of
-// 2 and 5: the open transaction is past the committed one, usage counters
-// within the pools, a read-only or failed manager holds no changes):
+// 2, 5 and 6: the open transaction is past the committed one, usage counters
+// within the pools, a read-only or failed manager holds no changes, every
+// borrowed chunk holds a block and nothing is pinned after a commit):
 //  1. The store is described by the valid commit record with the highest
 //     generation. Everything it references was durable before it was written
 //     (commit: write dirty blocks, flush, write the record's two copies,
@@ -22,6 +23,22 @@
 //     record alternates between two slots.
 //  5. After a failed write or flush the manager is failed: it refuses every
 //     change and commit until the store is reopened (like SQLite's pager).
+//  6. One space (format 3). Metadata blocks come from the pool first; when it
+//     is full, from data chunks the metadata *borrowed*: a data chunk is
+//     borrowed iff it is in use in the data bitmap and at least one of its
+//     blocks is in use in the metadata bitmap (whose units run on over the
+//     data area). Nothing else records it, so there is nothing to keep in
+//     step. A chunk is borrowed in the transaction that first needs it
+//     (reserve_meta borrows ahead, so a data allocation after a reservation
+//     cannot take the blocks it counted on), and a commit hands every
+//     borrowed chunk without a block in use back to the data space: freed in
+//     that transaction, so by 3 it is reused only after the commit, when its
+//     blocks are free in the committed metadata bitmap too.
+//  7. A full host filesystem is a full store, not a failed one: a data
+//     chunk is given out only after its bytes were preallocated on the
+//     store file (BlockDevice::preallocate), so the copy and metadata writes
+//     into it cannot fail for lack of space; the metadata region (up to
+//     data_start) is preallocated when the store is opened read-write.
 //
 // The store layer keeps its roots and counters in a 512-byte "store area"
 // inside the commit record; this layer does not interpret it.
@@ -29,8 +46,11 @@
 // Single-threaded.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <map>
 #include <memory>
+#include <set>
 
 #include "meta/cache.h"
 #include "meta/space_map.h"
@@ -64,11 +84,13 @@ struct CommitRecordDisk {
   uint64_t data_used;
   uint64_t meta_cursor;
   uint64_t data_cursor;
-  uint8_t reserved[48];
+  uint64_t meta_borrowed_chunks;  // data chunks holding metadata (format 3)
+  uint8_t reserved[40];
   uint8_t store_area[kStoreAreaSize];
   uint8_t selectors[kBlockSize - kCommitFirstSelectorOffset];
 };
 static_assert(sizeof(CommitRecordDisk) == kBlockSize);
+static_assert(offsetof(CommitRecordDisk, meta_borrowed_chunks) == 80);
 static_assert(offsetof(CommitRecordDisk, store_area) == kStoreAreaOffset);
 static_assert(offsetof(CommitRecordDisk, selectors) == kCommitFirstSelectorOffset);
 
@@ -104,7 +126,50 @@ class TransactionManager {
   Status free_chunk(uint64_t chunk);
   // Fails with kNoSpace unless `blocks` metadata blocks could be allocated
   // now: a store operation checks this first so it never stops half way.
-  Status reserve_meta(uint64_t blocks);
+  // In a format-3 store it borrows data chunks to make the room, so it fails
+  // only when the whole store is full.
+  // keep_delete_reserve: also refuse when what is left afterwards would be
+  // below the delete reserve (a store operation's first reservation).
+  Status reserve_meta(uint64_t blocks, bool keep_delete_reserve = false);
+
+  // True for a block a metadata pointer may name: the pool, or (format 3)
+  // the data area.
+  bool in_meta_space(uint64_t blocknr) const;
+  // Data chunks the metadata holds now (working state) and at the last commit.
+  uint64_t borrowed_chunks() const { return borrowed_.size(); }
+  uint64_t committed_borrowed_chunks() const { return committed_borrowed_; }
+  // Metadata blocks in use in the pool and in borrowed chunks.
+  uint64_t meta_pool_used() const { return meta_->used() - borrowed_used_; }
+  uint64_t meta_borrowed_used() const { return borrowed_used_; }
+  // A format-3 store keeps delete_reserve_blocks() of room (metadata blocks
+  // allocatable now plus free data chunks, in blocks) that only snapshot
+  // deletes and reclaim may use (inside a DeleteReserve scope): a delete
+  // shadows tree nodes, so a store filled to its last block could otherwise
+  // never be emptied. Ordinary updates check it when they start (a store
+  // operation's reserve_meta with keep_delete_reserve, each data chunk), so
+  // one update may dip into it by what it reserved; the size allows for that.
+  // 1/32 of the store's blocks, from 64 (256 KiB, a delete and a reclaim
+  // step of a small store) to 256 (1 MiB).
+  uint64_t delete_reserve_blocks() const {
+    if (!sb_.layout.shared_space()) return 0;
+    return std::clamp<uint64_t>(sb_.layout.store_size / 4096 / 32, 64, 256);
+  }
+  // Metadata blocks allocatable now plus free data chunks in blocks.
+  uint64_t room_blocks() const { return meta_available() + data_available() * sb_.layout.chunk_blocks(); }
+  class DeleteReserve {
+   public:
+    explicit DeleteReserve(TransactionManager& tm) : tm_(tm) { ++tm_.delete_reserve_users_; }
+    ~DeleteReserve() { --tm_.delete_reserve_users_; }
+    DeleteReserve(const DeleteReserve&) = delete;
+    DeleteReserve& operator=(const DeleteReserve&) = delete;
+
+   private:
+    TransactionManager& tm_;
+  };
+  // Metadata blocks allocatable now without borrowing (pool + borrowed chunks).
+  uint64_t meta_available() const;
+  // Data chunks allocatable now (not counting those freed in this transaction).
+  uint64_t data_available() const;
 
   const StoreArea& store_area() const { return area_; }
   StoreArea& mutable_store_area();
@@ -131,6 +196,39 @@ class TransactionManager {
   Status write_copy(int slot, int copy, std::vector<uint8_t> record);
   Status writable() const;
   bool in_meta_pool(uint64_t blocknr) const;
+  Status borrow_chunk();
+  Result<uint64_t> allocate_borrowed();
+  Status load_borrowed();
+  Status release_empty_chunks();
+  void unpin_borrowed();
+
+  // Invariant 6: per borrowed chunk, its blocks in use (working bitmap) and
+  // those freed in this transaction that were in use at the last commit.
+  struct Borrowed {
+    uint32_t used = 0;
+    uint32_t pinned = 0;
+  };
+  uint32_t avail(const Borrowed& b) const {
+    return static_cast<uint32_t>(sb_.layout.chunk_blocks()) - b.used - b.pinned;
+  }
+  std::map<uint64_t, Borrowed> borrowed_;
+  std::set<uint64_t> open_chunks_;   // borrowed chunks with an allocatable block
+  std::set<uint64_t> maybe_empty_;   // borrowed, or emptied, in this transaction
+  std::set<uint64_t> pinned_chunks_;
+  uint64_t borrowed_used_ = 0, borrowed_pinned_ = 0, borrowed_avail_ = 0;
+  uint64_t committed_borrowed_ = 0;
+  int delete_reserve_users_ = 0;
+  // kNoSpace when using `blocks` more would leave less than the delete
+  // reserve (outside a DeleteReserve scope).
+  Status check_delete_reserve(const char* what, uint64_t blocks) const;
+  // Invariant 7: a data chunk is given out (to data or to metadata) only
+  // once its bytes are preallocated on the host filesystem, in groups of
+  // kPreallocGroupBytes remembered here (per process: at most one
+  // fallocate per group per run); kNoSpace when the filesystem is full.
+  static constexpr uint64_t kPreallocGroupBytes = 16ull << 20;
+  Status ensure_backed(uint64_t chunk);
+  Result<uint64_t> allocate_backed_chunk();
+  std::vector<bool> prealloc_done_;
 
   BlockDevice& dev_;
   Superblock sb_;

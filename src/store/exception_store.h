@@ -28,6 +28,8 @@
 // Single-threaded: the engine thread (or an offline tool) owns the store.
 #pragma once
 
+#include <algorithm>
+
 #include <functional>
 #include <memory>
 #include <optional>
@@ -101,10 +103,36 @@ struct StoreStats {
   const char* format = "";
   uint32_t chunk_size = 0;
   uint64_t origin_size = 0;
+  // One space (format 3): metadata borrows whole data chunks when its pool
+  // is full. data_chunks_used counts chunks holding data only;
+  // meta_chunks_borrowed the chunks holding metadata; meta_blocks_total is
+  // the pool and meta_blocks_used every metadata block in use (pool and
+  // borrowed chunks).
   uint64_t data_chunks_total = 0;
   uint64_t data_chunks_used = 0;
   uint64_t meta_blocks_total = 0;
   uint64_t meta_blocks_used = 0;
+  uint64_t meta_chunks_borrowed = 0;
+  uint64_t meta_blocks_borrowed_free = 0;  // free blocks inside borrowed chunks
+  bool shared_space = false;               // format 3: metadata may borrow data chunks
+  // Free bytes: data chunks free + metadata pool free + free blocks in
+  // borrowed chunks (what data and metadata together can still use).
+  uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
+  uint64_t free_bytes() const { return free_data_bytes() + free_meta_bytes(); }
+  // `status` warns when free data space (which copies need, and metadata
+  // borrows from past its pool) is below this: 5% of the data area, at most
+  // 1 GiB; a format-2 store also when its fixed metadata area is 95% full.
+  uint64_t low_space_threshold() const {
+    return std::min<uint64_t>(data_chunks_total * chunk_size / 20, 1ull << 30);
+  }
+  bool low_on_space() const {
+    return free_data_bytes() < low_space_threshold() ||
+           (!shared_space && free_meta_bytes() < meta_blocks_total * 4096 / 20);
+  }
+  uint64_t free_meta_bytes() const {
+    uint64_t pool_used = meta_blocks_used - (meta_chunks_borrowed * (chunk_size / 4096) - meta_blocks_borrowed_free);
+    return (meta_blocks_total - pool_used + meta_blocks_borrowed_free) * 4096;
+  }
   uint64_t snapshots = 0;
   uint64_t snapshot_slots_free = UINT64_MAX;  // bitmask store: free bits
   uint64_t exceptions = 0;
@@ -320,6 +348,9 @@ struct CreateOptions {
   uint64_t origin_size = 0;
   std::string origin_path;
   std::optional<uint64_t> metadata_size;
+  // The on-disk format version to write: kFormatVersion, or 2 (a fixed
+  // metadata area, as earlier multisnap made) for compatibility tests.
+  uint32_t format_version = kFormatVersion;
 };
 
 // Writes a new, empty store on `dev` (its whole size).

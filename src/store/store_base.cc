@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "util/checksum.h"
 
@@ -79,12 +80,17 @@ CheckRefs::CheckRefs(const Layout& layout, CheckReport& report)
     : l_(layout), report_(report), meta_refs_(layout.meta_blocks, 0), data_refs_(layout.data_chunks, false) {}
 
 void CheckRefs::meta(uint64_t b) {
-  if (b < l_.meta_start || b >= l_.meta_start + l_.meta_blocks) {
-    report_.problem(fmt::format("tree node at block {} lies outside the metadata area", b));
+  uint8_t* n = nullptr;
+  if (b >= l_.meta_start && b < l_.meta_start + l_.meta_blocks) {
+    n = &meta_refs_[b - l_.meta_start];
+  } else if (l_.shared_space() && l_.in_data_area(b)) {
+    n = &borrowed_refs_[b];
+  } else {
+    report_.problem(fmt::format("tree node at block {} lies outside the metadata area{}", b,
+                                l_.shared_space() ? " and the data area" : ""));
     return;
   }
-  uint8_t& n = meta_refs_[b - l_.meta_start];
-  if (n < 2 && ++n == 2) report_.problem(fmt::format("metadata block {} is referenced more than once", b));
+  if (*n < 2 && ++*n == 2) report_.problem(fmt::format("metadata block {} is referenced more than once", b));
 }
 
 void CheckRefs::data(uint64_t c, const std::string& where) {
@@ -95,25 +101,63 @@ void CheckRefs::data(uint64_t c, const std::string& where) {
 
 void CheckRefs::compare(TransactionManager& tm) {
   auto data_bits = tm.data_space().committed_bits();
-  auto meta_bits = tm.meta_space().committed_bits();
-  if (!data_bits.is_ok() || !meta_bits.is_ok()) {
-    report_.problem("cannot read the space bitmaps: " +
-                    (data_bits.is_ok() ? meta_bits.status() : data_bits.status()).to_string());
+  if (!data_bits.is_ok()) {
+    report_.problem("cannot read the data space bitmaps: " + data_bits.status().to_string());
     return;
   }
   uint64_t leaks = 0;
   auto leak = [&](const std::string& text) {
     if (++leaks <= 20) report_.problem(text);
   };
+  // The metadata bitmap: the pool, then (format 3) blocks in borrowed chunks.
+  std::vector<bool> pool_bits(l_.meta_blocks, false);
+  std::map<uint64_t, uint64_t> meta_chunks;  // data chunk -> its metadata blocks in use
+  Status walked = tm.meta_space().for_each_committed(0, [&](uint64_t unit) {
+    ++meta_used_;
+    const uint64_t b = l_.meta_start + unit;
+    if (unit < l_.meta_blocks) {
+      pool_bits[unit] = true;
+      return;
+    }
+    if (!l_.in_data_area(b)) {
+      report_.problem(fmt::format("metadata block {} is marked in use but lies outside the pool and the data area", b));
+      return;
+    }
+    ++meta_chunks[l_.chunk_of_block(b)];
+    if (!borrowed_refs_.count(b)) leak(fmt::format("metadata block {} (in borrowed data chunk {}) is allocated but "
+                                                   "unused (leaked)", b, l_.chunk_of_block(b)));
+  });
+  if (!walked.is_ok()) {
+    report_.problem("cannot read the metadata space bitmaps: " + walked.to_string());
+    return;
+  }
+  for (auto& [b, n] : borrowed_refs_) {
+    auto it = meta_chunks.find(l_.chunk_of_block(b));
+    bool alloc = false;
+    if (it != meta_chunks.end()) {
+      auto bit = tm.meta_space().is_allocated_committed(b - l_.meta_start);
+      alloc = bit.is_ok() && *bit;
+    }
+    if (!alloc)
+      report_.problem(fmt::format("metadata block {} (in data chunk {}) is in use but marked free", b,
+                                  l_.chunk_of_block(b)));
+  }
+  borrowed_chunks_ = meta_chunks.size();
   for (uint64_t c = 0; c < l_.data_chunks; ++c) {
     bool alloc = (*data_bits)[c];
+    bool meta = meta_chunks.count(c) > 0;
     data_used_ += alloc;
+    if (data_refs_[c] && meta)
+      report_.problem(fmt::format("store chunk {} holds data of an exception and {} metadata blocks (double use)",
+                                  c, meta_chunks[c]));
     if (data_refs_[c] && !alloc) report_.problem(fmt::format("store chunk {} is in use but marked free", c));
-    if (!data_refs_[c] && alloc) leak(fmt::format("store chunk {} is allocated but unused (leaked)", c));
+    if (meta && !alloc)
+      report_.problem(fmt::format("store chunk {} holds {} metadata blocks but is marked free in the data bitmap", c,
+                                  meta_chunks[c]));
+    if (!data_refs_[c] && !meta && alloc) leak(fmt::format("store chunk {} is allocated but unused (leaked)", c));
   }
   for (uint64_t b = 0; b < l_.meta_blocks; ++b) {
-    bool alloc = (*meta_bits)[b];
-    meta_used_ += alloc;
+    bool alloc = pool_bits[b];
     if (meta_refs_[b] && !alloc)
       report_.problem(fmt::format("metadata block {} is in use but marked free", l_.meta_start + b));
     if (!meta_refs_[b] && alloc) leak(fmt::format("metadata block {} is allocated but unused (leaked)", l_.meta_start + b));
@@ -125,6 +169,15 @@ void CheckRefs::compare(TransactionManager& tm) {
   if (meta_used_ != tm.meta_space().used())
     report_.problem(fmt::format("metadata bitmap has {} blocks in use, the commit record says {}", meta_used_,
                                 tm.meta_space().used()));
+  if (borrowed_chunks_ != tm.committed_borrowed_chunks())
+    report_.problem(fmt::format("{} data chunks hold metadata blocks, the commit record says {}", borrowed_chunks_,
+                                tm.committed_borrowed_chunks()));
+}
+
+std::string CheckRefs::space_note() const {
+  uint64_t pool = static_cast<uint64_t>(std::count_if(meta_refs_.begin(), meta_refs_.end(), [](uint8_t n) { return n > 0; }));
+  return fmt::format("{} of {} data chunks ({} holding metadata), {} metadata blocks ({} in the pool of {})",
+                     data_used_, l_.data_chunks, borrowed_chunks_, meta_used_, pool, l_.meta_blocks);
 }
 
 StoreBase::StoreBase(std::unique_ptr<TransactionManager> tm) : tm_(std::move(tm)) {}
@@ -231,7 +284,7 @@ Status StoreBase::apply(const std::function<Status()>& change) {
 
 Status StoreBase::reserve(uint64_t tree_ops) {
   // Every tree here has kOpReserve 16: the bound for any of them.
-  return tm_->reserve_meta(tree_ops * BTree<SnapshotTableTraits>::kOpReserve);
+  return tm_->reserve_meta(tree_ops * BTree<SnapshotTableTraits>::kOpReserve, /*keep_delete_reserve=*/true);
 }
 
 Status StoreBase::commit() {
@@ -303,6 +356,7 @@ Result<SnapshotInfo> StoreBase::create_snapshot(std::optional<SnapshotId> parent
 }
 
 Status StoreBase::delete_snapshot(SnapshotId id) {
+  TransactionManager::DeleteReserve may_use_reserve(*tm_);  // a full store must still empty
   MS_ASSIGN_OR_RETURN(auto found, find_snapshot(id));
   if (!found) return make_error(Code::kNotFound, "there is no snapshot {}", id);
   MS_TRY(reserve(3));
@@ -362,9 +416,12 @@ void StoreBase::fill_common_stats(StoreStats& s) {
   s.chunk_size = l.chunk_size;
   s.origin_size = l.origin_size;
   s.data_chunks_total = tm_->data_space().total();
-  s.data_chunks_used = tm_->data_space().used();
-  s.meta_blocks_total = tm_->meta_space().total();
+  s.data_chunks_used = tm_->data_space().used() - tm_->borrowed_chunks();
+  s.meta_blocks_total = tm_->layout().meta_blocks;
   s.meta_blocks_used = tm_->meta_space().used();
+  s.meta_chunks_borrowed = tm_->borrowed_chunks();
+  s.meta_blocks_borrowed_free = tm_->borrowed_chunks() * tm_->layout().chunk_blocks() - tm_->meta_borrowed_used();
+  s.shared_space = tm_->layout().shared_space();
   s.snapshots = snapshot_count_;
   s.generation = tm_->committed_generation();
 }

@@ -8,6 +8,8 @@
 // (RangeStoreAreaDisk, BitmaskStoreAreaDisk); docs/format.md, section 7.
 #pragma once
 
+#include <unordered_map>
+
 #include "store/exception_store.h"
 #include "store/tree_traits.h"
 
@@ -96,15 +98,21 @@ class CheckRefs {
   void data(uint64_t chunk, const std::string& where);
   // Reports leaks, blocks in use but free, and counter mismatches.
   void compare(TransactionManager& tm);
+  // Data chunks in use (data and borrowed by metadata), metadata blocks in
+  // use (pool and borrowed chunks), and how many chunks metadata borrowed.
   uint64_t data_used() const { return data_used_; }
   uint64_t meta_used() const { return meta_used_; }
+  uint64_t borrowed_chunks() const { return borrowed_chunks_; }
+  // "N of M data chunks (K holding metadata), B metadata blocks (P in the pool of Q)"
+  std::string space_note() const;
 
  private:
   const Layout& l_;
   CheckReport& report_;
-  std::vector<uint8_t> meta_refs_;
+  std::vector<uint8_t> meta_refs_;                      // pool blocks
+  std::unordered_map<uint64_t, uint8_t> borrowed_refs_;  // blocks in data chunks
   std::vector<bool> data_refs_;
-  uint64_t data_used_ = 0, meta_used_ = 0;
+  uint64_t data_used_ = 0, meta_used_ = 0, borrowed_chunks_ = 0;
 };
 
 class StoreBase : public ExceptionStore {

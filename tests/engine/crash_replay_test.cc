@@ -78,17 +78,21 @@ void load(MemoryDevice& dev, const Pages& pages) {
   for (auto& [off, bytes] : pages) dev.poke(off, bytes.data(), bytes.size());
 }
 
-class CrashReplay : public ::testing::TestWithParam<std::tuple<StoreFormat, uint32_t>> {};
+// (format, chunk size, metadata pool: 0 = the default, else a tiny one the
+// metadata outgrows into borrowed data chunks)
+class CrashReplay : public ::testing::TestWithParam<std::tuple<StoreFormat, uint32_t, uint64_t>> {};
 
 TEST_P(CrashReplay, EveryPrefixRecovers) {
   const StoreFormat format = std::get<0>(GetParam());
   const uint32_t chunk = std::get<1>(GetParam());
+  const uint64_t pool = std::get<2>(GetParam());
   const uint64_t size = 16 * chunk;
   MemoryDevice origin_mem(size, "origin"), store_mem(16 << 20, "store");
   CreateOptions co;
   co.chunk_size = chunk;
   co.format = format;
   co.origin_size = size;
+  if (pool) co.metadata_size = pool;
   ASSERT_TRUE(format_store(store_mem, co).is_ok());
   ASSERT_TRUE(store_mem.flush().is_ok());
   // The starting images (everything formatted is flushed).
@@ -99,6 +103,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
   std::vector<Recorded> log;
   RecordingDevice origin(origin_mem, 0, &log), store(store_mem, 1, &log);
   std::vector<Checkpoint> checkpoints;
+  uint64_t max_borrowed = 0;
   {
     EngineOptions eo;
     eo.threaded = false;
@@ -167,10 +172,15 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
       }
       cp.log_end = log.size();
       checkpoints.push_back(std::move(cp));
+      max_borrowed = std::max(max_borrowed, engine->status().store.meta_chunks_borrowed);
     }
     refs.clear();
   }  // the engine's own shutdown is recorded too; cuts beyond the last step are not checked
-  fprintf(stderr, "log %zu ops, %zu steps\n", log.size(), checkpoints.size());
+  fprintf(stderr, "log %zu ops, %zu steps, at most %llu data chunks holding metadata\n", log.size(),
+          checkpoints.size(), (unsigned long long)max_borrowed);
+  if (pool) {
+    EXPECT_GT(max_borrowed, 0u) << "the tiny pool never had to borrow";
+  }
   ASSERT_GT(log.size(), 100u);
 
   const Pages origin_pages = nonzero_pages(origin0), store_pages = nonzero_pages(store0);
@@ -244,10 +254,11 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
 
 INSTANTIATE_TEST_SUITE_P(Stores, CrashReplay,
                          ::testing::Combine(::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
-                                            ::testing::Values(4096u, 65536u)),
+                                            ::testing::Values(4096u, 65536u), ::testing::Values(0ull, 4096ull)),
                          [](const auto& info) {
                            return std::string(store_format_name(std::get<0>(info.param))) + "_" +
-                                  std::to_string(std::get<1>(info.param) / 1024) + "K";
+                                  std::to_string(std::get<1>(info.param) / 1024) + "K" +
+                                  (std::get<2>(info.param) ? "_tiny_pool" : "");
                          });
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <random>
 
 #include "engine/engine.h"
@@ -24,6 +25,9 @@ struct EngineParams {
   StoreFormat format = StoreFormat::kRange;
   std::function<bool()> on_no_space;  // EngineOptions::on_no_space
   uint32_t space_page = 4096;         // EngineOptions::space_page
+  // The metadata pool (CreateOptions::metadata_size); a tiny one makes the
+  // metadata live mostly in data chunks it borrows.
+  std::optional<uint64_t> metadata_size;
 };
 
 class EngineHarness {
@@ -36,6 +40,7 @@ class EngineHarness {
     o.chunk_size = p.chunk;
     o.origin_size = p.origin_size;
     o.origin_path = "memory";
+    o.metadata_size = p.metadata_size;
     Status s = format_store(store_mem_, o);
     EXPECT_TRUE(s.is_ok()) << s.to_string();
   }

@@ -65,16 +65,19 @@ class ModelRun {
       else if (r < 89) rollback();
       else if (r < 92) compare_all();
       else for (int i = 0; i < 20; ++i) h_.engine().poll();
+      if (r < 55) max_borrowed_ = std::max(max_borrowed_, h_.engine().status().store.meta_chunks_borrowed);
     }
     compare_all();
     release_volumes();
     h_.close();
     expect_check_clean("final");
     fprintf(stderr, "  %d steps: %d requests, %d snapshots created, %d crashes (%d with requests in flight), "
-            "%llu sectors rolled back by crashes, %llu chunks copied, %d rollbacks (%d cut by a crash)\n", step_,
+            "%llu sectors rolled back by crashes, %llu chunks copied, %d rollbacks (%d cut by a crash), "
+            "at most %llu data chunks holding metadata\n", step_,
             requests_, creates_, crashes_, crashes_inflight_, (unsigned long long)rolled_back_,
-            (unsigned long long)copies_, rollbacks_, rollbacks_cut_);
+            (unsigned long long)copies_, rollbacks_, rollbacks_cut_, (unsigned long long)max_borrowed_);
   }
+  uint64_t max_borrowed() const { return max_borrowed_; }
 
  private:
   std::string where() const { return "step " + std::to_string(step_); }
@@ -366,6 +369,7 @@ class ModelRun {
   std::map<SnapshotId, Snap> snaps_;
   std::vector<std::unique_ptr<Pending>> abandoned_;
   int requests_ = 0, creates_ = 0, crashes_ = 0, crashes_inflight_ = 0, rollbacks_ = 0, rollbacks_cut_ = 0;
+  uint64_t max_borrowed_ = 0;
   uint64_t rolled_back_ = 0, copies_ = 0;
 };
 
@@ -405,6 +409,9 @@ TEST_P(ModelTest, RandomizedAgainstTheModel) {
     p.seed = seed;
     ModelRun run(p, seed);
     run.run(sanitized_steps(c.steps));
+    if (p.metadata_size) {
+      EXPECT_GT(run.max_borrowed(), 0u) << "the tiny pool never had to borrow";
+    }
     if (::testing::Test::HasFailure()) {
       fprintf(stderr, "model test %s failed with MULTISNAP_SEED=%llu\n", c.name.c_str(), (unsigned long long)seed);
       return;
@@ -419,6 +426,11 @@ std::vector<ModelCase> model_cases() {
     out.push_back({n + "4K", {4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1500});
     out.push_back({n + "64K", {65536, 2 << 20, 96 << 20, 1 << 20, TestIo::kReordering, 1, 8, f}, 1000});
     out.push_back({n + "4KTinyCache", {4096, 1 << 20, 48 << 20, 16 * 4096, TestIo::kReordering, 1, 2, f}, 1000});
+    // A 64 KiB metadata pool: metadata lives in borrowed data chunks, through
+    // power cuts, deletes and reclaim handing them back.
+    EngineParams tiny{4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f};
+    tiny.metadata_size = 64 << 10;
+    out.push_back({n + "4KTinyMetadataPool", tiny, 1000});
     out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f},
                    800});
   }

@@ -106,7 +106,12 @@ assert s["store"]["chunk_size"] == 65536 and s["origin"]["size"] == 64 << 20, s
 for k in ("data", "metadata"):
     assert s["store"][k]["total_bytes"] > 0
 assert "reclaim" in s and "io" in s and "copies" in s and s["failure"] is None
+sp = s["store"]["space"]  # one figure and its parts; a new 96M store is not low on space
+assert sp["free_bytes"] == sp["data_free_bytes"] + sp["metadata_free_bytes"] > 0, sp
+assert sp["shared"] is True and sp["low"] is False and sp["low_threshold_bytes"] > 0, sp
+assert s["store"]["metadata"]["borrowed_chunks"] == 0, s
 PY
+ms status | grep -q "^free " || fail "status does not show free space"
 ms status | grep -q "snapshots  3"
 [ "$FORMAT" = range ] || ms status | grep -q "61 slots free" || fail "status does not show the free slots"
 

@@ -8,8 +8,10 @@
 
 namespace multisnap::testing {
 
-inline Superblock make_superblock(uint64_t store_size, uint32_t chunk = 4096, uint64_t meta_size = 0) {
+inline Superblock make_superblock(uint64_t store_size, uint32_t chunk = 4096, uint64_t meta_size = 0,
+                                  uint32_t version = kFormatVersion) {
   LayoutRequest req;
+  req.version = version;
   req.store_size = store_size;
   req.chunk_size = chunk;
   req.origin_size = 1 << 20;

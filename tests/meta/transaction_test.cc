@@ -222,14 +222,73 @@ TEST_F(TransactionTest, AFailedCommitFailsTheManagerUntilReopened) {
   EXPECT_EQ(again->committed_generation(), 1u);
 }
 
-TEST_F(TransactionTest, ReserveRefusesWhenMetadataIsShort) {
+// Format 2: the fixed metadata area is all there is.
+TEST_F(TransactionTest, ReserveRefusesWhenMetadataIsShortInAVersion2Store) {
   MemoryDevice small(64 << 20);
-  ASSERT_TRUE(TransactionManager::format(small, testing::make_superblock(small.size(), 4096, 256 << 10)).is_ok());
+  ASSERT_TRUE(TransactionManager::format(small, testing::make_superblock(small.size(), 4096, 256 << 10, 2)).is_ok());
   auto tm = testing::open_tm(small);
   uint64_t total = tm->meta_space().total();
+  EXPECT_EQ(total, tm->layout().meta_blocks);
   for (uint64_t i = 0; i + 10 < total; ++i) write_value_block(*tm, 1);
   EXPECT_EQ(tm->reserve_meta(20).code(), Code::kNoSpace);
   EXPECT_TRUE(tm->reserve_meta(5).is_ok());
+  EXPECT_EQ(tm->borrowed_chunks(), 0u);
+}
+
+// Format 3: past the pool, metadata borrows whole data chunks; a block freed
+// there is not reused before the commit; emptied chunks go back to data.
+TEST_F(TransactionTest, MetadataBorrowsDataChunksPastThePool) {
+  MemoryDevice small(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(small, testing::make_superblock(small.size(), 65536, 64 << 10)).is_ok());
+  auto tm = testing::open_tm(small);
+  const uint64_t pool = tm->layout().meta_blocks;
+  ASSERT_EQ(pool, 16u);
+  std::vector<uint64_t> blocks;
+  for (uint64_t i = 0; i < pool; ++i) blocks.push_back(write_value_block(*tm, 1));
+  EXPECT_EQ(tm->borrowed_chunks(), 0u);
+  ASSERT_TRUE(tm->reserve_meta(20).is_ok());  // borrows two 16-block chunks ahead
+  EXPECT_EQ(tm->borrowed_chunks(), 2u);
+  EXPECT_EQ(tm->data_space().used(), 2u);
+  for (int i = 0; i < 20; ++i) blocks.push_back(write_value_block(*tm, 2));
+  for (uint64_t i = pool; i < blocks.size(); ++i) EXPECT_TRUE(tm->layout().in_data_area(blocks[i])) << blocks[i];
+  ASSERT_TRUE(tm->commit().is_ok());
+  EXPECT_EQ(tm->committed_borrowed_chunks(), 2u);
+  // Data allocation skips them.
+  uint64_t chunk = *tm->allocate_chunk();
+  EXPECT_NE(chunk, tm->layout().chunk_of_block(blocks[pool]));
+  EXPECT_NE(chunk, tm->layout().chunk_of_block(blocks.back()));
+  // Freed in this transaction: not reused before the commit.
+  const uint64_t freed = blocks.back();
+  blocks.pop_back();
+  ASSERT_TRUE(tm->free_block(freed).is_ok());
+  for (int i = 0; i < 40; ++i) EXPECT_NE(write_value_block(*tm, 3), freed);
+  ASSERT_TRUE(tm->commit().is_ok());
+  // Reopen: the borrowed chunks are found from the bitmaps.
+  const uint64_t borrowed = tm->borrowed_chunks();
+  const uint64_t used = tm->meta_space().used();
+  tm = testing::open_tm(small);
+  EXPECT_EQ(tm->borrowed_chunks(), borrowed);
+  EXPECT_EQ(tm->meta_space().used(), used);
+  EXPECT_EQ(read_value(*tm, blocks[pool]), 2);
+}
+
+TEST_F(TransactionTest, EmptiedBorrowedChunksGoBackToData) {
+  MemoryDevice small(64 << 20);
+  ASSERT_TRUE(TransactionManager::format(small, testing::make_superblock(small.size(), 65536, 64 << 10)).is_ok());
+  auto tm = testing::open_tm(small);
+  std::vector<uint64_t> blocks;
+  for (int i = 0; i < 16 + 64; ++i) blocks.push_back(write_value_block(*tm, 1));
+  ASSERT_TRUE(tm->commit().is_ok());
+  EXPECT_EQ(tm->borrowed_chunks(), 4u);
+  const uint64_t data_used = tm->data_space().used();
+  for (uint64_t b : blocks) ASSERT_TRUE(tm->free_block(b).is_ok());
+  ASSERT_TRUE(tm->commit().is_ok());
+  EXPECT_EQ(tm->borrowed_chunks(), 0u);
+  EXPECT_EQ(tm->data_space().used(), data_used - 4);
+  EXPECT_EQ(tm->meta_space().used(), 0u);
+  tm = testing::open_tm(small);
+  EXPECT_EQ(tm->borrowed_chunks(), 0u);
+  EXPECT_EQ(tm->committed_borrowed_chunks(), 0u);
 }
 
 TEST_F(TransactionTest, ReadOnlyRefusesChanges) {

@@ -252,6 +252,7 @@ bool BitmaskStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) 
 // ---------------------------------------------------------------- reclaim
 
 Status BitmaskStore::reclaim_step(uint32_t budget) {
+  TransactionManager::DeleteReserve may_use_reserve(*tm_);  // a full store must still empty
   if (sweep_ == 0) return Status::ok();
   std::vector<std::pair<PairKey, uint64_t>> batch;
   {
@@ -449,10 +450,8 @@ void BitmaskStore::check(CheckReport& report) {
   if (entries != exception_count_)
     report.problem(fmt::format("the tree holds {} exceptions but the commit record says {}", entries, exception_count_));
   refs.compare(*tm_);
-  report.note(fmt::format("bitmask store: {} snapshots ({} slots free), {} exceptions, {} of {} data chunks, {} of {} "
-                          "metadata blocks",
-                          snapshot_count_, 64 - std::popcount(allowed), entries, refs.data_used(), l.data_chunks,
-                          refs.meta_used(), l.meta_blocks));
+  report.note(fmt::format("bitmask store: {} snapshots ({} slots free), {} exceptions, {}", snapshot_count_,
+                          64 - std::popcount(allowed), entries, refs.space_note()));
 }
 
 }  // namespace multisnap

@@ -378,6 +378,7 @@ bool RangeStore::conflicts(const CopyDescriptor& d, const SnapshotInfo& snap) co
 // ---------------------------------------------------------------- reclaim
 
 Status RangeStore::reclaim_step(uint32_t budget) {
+  TransactionManager::DeleteReserve may_use_reserve(*tm_);  // a full store must still empty
   if (!(reclaim_flags_ & kReclaimActive)) return Status::ok();
   std::vector<Entry> batch;
   {
@@ -615,8 +616,8 @@ void RangeStore::check(CheckReport& report) {
     report.problem(fmt::format("the tree holds {} exceptions but the commit record says {}", entries, exception_count_));
 
   refs.compare(*tm_);
-  report.note(fmt::format("range store: {} snapshots, {} exceptions, {} of {} data chunks, {} of {} metadata blocks",
-                          snapshot_count_, entries, refs.data_used(), l.data_chunks, refs.meta_used(), l.meta_blocks));
+  report.note(fmt::format("range store: {} snapshots, {} exceptions, {}", snapshot_count_, entries,
+                          refs.space_note()));
 }
 
 }  // namespace multisnap
