@@ -145,6 +145,8 @@ int run_send(const OnlineArgs& o, const SendArgs& a) {
   } else if (isatty(STDOUT_FILENO)) {
     return fail(make_error(Code::kInvalidArgument,
                            "refusing to write a binary stream to a terminal; redirect it or use --output FILE"));
+  } else {
+    set_json_errors(false);  // standard output carries the stream: errors go to standard error only
   }
   auto cleanup = [&](int rc) {
     if (!a.output.empty()) {

@@ -79,9 +79,11 @@ void MetricsServer::serve_one(int fd) {
   // the size limit, or at the deadline.
   while (request.find("\r\n\r\n") == std::string::npos && request.find("\n\n") == std::string::npos) {
     if (request.size() > options_.max_request) break;
-    pollfd p{fd, POLLIN, 0};
+    // The wake descriptor too: stopping the daemon does not wait for a
+    // slow client's timeout.
+    pollfd p[2] = {{fd, POLLIN, 0}, {wake_.fd(), POLLIN, 0}};
     int left = ms_left(deadline);
-    if (left == 0 || ::poll(&p, 1, left) <= 0) return;  // too slow: just close
+    if (left == 0 || ::poll(p, 2, left) <= 0 || p[1].revents != 0) return;  // too slow, or stopping: just close
     ssize_t n = ::recv(fd, buf, sizeof buf, 0);
     if (n == 0) return;
     if (n < 0) {
@@ -102,9 +104,9 @@ void MetricsServer::serve_one(int fd) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) {
-      pollfd p{fd, POLLOUT, 0};
+      pollfd p[2] = {{fd, POLLOUT, 0}, {wake_.fd(), POLLIN, 0}};
       int left = ms_left(deadline);
-      if (left > 0 && ::poll(&p, 1, left) > 0) continue;
+      if (left > 0 && ::poll(p, 2, left) > 0 && p[1].revents == 0) continue;
     }
     return;
   }

@@ -282,14 +282,19 @@ Result<std::unique_ptr<TlsTransport>> TlsTransport::create(std::shared_ptr<const
 
 TlsTransport::Step TlsTransport::handshake() {
   gnutls_session_t s = session_->s;
-  for (;;) {
+  for (int warnings = 0;;) {
     int rc = gnutls_handshake(s);
     if (rc == GNUTLS_E_SUCCESS) {
       established_ = true;
       return Step::kDone;
     }
     if (retry(rc)) return gnutls_record_get_direction(s) ? Step::kWantWrite : Step::kWantRead;
-    if (!gnutls_error_is_fatal(rc)) continue;  // a warning alert
+    // A warning alert: go on, but hand back to the caller now and then so
+    // that its handshake deadline holds against a stream of them.
+    if (!gnutls_error_is_fatal(rc)) {
+      if (++warnings < 16) continue;
+      return Step::kWantRead;
+    }
     error_ = gnutls_message(rc);
     if (rc == GNUTLS_E_FATAL_ALERT_RECEIVED) {
       error_ += fmt::format(" ({})", gnutls_alert_get_name(gnutls_alert_get(s)));

@@ -56,8 +56,17 @@ std::string SocketTransport::last_error() const {
 // ---- PipeTransport
 
 PipeTransport::PipeTransport(UniqueFd in, UniqueFd out) : in_(std::move(in)), out_(std::move(out)) {
+  in_flags_ = fcntl(in_.get(), F_GETFL);
+  out_flags_ = fcntl(out_.get(), F_GETFL);
   set_nonblocking(in_.get());
   set_nonblocking(out_.get());
+}
+
+PipeTransport::~PipeTransport() { restore_flags(); }
+
+void PipeTransport::restore_flags() {
+  if (in_.valid() && in_flags_ >= 0) fcntl(in_.get(), F_SETFL, in_flags_);
+  if (out_.valid() && out_flags_ >= 0) fcntl(out_.get(), F_SETFL, out_flags_);
 }
 
 ssize_t PipeTransport::receive(void* buf, size_t size) {
@@ -73,7 +82,9 @@ ssize_t PipeTransport::send(const iovec* iov, int count) {
 }
 
 void PipeTransport::shutdown() {
-  // Pipes have no shutdown(): closing is what the other end sees.
+  // Pipes have no shutdown(): closing is what the other end sees. (Their
+  // flags are not put back here: another thread may be in read() on them,
+  // and a blocking read would not return. A closed end keeps O_NONBLOCK.)
   in_.reset();
   out_.reset();
 }

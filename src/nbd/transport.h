@@ -67,7 +67,10 @@ class SocketTransport final : public Transport {
 // non-blocking.
 class PipeTransport final : public Transport {
  public:
+  // Makes both ends non-blocking; the destructor puts back their flags
+  // (the open file descriptions are shared with whoever started us).
   PipeTransport(UniqueFd in, UniqueFd out);
+  ~PipeTransport() override;
   ssize_t receive(void* buf, size_t size) override;
   ssize_t send(const iovec* iov, int count) override;
   int in_fd() const override { return in_.get(); }
@@ -76,7 +79,9 @@ class PipeTransport final : public Transport {
   std::string last_error() const override;
 
  private:
+  void restore_flags();
   UniqueFd in_, out_;
+  int in_flags_ = -1, out_flags_ = -1;  // as they were before
   int error_ = 0;
 };
 
