@@ -10,20 +10,12 @@
 #include <random>
 #include <thread>
 
+#include "nbd/libnbd_handle.h"
 #include "nbd/test_server.h"
 
 namespace multisnap::nbd::testing {
 namespace {
 
-struct NbdHandle {
-  nbd_handle* h = nbd_create();
-  ~NbdHandle() { nbd_close(h); }
-  operator nbd_handle*() const { return h; }
-};
-
-std::string err() {
-  return nbd_get_error() ? nbd_get_error() : "?";
-}
 
 class LibnbdTest : public ServerTest, public ::testing::WithParamInterface<bool> {
  protected:

@@ -18,20 +18,12 @@
 #include <thread>
 #include <vector>
 
+#include "nbd/libnbd_handle.h"
 #include "nbd/test_server.h"
 
 namespace multisnap::nbd::testing {
 namespace {
 
-struct NbdHandle {
-  nbd_handle* h = nbd_create();
-  ~NbdHandle() { nbd_close(h); }
-  operator nbd_handle*() const { return h; }
-};
-
-std::string err() {
-  return nbd_get_error() ? nbd_get_error() : "?";
-}
 
 // A psktool-style file with one random key for `user`.
 void write_psk(const std::string& path, const std::string& user, uint32_t seed) {
