@@ -42,8 +42,8 @@ struct EngineOptions {
   size_t cache_bytes = 64ull << 20;
   // Chunks being copied at once. 0: automatic, 16 MiB of chunk buffers
   // (8 to 64 slots; 64 with 64 KiB chunks). More slots put more copies in
-  // each group commit: sequential writes after a snapshot ran 2.5-3x faster
-  // with 64 than with 8 (docs/design.md, section 3).
+  // each group commit: sequential writes after a snapshot ran 1.6-3x faster
+  // with 64 than with 8 (bench/copy_slots.sh; docs/design.md, section 3).
   uint32_t copy_slots = 8;
   bool threaded = true;
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step
