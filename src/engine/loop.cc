@@ -164,11 +164,9 @@ bool EngineCore::try_direct_read(const VolumeRef& volume, const IoRequest& io, I
   if (last - first >= 64) return false;  // large reads gain nothing here; keep the epoch short
   uint64_t where[64];
   uint64_t epoch = read_map_.enter();
-  for (uint64_t c = first; c <= last; ++c) {
-    if (!read_map_.find(id, c, &where[c - first])) {
-      read_map_.leave(epoch);
-      return false;
-    }
+  if (!read_map_.find_run(id, first, last, where)) {
+    read_map_.leave(epoch);
+    return false;
   }
   Status s;
   uint64_t pos = io.offset;

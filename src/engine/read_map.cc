@@ -24,6 +24,18 @@ bool ReadMap::find(SnapshotId id, uint64_t chunk, uint64_t* store_chunk) const {
   return true;
 }
 
+bool ReadMap::find_run(SnapshotId id, uint64_t first, uint64_t last, uint64_t* out) const {
+  std::shared_lock lock(mu_);
+  auto s = map_.find(id);
+  if (s == map_.end()) return false;
+  for (uint64_t c = first; c <= last; ++c) {
+    auto it = s->second.find(c);
+    if (it == s->second.end()) return false;
+    out[c - first] = it->second;
+  }
+  return true;
+}
+
 void ReadMap::insert(SnapshotId id, uint64_t chunk, uint64_t store_chunk) {
   if (entries_.load(std::memory_order_relaxed) >= max_) return;
   std::unique_lock lock(mu_);

@@ -52,6 +52,9 @@ class ReadMap {
   void leave(uint64_t epoch) { readers_[epoch & 1].fetch_sub(1); }
   // The store chunk (or kZeros) of chunk `chunk` of snapshot `id`.
   bool find(SnapshotId id, uint64_t chunk, uint64_t* store_chunk) const;
+  // Those of chunks first..last (into out[0..]), all or nothing, under one
+  // lock: the per-request lookup of try_direct_read.
+  bool find_run(SnapshotId id, uint64_t first, uint64_t last, uint64_t* out) const;
 
   // ---- engine thread only.
   void insert(SnapshotId id, uint64_t chunk, uint64_t store_chunk);

@@ -27,6 +27,11 @@ TEST(ReadMap, RemembersForgetsAndIsBounded) {
   ASSERT_TRUE(m.find(1, 11, &x));
   EXPECT_EQ(x, ReadMap::kZeros);
   EXPECT_FALSE(m.find(2, 11, &x));
+  uint64_t run[2] = {};
+  ASSERT_TRUE(m.find_run(1, 10, 11, run));
+  EXPECT_EQ(run[0], 100u);
+  EXPECT_EQ(run[1], ReadMap::kZeros);
+  EXPECT_FALSE(m.find_run(2, 10, 11, run));  // all or nothing
   m.forget_chunk(10);  // every snapshot's chunk 10
   EXPECT_FALSE(m.find(1, 10, &x));
   EXPECT_FALSE(m.find(2, 10, &x));
