@@ -14,16 +14,6 @@ uint64_t ReadMap::enter() {
   }
 }
 
-bool ReadMap::find(SnapshotId id, uint64_t chunk, uint64_t* store_chunk) const {
-  std::shared_lock lock(mu_);
-  auto s = map_.find(id);
-  if (s == map_.end()) return false;
-  auto it = s->second.find(chunk);
-  if (it == s->second.end()) return false;
-  *store_chunk = it->second;
-  return true;
-}
-
 bool ReadMap::find_run(SnapshotId id, uint64_t first, uint64_t last, uint64_t* out) const {
   std::shared_lock lock(mu_);
   auto s = map_.find(id);

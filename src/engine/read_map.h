@@ -50,10 +50,8 @@ class ReadMap {
   // ---- any thread: a reader holds an epoch while it looks up and reads.
   uint64_t enter();
   void leave(uint64_t epoch) { readers_[epoch & 1].fetch_sub(1); }
-  // The store chunk (or kZeros) of chunk `chunk` of snapshot `id`.
-  bool find(SnapshotId id, uint64_t chunk, uint64_t* store_chunk) const;
-  // Those of chunks first..last (into out[0..]), all or nothing, under one
-  // lock: the per-request lookup of try_direct_read.
+  // The store chunks (or kZeros) of chunks first..last of snapshot `id`
+  // into out[0..], all or nothing, under one lock.
   bool find_run(SnapshotId id, uint64_t first, uint64_t last, uint64_t* out) const;
 
   // ---- engine thread only.

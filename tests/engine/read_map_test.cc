@@ -16,29 +16,29 @@ using namespace std::chrono_literals;
 TEST(ReadMap, RemembersForgetsAndIsBounded) {
   ReadMap m(3);
   uint64_t x = 0;
-  EXPECT_FALSE(m.find(1, 10, &x));
+  EXPECT_FALSE(m.find_run(1, 10, 10, &x));
   m.insert(1, 10, 100);
   m.insert(1, 11, ReadMap::kZeros);
   m.insert(2, 10, 200);
   m.insert(2, 11, 201);  // over the bound: not remembered
   EXPECT_EQ(m.entries(), 3u);
-  ASSERT_TRUE(m.find(1, 10, &x));
+  ASSERT_TRUE(m.find_run(1, 10, 10, &x));
   EXPECT_EQ(x, 100u);
-  ASSERT_TRUE(m.find(1, 11, &x));
+  ASSERT_TRUE(m.find_run(1, 11, 11, &x));
   EXPECT_EQ(x, ReadMap::kZeros);
-  EXPECT_FALSE(m.find(2, 11, &x));
+  EXPECT_FALSE(m.find_run(2, 11, 11, &x));
   uint64_t run[2] = {};
   ASSERT_TRUE(m.find_run(1, 10, 11, run));
   EXPECT_EQ(run[0], 100u);
   EXPECT_EQ(run[1], ReadMap::kZeros);
   EXPECT_FALSE(m.find_run(2, 10, 11, run));  // all or nothing
   m.forget_chunk(10);  // every snapshot's chunk 10
-  EXPECT_FALSE(m.find(1, 10, &x));
-  EXPECT_FALSE(m.find(2, 10, &x));
+  EXPECT_FALSE(m.find_run(1, 10, 10, &x));
+  EXPECT_FALSE(m.find_run(2, 10, 10, &x));
   EXPECT_EQ(m.entries(), 1u);
   m.forget_snapshot(1);
   EXPECT_EQ(m.entries(), 0u);
-  EXPECT_FALSE(m.find(1, 11, &x));
+  EXPECT_FALSE(m.find_run(1, 11, 11, &x));
   EXPECT_FALSE(ReadMap(0).enabled());
 }
 
@@ -58,7 +58,7 @@ TEST(ReadMap, ForgettingWaitsForReadersThatEnteredBefore) {
   for (int i = 0; i < 100 && late == 0; ++i) {
     uint64_t e2 = m.enter();
     uint64_t x = 0;
-    if (!m.find(1, 5, &x)) late = 1;
+    if (!m.find_run(1, 5, 5, &x)) late = 1;
     m.leave(e2);
     std::this_thread::sleep_for(1ms);
   }
@@ -88,7 +88,7 @@ TEST(ReadMap, ManyReadersAndForgetsNeverSeeAForgottenEntry) {
       while (!stop) {
         uint64_t c = i++ % kChunks, x = 0;
         uint64_t e = m.enter();
-        if (m.find(1, c, &x)) {
+        if (m.find_run(1, c, c, &x)) {
           ++hits;
           if (place[c].load() != x) ++stale;  // the "data" moved while we could still read it
         }
