@@ -12,7 +12,7 @@ namespace multisnap::cli {
 
 struct CreateArgs {
   std::string origin, store;
-  std::string origin_size, chunk_size = "64K", format = "range", store_size, metadata_size;
+  std::string origin_size, chunk_size = "64K", format = "range", store_size, metadata_size, max_store_size;
   bool force = false;
   bool preallocate = false;
 };
@@ -55,6 +55,10 @@ struct ReceiveArgs {
   bool progress = false, abort = false;
 };
 int run_receive(const OnlineArgs& o, const ReceiveArgs& a);
+// grow: online through the control socket, or (store_path given) offline.
+int run_grow(const OnlineArgs& o, const std::string& store_size, const std::string& store_path);
+// Grows a store that is not being served (offline.cc); committed when it returns.
+Result<GrowResult> grow_offline(const std::string& store_path, uint64_t store_bytes);
 int run_rollback(const OnlineArgs& o, const std::string& snapshot, bool force, bool progress);
 
 // policy set: the request carries only what was given.

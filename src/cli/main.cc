@@ -56,6 +56,9 @@ int main(int argc, char** argv) {
   create->add_option("--metadata-size", ca.metadata_size,
                      "metadata pool (default: 128 bytes per data chunk, at least 64M; metadata grows into data space "
                      "past it)");
+  create->add_option("--max-store-size", ca.max_store_size,
+                     "the largest size `multisnap grow` may take the store to (default: 16 x the store size, at most "
+                     "64T; the room costs about 0.1% of it, none on a sparse file)");
   create->add_flag("--preallocate", ca.preallocate,
                    "allocate the whole store file on its filesystem now (fallocate) instead of as chunks are used");
   create->add_flag("--force", ca.force, "overwrite an existing store");
@@ -137,6 +140,12 @@ int main(int argc, char** argv) {
 
   std::string rollback_to;
   bool rollback_force = false, rollback_progress = false;
+  std::string grow_size, grow_store_path;
+  auto* grow = app.add_subcommand("grow", "Give a store more space: extend its file (or take a grown block device's size)");
+  grow->add_option("--store-size", grow_size,
+                   "the store's new size (default: the size its file or device has now)");
+  grow->add_option("--store", grow_store_path, "grow this store file offline (it must not be served)");
+  add_online(grow);
   auto* rollback = app.add_subcommand("rollback", "Make the origin what a snapshot holds (every snapshot stays as it is)");
   rollback->add_option("SNAPSHOT", rollback_to, "ID or name")->required();
   rollback->add_flag("--force", rollback_force, "disconnect the origin's NBD clients first");
@@ -210,6 +219,7 @@ int main(int argc, char** argv) {
   if (slist->parsed()) return run_snapshot_list(oa, list_space, list_progress);
   if (status->parsed()) return run_status(oa);
   if (send->parsed()) return run_send(oa, send_args);
+  if (grow->parsed()) return run_grow(oa, grow_size, grow_store_path);
   if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);
   if (receive->parsed()) return run_receive(oa, recv_args);
   if (pset->parsed()) return run_policy_set(oa, pa);

@@ -143,6 +143,8 @@ int run_create(const CreateArgs& a) {
   if (!a.store_size.empty() && !parse_size(a.store_size).is_ok()) return fail(parse_size(a.store_size).status());
   auto meta = optional_size(a.metadata_size, 0);
   if (!meta.is_ok()) return fail(meta.status());
+  auto max_size = optional_size(a.max_store_size, 0);
+  if (!max_size.is_ok()) return fail(max_size.status());
   bool origin_created = false;
   auto origin = open_origin(a, &origin_created);
   if (!origin.is_ok()) return fail(origin.status());
@@ -164,6 +166,7 @@ int run_create(const CreateArgs& a) {
   co.origin_size = (*origin)->size();
   co.origin_path = absolute_path(a.origin);
   if (*meta) co.metadata_size = *meta;
+  if (*max_size) co.max_store_size = *max_size;
   if (a.preallocate) {
     s = (*store)->preallocate(0, (*store)->size());
     if (!s.is_ok()) return cleanup(), fail(s.annotate("cannot preallocate the store"));
@@ -176,10 +179,11 @@ int run_create(const CreateArgs& a) {
   if (!sb.is_ok()) return fail(sb.status());
   const Layout& l = sb->layout;
   printf("created %s: %s store, %s chunks, origin %s (%s); %s for data, a %s metadata pool (metadata grows into "
-         "data space past it)\n", a.store.c_str(),
+         "data space past it); `multisnap grow` can take it to %s\n", a.store.c_str(),
          store_format_name(*format), format_size(l.chunk_size).c_str(), co.origin_path.c_str(),
          format_size(co.origin_size).c_str(), format_size(l.data_chunks * l.chunk_size).c_str(),
-         format_size(l.meta_blocks * kBlockSize).c_str());
+         format_size(l.meta_blocks * kBlockSize).c_str(),
+         format_size(l.data_start + l.capacity_chunks() * l.chunk_size).c_str());
   return 0;
 }
 
@@ -195,6 +199,15 @@ Result<std::unique_ptr<ExceptionStore>> open_read_only(const std::string& path, 
   return open_store(**dev, tmo);
 }
 }  // namespace
+
+Result<GrowResult> grow_offline(const std::string& path, uint64_t store_bytes) {
+  MS_ASSIGN_OR_RETURN(auto dev, FileDevice::open(path));
+  MS_TRY(lock_device(*dev, true));
+  MS_ASSIGN_OR_RETURN(auto store, open_store(*dev, TmOptions{}));
+  MS_ASSIGN_OR_RETURN(GrowResult g, grow_store(*store, *dev, store_bytes));
+  MS_TRY(store->commit());
+  return g;
+}
 
 int run_check(const std::string& path, bool json) {
   std::unique_ptr<FileDevice> dev;

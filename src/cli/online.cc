@@ -164,6 +164,42 @@ int run_snapshot_list(const OnlineArgs& o, bool space, bool progress) {
   return 0;
 }
 
+namespace {
+void print_grow(const OnlineArgs& o, const Json& g) {
+  if (o.json) {
+    printf("%s\n", g.dump(2).c_str());
+    return;
+  }
+  printf("the store grew from %s to %s (%s more for data and metadata); it can grow to %s\n",
+         format_size(g["old_size"]).c_str(), format_size(g["new_size"]).c_str(),
+         format_size(g["added_bytes"]).c_str(), format_size(g["max_size"]).c_str());
+}
+}  // namespace
+
+int run_grow(const OnlineArgs& o, const std::string& store_size, const std::string& store_path) {
+  uint64_t bytes = 0;
+  if (!store_size.empty()) {
+    auto size = parse_size(store_size);
+    if (!size.is_ok()) return fail(size.status());
+    bytes = *size;
+  }
+  if (!store_path.empty()) {
+    auto g = grow_offline(store_path, bytes);
+    if (!g.is_ok()) return fail(g.status());
+    print_grow(o, {{"old_size", g->old_bytes},
+                   {"new_size", g->new_bytes},
+                   {"added_bytes", g->new_bytes - g->old_bytes},
+                   {"max_size", g->max_bytes}});
+    return 0;
+  }
+  Json req{{"command", "grow"}};
+  if (bytes) req["store_size"] = bytes;
+  auto r = call(o, req);
+  if (!r.is_ok()) return fail(r.status());
+  print_grow(o, (*r)["grow"]);
+  return 0;
+}
+
 int run_status(const OnlineArgs& o) {
   auto r = call(o, {{"command", "status"}});
   if (!r.is_ok()) return fail(r.status());

@@ -1,5 +1,7 @@
 #include "control/requests.h"
 
+#include "util/units.h"
+
 namespace multisnap::control {
 
 Result<SnapshotCreateArgs> parse_snapshot_create(const Json& request) {
@@ -43,6 +45,23 @@ Result<RollbackArgs> parse_rollback(const Json& request) {
   RollbackArgs args;
   MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));
   MS_ASSIGN_OR_RETURN(args.force, bool_or(request, "force", false));
+  return args;
+}
+
+Result<GrowArgs> parse_grow(const Json& request) {
+  GrowArgs args;
+  if (request.contains("store_size") && request["store_size"].is_string()) {
+    MS_ASSIGN_OR_RETURN(std::optional<std::string> given, optional_string(request, "store_size", 64));
+    const std::string text = given.value_or("");
+    auto size = parse_size(text);
+    if (!size.is_ok() || *size == 0)
+      return make_error(Code::kInvalidArgument, "field 'store_size': '{}' is not a size (bytes, or 64G, 1T, ...)",
+                        text);
+    args.store_size = *size;
+    return args;
+  }
+  MS_ASSIGN_OR_RETURN(std::optional<uint64_t> bytes, optional_uint(request, "store_size", 1));
+  if (bytes) args.store_size = *bytes;
   return args;
 }
 

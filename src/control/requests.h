@@ -55,4 +55,11 @@ struct RollbackArgs {
 };
 Result<RollbackArgs> parse_rollback(const Json& request);
 
+// {"command": "grow", "store_size": UINT|STRING|null}: bytes, or a size
+// with a suffix ("64G"); null or absent: the device's size now.
+struct GrowArgs {
+  uint64_t store_size = 0;  // 0: take the device's size
+};
+Result<GrowArgs> parse_grow(const Json& request);
+
 }  // namespace multisnap::control

@@ -205,6 +205,7 @@ std::optional<Json> Daemon::handle(const Json& req, control::Writer& out) {
   }
   if (cmd == "receive-abort") return replication_->receive_abort();
   if (cmd == "rollback") return rollback(req);
+  if (cmd == "grow") return grow(req);
   if (cmd == "policy-set") return policy_set(req);
   if (cmd == "policy-show") return policy_show();
   if (cmd == "policy-clear") return policy_clear();
@@ -277,6 +278,19 @@ Json Daemon::rollback(const Json& req) {
                 {"chunks", started.total_chunks},
                 {"bytes", started.total_chunks * engine_->layout().chunk_size}}},
               {"disconnected", dropped}};
+}
+
+Json Daemon::grow(const Json& req) {
+  auto args = control::parse_grow(req);
+  if (!args.is_ok()) return control::error_answer(args.status());
+  auto g = engine_->grow(args->store_size);
+  if (!g.is_ok()) return control::error_answer(g.status());
+  return Json{{"ok", true},
+              {"grow",
+               {{"old_size", g->old_bytes},
+                {"new_size", g->new_bytes},
+                {"added_bytes", (g->new_chunks - g->old_chunks) * engine_->layout().chunk_size},
+                {"max_size", g->max_bytes}}}};
 }
 
 Json Daemon::snapshot_delete(const Json& req) {
@@ -399,6 +413,8 @@ Json Daemon::status() {
   j["origin"] = {{"path", origin_->path()}, {"size", s.origin_size}};
   j["store"] = {{"path", store_->path()},
                 {"size", store_->size()},
+                {"used_size", s.store_bytes},
+                {"max_size", s.max_store_bytes},
                 {"chunk_size", chunk},
                 {"data", {{"total_bytes", s.data_chunks_total * chunk},
                           {"used_bytes", s.data_chunks_used * chunk},

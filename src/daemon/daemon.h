@@ -75,6 +75,7 @@ class Daemon {
   control::Json snapshot_delete(const control::Json& req);
   std::optional<control::Json> send(const control::Json& req, control::Writer& out);
   control::Json rollback(const control::Json& req);
+  control::Json grow(const control::Json& req);
   void snapshot_list(const control::Json& req, control::Writer& out);
   control::Json status();
   control::Json policy_set(const control::Json& req);

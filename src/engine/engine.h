@@ -215,6 +215,15 @@ class Engine {
   // `progress(done, total)` runs on the caller's thread after each page.
   Result<SpaceUse> space_use(const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
+  // ---- growing the store (format 4; docs/format.md, section 1)
+  // Makes the store device `store_bytes` big (a regular file is extended,
+  // sparse; a block device must already be that big) or, with 0, takes the
+  // size the device has now, and adds the new chunks to the data space in
+  // one commit: durable when this returns, and a crash before that leaves
+  // the old size. Writes pause for one commit at most (the engine quiesces,
+  // as for a snapshot create); the new space is used at once.
+  Result<GrowResult> grow(uint64_t store_bytes);
+
   // ---- properties kept in the store (ExceptionStore::get_property); set
   // is durable when it returns.
   Result<std::optional<std::string>> property(uint64_t id);

@@ -73,7 +73,8 @@ Result<std::optional<std::string>> Engine::property(uint64_t id) {
 
 Status Engine::set_property(uint64_t id, const std::optional<std::string>& value) {
   Status result;
-  core_->run_control(false, [&] {
+  // Quiesced: the commit must not take remaps whose copies are in flight (E3).
+  core_->run_control(true, [&] {
     result = core_->store().set_property(id, value);
     if (result.is_ok()) result = core_->commit_now();
   });

@@ -36,4 +36,8 @@ Status BlockDevice::write_fua(uint64_t offset, const void* buf, size_t len) {
   return flush();
 }
 
+Result<uint64_t> BlockDevice::resize(uint64_t) {
+  return make_error(Code::kNotSupported, "{} cannot be resized", describe());
+}
+
 }  // namespace multisnap

@@ -59,6 +59,14 @@ class BlockDevice {
   // devices, memory) and filesystems without fallocate return ok.
   virtual Status preallocate(uint64_t offset, uint64_t len);
 
+  // Makes the device at least `size` bytes and returns its size: a regular
+  // file is extended (sparse) and the new size made durable before this
+  // returns; 0 picks up the size the device has now (a block device that
+  // was grown, a file extended by someone else). Never shrinks. Thread-safe
+  // against concurrent reads and writes below the old size. Default:
+  // kNotSupported.
+  virtual Result<uint64_t> resize(uint64_t size);
+
   // The file descriptor for io_uring, or -1 when the device has none.
   virtual int fd() const { return -1; }
   virtual std::string describe() const = 0;

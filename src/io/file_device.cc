@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace multisnap {
@@ -181,6 +182,31 @@ Status FileDevice::write_zeroes(uint64_t offset, uint64_t len) {
   if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOTTY)
     return errno_status(errno, fmt::format("write zeroes to {} at {}", path_, offset));
   return BlockDevice::write_zeroes(offset, len);
+}
+
+Result<uint64_t> FileDevice::resize(uint64_t want) {
+  uint64_t now = 0;
+  if (block_device_) {
+    if (ioctl(fd_, BLKGETSIZE64, &now) != 0) return errno_status(errno, fmt::format("cannot get the size of {}", path_));
+    if (want > now)
+      return make_error(Code::kInvalidArgument, "{} is a block device of {} bytes: grow it first (lvextend, ...)",
+                        path_, now);
+  } else {
+    struct stat st;
+    if (fstat(fd_, &st) != 0) return errno_status(errno, fmt::format("cannot stat {}", path_));
+    now = static_cast<uint64_t>(st.st_size);
+    if (want > now) {
+      if (read_only_) return make_error(Code::kReadOnly, "{} is open read-only", path_);
+      if (ftruncate(fd_, static_cast<off_t>(want)) != 0)
+        return errno_status(errno, fmt::format("cannot extend {} to {} bytes", path_, want));
+      now = want;
+    }
+    // The new size is durable before anything may point past the old end.
+    if (!read_only_ && fsync(fd_) != 0) return errno_status(errno, fmt::format("cannot sync {}", path_));
+  }
+  uint64_t old = size_.load(std::memory_order_acquire);
+  if (now > old) size_.store(now, std::memory_order_release);
+  return std::max(now, old);
 }
 
 }  // namespace multisnap

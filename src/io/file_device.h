@@ -2,6 +2,8 @@
 // Thread-safe for concurrent I/O (the kernel orders nothing between them).
 #pragma once
 
+#include <atomic>
+
 #include <string>
 
 #include "io/block_device.h"
@@ -20,7 +22,7 @@ class FileDevice final : public BlockDevice {
                                                   const FileDeviceOptions& options = {});
   ~FileDevice() override;
 
-  uint64_t size() const override { return size_; }
+  uint64_t size() const override { return size_.load(std::memory_order_acquire); }
   Status read(uint64_t offset, void* buf, size_t len) override;
   Status write(uint64_t offset, const void* buf, size_t len) override;
   Status write_fua(uint64_t offset, const void* buf, size_t len) override;
@@ -29,6 +31,7 @@ class FileDevice final : public BlockDevice {
   Status preallocate(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
   Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len) override;
+  Result<uint64_t> resize(uint64_t size) override;
   int fd() const override { return fd_; }
   std::string describe() const override { return path_; }
 
@@ -40,7 +43,7 @@ class FileDevice final : public BlockDevice {
 
   int fd_;
   std::string path_;
-  uint64_t size_;
+  std::atomic<uint64_t> size_;  // grows (resize) while other threads read and write
   bool block_device_;
   bool read_only_;
 };

@@ -19,6 +19,13 @@ SpaceMap::SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t
       bitmaps_(bitmaps), generation_(generation), states_((bitmaps + 3) / 4, 0),
       dirty_(bitmaps, false), full_hint_(bitmaps, false) {}
 
+void SpaceMap::grow(uint64_t units, uint64_t alloc_units) {
+  units_ = std::min<uint64_t>(std::max(units_, units), uint64_t{bitmaps_} * kBitsPerBitmap);
+  alloc_units_ = std::min(std::max(alloc_units_, alloc_units), units_);
+  // Bitmaps with new units may have free room again.
+  full_hint_.assign(bitmaps_, false);
+}
+
 void SpaceMap::load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor) {
   states_ = states;
   states_.resize((bitmaps_ + 3) / 4, 0);

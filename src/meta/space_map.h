@@ -40,6 +40,9 @@ class SpaceMap {
   SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t alloc_units,
            uint64_t first_bitmap_block, uint32_t bitmaps, const uint64_t* generation);
 
+  // Grows the units tracked (within the bitmaps' reach): the bits past the
+  // old last unit are 0 on disk (never used), so they join as free units.
+  void grow(uint64_t units, uint64_t alloc_units);
   // State from the commit record: 2 bits per bitmap (bit 0 slot, bit 1 written).
   void load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor);
   // The states as the commit being written will have them.

@@ -21,6 +21,11 @@ constexpr uint64_t kMinMetaBlocks = 256;  // 1 MiB, the default's floor
 // --metadata-size may go lower: the metadata borrows data chunks when the
 // pool is full, so a small pool only costs locality.
 constexpr uint64_t kMinRequestedMetaBlocks = 1;  // 4 KiB
+// The default room to grow stops here (its bitmaps' 2-bit selectors go in
+// every commit record: about 140 KB at 64 TiB with 64 KiB chunks);
+// --max-store-size may go further.
+constexpr uint64_t kDefaultMaxStoreSize = 64ull << 40;
+constexpr uint64_t kMaxStoreSize = 1ull << 50;  // 1 PiB
 
 }  // namespace
 
@@ -37,12 +42,27 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
                       "chunk size {} must be a power of two from 4 KiB to 1 MiB", r.chunk_size);
   if (r.origin_size == 0) return make_error(Code::kInvalidArgument, "the origin is empty");
   Layout l;
-  l.version = r.version == 2 ? 2 : kFormatVersion;
+  l.version = (r.version == 2 || r.version == 3) ? r.version : kFormatVersion;
   l.chunk_size = r.chunk_size;
   l.origin_size = r.origin_size;
   l.store_size = r.store_size / kBlockSize * kBlockSize;
   const uint64_t chunk_blocks = r.chunk_size / kBlockSize;
   const uint64_t total_blocks = l.store_size / kBlockSize;
+  // Format 4: the bitmaps (and the commit record's selectors for them) get
+  // room for the largest size the store may grow to.
+  uint64_t max_blocks = total_blocks;
+  if (l.growable()) {
+    uint64_t max_size = r.max_store_size ? *r.max_store_size
+                                         : std::max(l.store_size, std::min(l.store_size * kDefaultGrowthFactor,
+                                                                           kDefaultMaxStoreSize));
+    if (max_size < l.store_size)
+      return make_error(Code::kInvalidArgument, "the largest store size {} is below the store's size {}",
+                        format_size(max_size), format_size(l.store_size));
+    if (max_size > kMaxStoreSize)
+      return make_error(Code::kInvalidArgument, "the largest store size {} is above the limit of {}",
+                        format_size(max_size), format_size(kMaxStoreSize));
+    max_blocks = max_size / kBlockSize;
+  }
   uint64_t data_chunks = total_blocks / chunk_blocks;
   uint64_t meta_blocks = 0;
   if (r.metadata_size) {
@@ -59,9 +79,10 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
     }
     // One space (format 3): the metadata bitmaps cover every block of the
     // store, a bound on the pool plus the data area whatever the fixed point.
-    uint64_t meta_bitmaps = l.shared_space() ? div_round_up(total_blocks, kBitsPerBitmap)
+    uint64_t meta_bitmaps = l.shared_space() ? div_round_up(max_blocks, kBitsPerBitmap)
                                              : div_round_up(meta_blocks, kBitsPerBitmap);
-    uint64_t data_bitmaps = std::max<uint64_t>(1, div_round_up(data_chunks, kBitsPerBitmap));
+    uint64_t data_bitmaps = std::max<uint64_t>(
+        1, div_round_up(l.growable() ? max_blocks / chunk_blocks : data_chunks, kBitsPerBitmap));
     uint32_t cblocks = commit_blocks_for(meta_bitmaps, data_bitmaps);
     uint64_t fixed = 1 + 2ull * kCommitCopies * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
     uint64_t data_start_block = round_up(fixed + meta_blocks, chunk_blocks);
@@ -154,9 +175,9 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
                       "0.1 and copy the origin and each snapshot you keep out with nbdcopy, then `multisnap create` "
                       "a new store and copy them back in",
                       dev.describe());
-  if (d->version != kFormatVersion && d->version != 2)
+  if (d->version < 2 || d->version > kFormatVersion)
     return make_error(Code::kNotSupported,
-                      "{}: store format version {} is not supported (this multisnap opens versions 2 and {})",
+                      "{}: store format version {} is not supported (this multisnap opens versions 2 to {})",
                       dev.describe(), d->version, kFormatVersion);
   if (d->block_size != kBlockSize)
     return make_error(Code::kCorruption, "{}: block size {} is not {}", dev.describe(), d->block_size,
@@ -193,7 +214,8 @@ Result<Superblock> read_superblock(BlockDevice& dev) {
               l.commit_blocks == commit_blocks_for(l.meta_bitmaps, l.data_bitmaps) &&
               (l.shared_space() ? uint64_t{l.meta_bitmaps} * kBitsPerBitmap >= l.meta_units()
                                 : l.meta_bitmaps == div_round_up(l.meta_blocks, kBitsPerBitmap)) &&
-              l.data_bitmaps == std::max<uint64_t>(1, div_round_up(l.data_chunks, kBitsPerBitmap)) &&
+              (l.growable() ? l.data_bitmaps >= std::max<uint64_t>(1, div_round_up(l.data_chunks, kBitsPerBitmap))
+                            : l.data_bitmaps == std::max<uint64_t>(1, div_round_up(l.data_chunks, kBitsPerBitmap))) &&
               l.data_start % l.chunk_size == 0 &&
               l.data_start >= (l.meta_start + l.meta_blocks) * kBlockSize &&
               l.data_start + l.data_chunks * l.chunk_size <= l.store_size && l.origin_size > 0;

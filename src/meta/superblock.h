@@ -3,6 +3,7 @@
 // data chunks of the store device are. docs/format.md has the byte table.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -16,9 +17,13 @@ namespace multisnap {
 // and flags; the store area records origin changes and a pending receive.
 // Version 3: one space: the metadata space map covers the data area too, and
 // metadata borrows whole data chunks when its pool is full (transaction.h).
-// Version 2 stores still open, read-write, with their fixed metadata area.
-constexpr uint32_t kFormatVersion = 3;
+// Version 4: room to grow: the bitmaps and commit records are sized at
+// create for the largest size the store may grow to, and each commit record
+// carries the data area's current size (`grow` changes it in one commit).
+// Versions 2 and 3 still open, read-write, at the size they were made with.
+constexpr uint32_t kFormatVersion = 4;
 constexpr uint32_t kFirstSharedSpaceVersion = 3;
+constexpr uint32_t kFirstGrowableVersion = 4;
 // Copies of each commit record (docs/format.md, section 4).
 constexpr int kCommitCopies = 2;
 constexpr uint32_t kMinChunkSize = 4096;
@@ -34,7 +39,10 @@ struct Layout {
   uint32_t version = kFormatVersion;  // of the superblock that describes it
   uint32_t chunk_size = 0;
   uint64_t origin_size = 0;  // bytes
-  uint64_t store_size = 0;   // bytes of the store device used
+  // Bytes of the store device used: at create, or (format 4) as far as the
+  // data area has grown (TransactionManager keeps this and data_chunks
+  // current from the commit record).
+  uint64_t store_size = 0;
   uint64_t commit_start = 0;       // first block of the commit records
   uint32_t commit_blocks = 0;      // blocks per commit record
   uint64_t meta_bitmap_start = 0;  // block; bitmap i slot s at start + 2*i + s
@@ -44,11 +52,29 @@ struct Layout {
   uint64_t meta_start = 0;   // first metadata pool block
   uint64_t meta_blocks = 0;  // metadata pool size in blocks
   uint64_t data_start = 0;   // byte offset of data chunk 0 (chunk aligned)
-  uint64_t data_chunks = 0;
+  uint64_t data_chunks = 0;  // in service now (format 4: the commit record's)
 
   uint64_t origin_chunks() const { return (origin_size + chunk_size - 1) / chunk_size; }
   // Metadata may borrow data chunks (format 3 and later).
   bool shared_space() const { return version >= kFirstSharedSpaceVersion; }
+  bool growable() const { return version >= kFirstGrowableVersion; }
+  // The most data chunks the bitmaps can track: the data bitmaps' units, and
+  // (one space) the metadata bitmaps' reach over the data area. `grow` may
+  // take data_chunks up to this.
+  uint64_t capacity_chunks() const {
+    uint64_t cap = uint64_t{data_bitmaps} * kBitsPerBitmap;
+    if (shared_space()) {
+      uint64_t reach = meta_start + uint64_t{meta_bitmaps} * kBitsPerBitmap;  // first block not covered
+      cap = std::min(cap, reach > data_start_block() ? (reach - data_start_block()) / chunk_blocks() : 0);
+    }
+    return cap;
+  }
+  // Data chunks of a store device of `bytes` (at most capacity_chunks()).
+  uint64_t chunks_for_device(uint64_t bytes) const {
+    uint64_t end_block = bytes / 4096;
+    uint64_t n = end_block > data_start_block() ? (end_block - data_start_block()) / chunk_blocks() : 0;
+    return std::min(n, capacity_chunks());
+  }
   uint64_t chunk_blocks() const { return chunk_size / 4096; }
   uint64_t data_start_block() const { return data_start / 4096; }
   uint64_t data_end_block() const { return data_start_block() + data_chunks * chunk_blocks(); }
@@ -72,10 +98,20 @@ struct LayoutRequest {
   uint32_t chunk_size = 64 * 1024;
   uint64_t origin_size = 0;
   std::optional<uint64_t> metadata_size;  // bytes; default: sized from the data area
-  // 2 makes a store of the previous format (fixed metadata area), for tests
-  // of the compatibility path; anything else is kFormatVersion.
+  // Largest size `grow` may take the store to (format 4): the bitmaps and
+  // commit records get room for it now. Default: kDefaultGrowthFactor x
+  // store_size. At least store_size.
+  std::optional<uint64_t> max_store_size;
+  // 2 or 3 makes a store of an earlier format (2: fixed metadata area; 3:
+  // no room to grow), for tests of the compatibility paths; anything else is
+  // kFormatVersion.
   uint32_t version = kFormatVersion;
 };
+// A store may grow to this many times its size at create unless
+// --max-store-size says otherwise. The room costs 2 bitmap blocks per
+// 127 MiB of the maximum (about 0.1% of the store at 16x; unwritten, so
+// nothing on a sparse file) and 2 bits of commit record per bitmap.
+constexpr uint64_t kDefaultGrowthFactor = 16;
 Result<Layout> compute_layout(const LayoutRequest& request);
 // Blocks per commit slot for this many bitmaps (their selectors must fit).
 uint32_t commit_blocks_for(uint64_t meta_bitmaps, uint64_t data_bitmaps);

@@ -180,6 +180,7 @@ Status TransactionManager::load_commit_record() {
 
   const std::vector<uint8_t>& chosen = c[best_slot][best_copy].bytes;
   const auto* r = reinterpret_cast<const CommitRecordDisk*>(chosen.data());
+  if (sb_.layout.growable()) MS_TRY(load_size(*r));
   const Layout& l = sb_.layout;
   std::vector<uint8_t> sel = gather_selectors(chosen, selector_bytes(l));
   size_t meta_bytes = div_round_up(l.meta_bitmaps, 4);
@@ -197,6 +198,51 @@ Status TransactionManager::load_commit_record() {
   newest_record_ = chosen;
   newest_slot_ = best_slot;
   return load_borrowed();
+}
+
+Status TransactionManager::load_size(const CommitRecordDisk& r) {
+  Layout& l = sb_.layout;
+  // create writes the size into the first record, so 0 is damage.
+  if (r.data_chunks < l.data_chunks || r.data_chunks > l.capacity_chunks() || r.store_size < l.store_size ||
+      l.data_start + r.data_chunks * l.chunk_size > r.store_size)
+    return make_error(Code::kCorruption,
+                      "{}: the commit record's size ({} data chunks, {} bytes) is impossible for this store (made "
+                      "with {} chunks, room for {})",
+                      dev_.describe(), r.data_chunks, r.store_size, l.data_chunks, l.capacity_chunks());
+  if (r.store_size > dev_.size())
+    return make_error(Code::kCorruption,
+                      "{}: the store grew to {} bytes but the device has only {}; was it truncated or replaced by a "
+                      "smaller one?",
+                      dev_.describe(), r.store_size, dev_.size());
+  l.data_chunks = r.data_chunks;
+  l.store_size = r.store_size;
+  meta_->grow(l.meta_units(), l.meta_blocks);
+  data_->grow(l.data_chunks, l.data_chunks);
+  return Status::ok();
+}
+
+Status TransactionManager::grow(uint64_t chunks, uint64_t store_bytes) {
+  MS_TRY(writable());
+  Layout& l = sb_.layout;
+  if (!l.growable())
+    return make_error(Code::kNotSupported,
+                      "this store (format version {}) was made without room to grow; create a new store (with "
+                      "--max-store-size for room) and move the data over with send and receive",
+                      l.version);
+  if (chunks <= l.data_chunks || chunks > l.capacity_chunks() || l.data_start + chunks * l.chunk_size > store_bytes)
+    return make_error(Code::kInvalidArgument, "cannot grow the data area from {} to {} chunks (room for {})",
+                      l.data_chunks, chunks, l.capacity_chunks());
+  if (store_bytes > dev_.size())
+    return make_error(Code::kInvalidArgument, "the store device has {} bytes, not {}", dev_.size(), store_bytes);
+  l.data_chunks = chunks;
+  l.store_size = store_bytes;
+  meta_->grow(l.meta_units(), l.meta_blocks);
+  data_->grow(chunks, chunks);
+  // The last group was preallocated only up to the old end: start afresh
+  // (fallocate of what is already allocated costs little).
+  prealloc_done_.clear();
+  changed_ = true;
+  return Status::ok();
 }
 
 Status TransactionManager::load_borrowed() {
@@ -531,6 +577,10 @@ Status TransactionManager::commit() {
   r->meta_cursor = meta_->cursor();
   r->data_cursor = data_->cursor();
   r->meta_borrowed_chunks = borrowed_.size();
+  if (l.growable()) {
+    r->data_chunks = l.data_chunks;
+    r->store_size = l.store_size;
+  }
   std::memcpy(r->store_area, area_.data(), kStoreAreaSize);
   std::vector<uint8_t> sel = meta_->next_states();
   std::vector<uint8_t> dsel = data_->next_states();

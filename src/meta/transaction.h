@@ -85,12 +85,16 @@ struct CommitRecordDisk {
   uint64_t meta_cursor;
   uint64_t data_cursor;
   uint64_t meta_borrowed_chunks;  // data chunks holding metadata (format 3)
-  uint8_t reserved[40];
+  uint64_t data_chunks;           // the data area's size now (format 4; 0 before)
+  uint64_t store_size;            // bytes of the store device in use (format 4; 0 before)
+  uint8_t reserved[24];
   uint8_t store_area[kStoreAreaSize];
   uint8_t selectors[kBlockSize - kCommitFirstSelectorOffset];
 };
 static_assert(sizeof(CommitRecordDisk) == kBlockSize);
 static_assert(offsetof(CommitRecordDisk, meta_borrowed_chunks) == 80);
+static_assert(offsetof(CommitRecordDisk, data_chunks) == 88);
+static_assert(offsetof(CommitRecordDisk, store_size) == 96);
 static_assert(offsetof(CommitRecordDisk, store_area) == kStoreAreaOffset);
 static_assert(offsetof(CommitRecordDisk, selectors) == kCommitFirstSelectorOffset);
 
@@ -131,6 +135,13 @@ class TransactionManager {
   // keep_delete_reserve: also refuse when what is left afterwards would be
   // below the delete reserve (a store operation's first reservation).
   Status reserve_meta(uint64_t blocks, bool keep_delete_reserve = false);
+
+  // Format 4: takes the data area to `chunks` (more than now, at most
+  // layout().capacity_chunks()) and the store's size to `store_bytes`, in
+  // the open transaction: the next commit makes both durable at once, so a
+  // crash leaves the old size or the new one. The caller has made the device
+  // that big, durably, first (the record must never point past its end).
+  Status grow(uint64_t chunks, uint64_t store_bytes);
 
   // True for a block a metadata pointer may name: the pool, or (format 3)
   // the data area.
@@ -199,6 +210,8 @@ class TransactionManager {
   Status borrow_chunk();
   Result<uint64_t> allocate_borrowed();
   Status load_borrowed();
+  // Format 4: the data area's size from the commit record.
+  Status load_size(const CommitRecordDisk& record);
   Status release_empty_chunks();
   void unpin_borrowed();
 

@@ -115,6 +115,10 @@ struct StoreStats {
   uint64_t meta_chunks_borrowed = 0;
   uint64_t meta_blocks_borrowed_free = 0;  // free blocks inside borrowed chunks
   bool shared_space = false;               // format 3: metadata may borrow data chunks
+  // The store's size now and the most `grow` can take it to (format 4;
+  // equal for older formats, which cannot grow).
+  uint64_t store_bytes = 0;
+  uint64_t max_store_bytes = 0;
   // Free bytes: data chunks free + metadata pool free + free blocks in
   // borrowed chunks (what data and metadata together can still use).
   uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
@@ -242,6 +246,9 @@ class ExceptionStore {
   // (docs/format.md, section 4), and rewriting the damaged copies.
   const std::vector<CommitRecordFinding>& commit_findings() { return tm().commit_findings(); }
   Result<int> repair_commit_copies() { return tm().repair_commit_copies(); }
+  // Format 4: the data area grows to `chunks`, the store to `store_bytes`,
+  // at the next commit (TransactionManager::grow).
+  Status grow(uint64_t chunks, uint64_t store_bytes) { return tm().grow(chunks, store_bytes); }
 
   // ---- snapshots
   // O(1) in the number of chunks and snapshots (a few B-tree operations).
@@ -348,10 +355,24 @@ struct CreateOptions {
   uint64_t origin_size = 0;
   std::string origin_path;
   std::optional<uint64_t> metadata_size;
-  // The on-disk format version to write: kFormatVersion, or 2 (a fixed
-  // metadata area, as earlier multisnap made) for compatibility tests.
+  // The most `grow` may take the store to (LayoutRequest::max_store_size).
+  std::optional<uint64_t> max_store_size;
+  // The on-disk format version to write: kFormatVersion, or 2 or 3 (as
+  // earlier multisnap made) for compatibility tests.
   uint32_t format_version = kFormatVersion;
 };
+
+struct GrowResult {
+  uint64_t old_bytes = 0, new_bytes = 0;    // the store's size before and after
+  uint64_t old_chunks = 0, new_chunks = 0;  // data chunks before and after
+  uint64_t max_bytes = 0;                   // the most it can grow to (room made at create)
+};
+// Grows `store` (format 4) to `store_bytes` of its device `dev`, or with 0
+// to the size the device has now: checks the size against the room made at
+// create, makes the device that big (durably: BlockDevice::resize), and
+// grows the data area in the open transaction. The caller commits; until
+// then a crash leaves the old size.
+Result<GrowResult> grow_store(ExceptionStore& store, BlockDevice& dev, uint64_t store_bytes);
 
 // Writes a new, empty store on `dev` (its whole size).
 Status format_store(BlockDevice& dev, const CreateOptions& options);

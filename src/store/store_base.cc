@@ -422,6 +422,9 @@ void StoreBase::fill_common_stats(StoreStats& s) {
   s.meta_chunks_borrowed = tm_->borrowed_chunks();
   s.meta_blocks_borrowed_free = tm_->borrowed_chunks() * tm_->layout().chunk_blocks() - tm_->meta_borrowed_used();
   s.shared_space = tm_->layout().shared_space();
+  s.store_bytes = l.store_size;
+  s.max_store_bytes = l.growable() ? std::max(l.store_size, l.data_start + l.capacity_chunks() * l.chunk_size)
+                                   : l.store_size;
   s.snapshots = snapshot_count_;
   s.generation = tm_->committed_generation();
 }

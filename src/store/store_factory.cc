@@ -13,6 +13,7 @@ Status format_store(BlockDevice& dev, const CreateOptions& options) {
   req.chunk_size = options.chunk_size;
   req.origin_size = options.origin_size;
   req.metadata_size = options.metadata_size;
+  req.max_store_size = options.max_store_size;
   req.version = options.format_version;
   MS_ASSIGN_OR_RETURN(Layout layout, compute_layout(req));
   Superblock sb;

@@ -44,6 +44,7 @@ class FaultDevice final : public BlockDevice {
   Status flush() override;
   Status discard(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
+  Result<uint64_t> resize(uint64_t size) override { return inner_.resize(size); }
   std::string describe() const override { return "fault(" + inner_.describe() + ")"; }
 
  private:

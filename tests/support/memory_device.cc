@@ -7,6 +7,12 @@ namespace multisnap {
 
 MemoryDevice::MemoryDevice(uint64_t size, std::string name) : size_(size), name_(std::move(name)) {}
 
+Result<uint64_t> MemoryDevice::resize(uint64_t size) {
+  std::lock_guard lock(mu_);
+  if (size > size_) size_ = size;
+  return size_.load();
+}
+
 void MemoryDevice::image_write(Image& img, uint64_t offset, const uint8_t* data, size_t len) {
   while (len > 0) {
     uint64_t page = offset / kPage;
@@ -50,7 +56,7 @@ Status MemoryDevice::write_locked(uint64_t offset, const uint8_t* data, size_t l
   // A disk writes whole sectors: log the sectors as they are after the
   // write, so a crash keeps or loses each one whole.
   uint64_t start = offset / kSector * kSector;
-  uint64_t end = std::min(size_, (offset + len + kSector - 1) / kSector * kSector);
+  uint64_t end = std::min(size_.load(), (offset + len + kSector - 1) / kSector * kSector);
   std::vector<uint8_t> sectors(end - start);
   image_read(current_, start, sectors.data(), sectors.size());
   log_.push_back({start, std::move(sectors)});

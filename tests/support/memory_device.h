@@ -17,6 +17,7 @@
 
 #include <array>
 #include <memory>
+#include <atomic>
 #include <mutex>
 #include <random>
 #include <unordered_map>
@@ -41,7 +42,9 @@ class MemoryDevice final : public BlockDevice {
  public:
   explicit MemoryDevice(uint64_t size, std::string name = "memory");
 
-  uint64_t size() const override { return size_; }
+  uint64_t size() const override { return size_.load(); }
+  // Grows at once and durably (as FileDevice's fsync'ed ftruncate).
+  Result<uint64_t> resize(uint64_t size) override;
   Status read(uint64_t offset, void* buf, size_t len) override;
   Status write(uint64_t offset, const void* buf, size_t len) override;
   Status flush() override;
@@ -74,7 +77,7 @@ class MemoryDevice final : public BlockDevice {
   Status write_locked(uint64_t offset, const uint8_t* data, size_t len);
 
   mutable std::mutex mu_;
-  uint64_t size_;
+  std::atomic<uint64_t> size_;
   std::string name_;
   Image current_;
   Image durable_;

@@ -1,0 +1,41 @@
+// grow_store: the checks and steps of `multisnap grow` that the engine
+// (online) and the offline command share.
+#include "store/exception_store.h"
+#include "util/units.h"
+
+namespace multisnap {
+
+Result<GrowResult> grow_store(ExceptionStore& st, BlockDevice& dev, uint64_t store_bytes) {
+  const Layout& l = st.layout();
+  GrowResult g;
+  g.old_bytes = l.store_size;
+  g.old_chunks = l.data_chunks;
+  g.max_bytes = l.data_start + l.capacity_chunks() * l.chunk_size;
+  if (!l.growable())
+    return make_error(Code::kNotSupported,
+                      "this store (format version {}) was made without room to grow; create a new store (with "
+                      "--max-store-size for room) and move the data over with send and receive",
+                      l.version);
+  if (store_bytes != 0 && store_bytes > g.max_bytes)
+    return make_error(Code::kInvalidArgument,
+                      "the store can grow to {} at most ({} bytes; the room is made at create: --max-store-size), "
+                      "not {}",
+                      format_size(g.max_bytes), g.max_bytes, format_size(store_bytes));
+  if (store_bytes != 0 && store_bytes <= l.store_size)
+    return make_error(Code::kInvalidArgument, "the store is already {} ({} bytes); a store never shrinks",
+                      format_size(l.store_size), l.store_size);
+  MS_ASSIGN_OR_RETURN(uint64_t device, dev.resize(store_bytes));
+  const uint64_t target = (store_bytes ? store_bytes : std::min(device, g.max_bytes)) / 4096 * 4096;
+  const uint64_t chunks = l.chunks_for_device(target);
+  if (chunks <= l.data_chunks)
+    return make_error(Code::kInvalidArgument,
+                      "nothing to grow: the store device has {} bytes and the store already uses {} (one more chunk "
+                      "needs {} more); give a larger size or grow the device first",
+                      device, l.store_size, l.chunk_size);
+  MS_TRY(st.grow(chunks, std::max(target, l.data_start + chunks * l.chunk_size)));
+  g.new_bytes = l.store_size;
+  g.new_chunks = l.data_chunks;
+  return g;
+}
+
+}  // namespace multisnap

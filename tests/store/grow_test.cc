@@ -1,0 +1,242 @@
+// Growing a store (format 4): the data area takes in space added to the
+// device, in one commit; the new chunks serve data and metadata alike; a
+// power cut at any point of a grow leaves the old size or the new one with
+// nothing lost; stores without room refuse with a sentence. Both stores.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "meta/transaction.h"
+#include "store/check_store.h"
+#include "store/exception_store.h"
+#include "store/store_format.h"
+#include "support/fault_device.h"
+#include "support/memory_device.h"
+
+namespace multisnap {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+class GrowTest : public ::testing::TestWithParam<StoreFormat> {
+ protected:
+  void format(uint64_t device, uint64_t max_size, uint32_t version = kFormatVersion) {
+    dev_ = std::make_unique<MemoryDevice>(device, "store");
+    CreateOptions o;
+    o.format = GetParam();
+    o.chunk_size = 4096;
+    o.origin_size = 1ull << 30;
+    o.metadata_size = 64 << 10;  // a small pool: metadata borrows from the data area early
+    if (max_size) o.max_store_size = max_size;
+    o.format_version = version;
+    o.origin_path = "/dev/null";
+    ASSERT_TRUE(format_store(*dev_, o).is_ok());
+    reopen();
+  }
+  void reopen(BlockDevice* on = nullptr) {
+    store_.reset();
+    auto r = open_store(on ? *on : *dev_, {});
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    store_ = std::move(r).value();
+  }
+  void expect_clean(const std::string& when) {
+    ASSERT_TRUE(store_->commit().is_ok()) << when;
+    for (auto& p : testing::check_store(*dev_)) ADD_FAILURE() << when << ": " << p;
+  }
+  // One origin write to `chunk`: ok, or kNoSpace having changed nothing.
+  Status origin_write(uint64_t chunk) {
+    store_->reset_query(chunk);
+    for (;;) {
+      MS_ASSIGN_OR_RETURN(bool more, store_->query_next_remap());
+      if (!more) return Status::ok();
+      CopyDescriptor d;
+      MS_TRY(store_->add_next_remap(&d).status());
+    }
+  }
+  // Origin writes (a snapshot every 50) from *next until the store is full.
+  void fill(uint64_t* next) {
+    int failures = 0;
+    for (uint64_t round = 0; failures < 5; ++round) {
+      Status s = round % 50 == 0 && snapshots_ < 60
+                     ? store_->create_snapshot(std::nullopt, "s" + std::to_string(names_++), 1).status()
+                     : origin_write(*next);
+      if (s.is_ok()) {
+        if (round % 50 == 0 && snapshots_ < 60) ++snapshots_;
+        else ++*next;
+      } else {
+        ASSERT_EQ(s.code(), Code::kNoSpace) << s.to_string();
+        ++failures;
+      }
+      ASSERT_TRUE(store_->tm().status().is_ok()) << "a full store must not fail";
+      if (round % 100 == 0) {
+        ASSERT_TRUE(store_->commit().is_ok());
+      }
+    }
+  }
+  // Every origin chunk below `upto` is preserved for the oldest snapshot.
+  void expect_preserved(uint64_t upto) {
+    auto oldest = store_->find_snapshot(SnapshotId{1});
+    ASSERT_TRUE(oldest.is_ok() && oldest->has_value());
+    for (uint64_t c = 0; c < upto; ++c) {
+      auto m = store_->lookup(c, **oldest, false);
+      ASSERT_TRUE(m.is_ok());
+      ASSERT_EQ(m->kind, ChunkMapping::Kind::kStore) << "chunk " << c;
+    }
+  }
+  const Layout& layout() { return store_->layout(); }
+
+  std::unique_ptr<MemoryDevice> dev_;
+  std::unique_ptr<ExceptionStore> store_;
+  int snapshots_ = 0;
+  int names_ = 0;
+};
+
+TEST_P(GrowTest, LayoutHasRoomForTheLargestSize) {
+  format(8 * kMiB, 64 * kMiB);
+  EXPECT_TRUE(layout().growable());
+  EXPECT_GE(layout().data_start + layout().capacity_chunks() * layout().chunk_size, 64 * kMiB - layout().data_start);
+  EXPECT_LE(layout().data_start + layout().data_chunks * layout().chunk_size, 8 * kMiB);
+  // The default: 16 times the size at create.
+  format(8 * kMiB, 0);
+  LayoutRequest req;
+  req.store_size = 8 * kMiB;
+  req.chunk_size = 4096;
+  req.origin_size = 1 << 30;
+  auto l = compute_layout(req);
+  ASSERT_TRUE(l.is_ok());
+  EXPECT_GE(l->data_start + l->capacity_chunks() * l->chunk_size, 16 * 8 * kMiB - l->data_start);
+  req.max_store_size = 4 * kMiB;
+  EXPECT_EQ(compute_layout(req).status().code(), Code::kInvalidArgument) << "below the store's size";
+  req.max_store_size = 1ull << 51;
+  EXPECT_EQ(compute_layout(req).status().code(), Code::kInvalidArgument) << "over 1 PiB";
+}
+
+// A full store grows: the writes that failed succeed, the new chunks take
+// data and borrowed metadata, everything preserved stays, and a reopen finds
+// the new size in the commit record.
+TEST_P(GrowTest, AFullStoreGrowsAndUsesTheNewSpace) {
+  format(8 * kMiB, 64 * kMiB);
+  uint64_t next = 0;
+  fill(&next);
+  expect_clean("full");
+  const uint64_t old_chunks = layout().data_chunks;
+  const uint64_t full_at = next;
+  EXPECT_LT(store_->tm().room_blocks(), store_->tm().delete_reserve_blocks() + 128) << "full";
+
+  auto g = grow_store(*store_, *dev_, 24 * kMiB);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  EXPECT_EQ(g->old_bytes, 8 * kMiB);
+  EXPECT_EQ(g->new_bytes, 24 * kMiB);
+  EXPECT_EQ(g->old_chunks, old_chunks);
+  EXPECT_GT(g->new_chunks, old_chunks + 16 * kMiB / 4096 - 2);
+  EXPECT_EQ(dev_->size(), 24 * kMiB);
+  ASSERT_TRUE(store_->commit().is_ok());
+  expect_clean("grown");
+
+  fill(&next);  // into the new space
+  EXPECT_GT(next, full_at + 2000) << "the new space holds copies";
+  expect_clean("full again");
+  reopen();
+  EXPECT_EQ(layout().data_chunks, g->new_chunks);
+  EXPECT_EQ(layout().store_size, 24 * kMiB);
+  EXPECT_EQ(store_->stats().max_store_bytes, layout().data_start + layout().capacity_chunks() * 4096);
+  expect_preserved(full_at);
+  // The new chunks are in use (data, or borrowed by metadata).
+  uint64_t in_new = 0;
+  ASSERT_TRUE(store_->tm().data_space().for_each_committed(old_chunks, [&](uint64_t) { ++in_new; }).is_ok());
+  EXPECT_GT(in_new, (g->new_chunks - old_chunks) * 9 / 10);
+}
+
+TEST_P(GrowTest, RefusesWhatItCannotDo) {
+  format(8 * kMiB, 32 * kMiB);
+  const uint64_t max = layout().data_start + layout().capacity_chunks() * 4096;
+  auto too_big = grow_store(*store_, *dev_, max + 4096);
+  EXPECT_EQ(too_big.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(too_big.status().to_string().find("--max-store-size"), std::string::npos) << too_big.status().to_string();
+  EXPECT_EQ(grow_store(*store_, *dev_, 4 * kMiB).status().code(), Code::kInvalidArgument) << "a store never shrinks";
+  EXPECT_EQ(grow_store(*store_, *dev_, 0).status().code(), Code::kInvalidArgument) << "the device did not grow";
+  EXPECT_EQ(dev_->size(), 8 * kMiB) << "nothing changed";
+  // The device grown by someone else: 0 takes its size.
+  ASSERT_TRUE(dev_->resize(12 * kMiB).is_ok());
+  auto g = grow_store(*store_, *dev_, 0);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  EXPECT_EQ(g->new_bytes, 12 * kMiB);
+  // Up to the room made at create, exactly.
+  ASSERT_TRUE(grow_store(*store_, *dev_, max).is_ok());
+  expect_clean("at the maximum");
+  reopen();
+  EXPECT_EQ(layout().data_chunks, layout().capacity_chunks());
+
+  // A version-3 store has no room: refused with a sentence.
+  format(8 * kMiB, 0, 3);
+  auto v3 = grow_store(*store_, *dev_, 16 * kMiB);
+  EXPECT_EQ(v3.status().code(), Code::kNotSupported);
+  EXPECT_NE(v3.status().to_string().find("send and receive"), std::string::npos);
+  EXPECT_EQ(dev_->size(), 8 * kMiB);
+  expect_clean("version 3");
+}
+
+// A device smaller than the size the commit record claims (a truncated
+// file) is refused with a sentence, never read past its end.
+TEST_P(GrowTest, AShrunkDeviceIsRefused) {
+  format(8 * kMiB, 32 * kMiB);
+  ASSERT_TRUE(grow_store(*store_, *dev_, 16 * kMiB).is_ok());
+  ASSERT_TRUE(store_->commit().is_ok());
+  store_.reset();
+  MemoryDevice smaller(12 * kMiB, "smaller");
+  std::vector<uint8_t> buf(12 * kMiB);
+  ASSERT_TRUE(dev_->read(0, buf.data(), buf.size()).is_ok());
+  ASSERT_TRUE(smaller.write(0, buf.data(), buf.size()).is_ok());
+  ASSERT_TRUE(smaller.flush().is_ok());
+  auto r = open_store(smaller, {});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().to_string().find("truncated"), std::string::npos) << r.status().to_string();
+}
+
+// Power cuts anywhere in a grow and the commit after it: the store opens at
+// the old size or the new one, check is clean, and what the last durable
+// commit preserved is there.
+TEST_P(GrowTest, PowerCutsDuringAGrow) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 7);
+  int old_size = 0, new_size = 0;
+  for (int run = 0; run < 40; ++run) {
+    SCOPED_TRACE("run " + std::to_string(run));
+    snapshots_ = 0;
+    format(8 * kMiB, 32 * kMiB);
+    uint64_t next = 0;
+    fill(&next);
+    ASSERT_TRUE(store_->commit().is_ok());
+    const uint64_t durable = next;
+    const uint64_t old_chunks = layout().data_chunks;
+    FaultDevice faulty(*dev_);
+    reopen(&faulty);
+    // The power goes at the nth write or flush from here (a dead disk after).
+    FaultRule rule;
+    rule.nth = 1 + rng() % 40;
+    rule.sticky = true;
+    faulty.add_rule(rule);
+    Status s = grow_store(*store_, faulty, 16 * kMiB).status();
+    for (int i = 0; s.is_ok() && i < 300; ++i) {
+      s = origin_write(next);
+      if (s.is_ok()) ++next;
+      if (s.is_ok() && i % 60 == 59) s = store_->commit();
+    }
+    if (s.is_ok()) s = store_->commit();
+    store_.reset();
+    dev_->crash(rng);
+    reopen();
+    ASSERT_TRUE(layout().data_chunks == old_chunks || layout().store_size == 16 * kMiB)
+        << layout().data_chunks << " chunks, " << layout().store_size << " bytes";
+    (layout().data_chunks == old_chunks ? old_size : new_size)++;
+    expect_clean("after the power cut");
+    expect_preserved(durable);
+  }
+  EXPECT_GT(old_size, 0) << "no power cut came before the grow's commit";
+  EXPECT_GT(new_size, 0) << "no power cut came after the grow's commit";
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, GrowTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
+                         [](const auto& info) { return std::string(store_format_name(info.param)); });
+
+}  // namespace
+}  // namespace multisnap
