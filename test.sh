@@ -21,9 +21,11 @@ run() {  # build-dir ctest-exclude-regex cmake-args...
   (cd "$dir" && ctest -j"$jobs" --output-on-failure --timeout 900 ${exclude:+-E "$exclude"})
 }
 # Under ASan the integration tests whose time goes to waiting (policy
-# schedules), to data volume (the README tour, fio, the filesystem) or to
-# network setup (netns, the handshake flood) run in the Release pass only.
-asan_skip='^integration\.((range|bitmask)\.(policy|fio|filesystem)|tour|netns|handshake_flood)$'
+# schedules), to data volume (the README tour, fio, the filesystem), to
+# network setup (netns, the handshake flood) or to scraping (metrics) run in
+# the Release pass only, and so does packaging the .deb (of a sanitized
+# binary it would mean nothing).
+asan_skip='^(integration\.((range|bitmask)\.(policy|fio|filesystem)|tour|netns|handshake_flood|metrics)|packaging\.deb)$'
 if [ "${1:-}" != "--quick" ]; then
   echo "== Debug + AddressSanitizer/UndefinedBehaviorSanitizer"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -48,20 +50,20 @@ if [ "${1:-}" != "--quick" ]; then
   echo "ThreadSanitizer pass: $((SECONDS - tsan_start)) s"
 fi
 if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
-  echo "== libFuzzer: NBD handshake and requests, control requests, replication streams, damaged metadata (${MULTISNAP_FUZZ_SECONDS:-30} s each)"
+  echo "== libFuzzer: NBD handshake and requests, control requests, replication streams, damaged metadata (${MULTISNAP_FUZZ_SECONDS:-20} s each)"
   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMULTISNAP_FUZZ=ON \
     -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF >/dev/null
   ninja -C build-fuzz nbd_fuzz control_fuzz stream_fuzz store_fuzz
   [ -d build-fuzz/corpus ] || /usr/bin/python3 tests/nbd/make_fuzz_corpus.py build-fuzz/corpus
-  build-fuzz/tests/fuzz/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+  build-fuzz/tests/fuzz/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-20}" -print_final_stats=1 \
     build-fuzz/corpus 2>&1 | tail -3
   # New inputs go to build-fuzz/corpus-control; the committed seeds stay as they are.
   mkdir -p build-fuzz/corpus-control
-  build-fuzz/tests/fuzz/control_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+  build-fuzz/tests/fuzz/control_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-20}" -print_final_stats=1 \
     -max_len=8192 build-fuzz/corpus-control tests/fuzz/corpus/control 2>&1 | tail -3
   for t in stream store; do
     mkdir -p build-fuzz/corpus-$t
-    build-fuzz/tests/fuzz/${t}_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-30}" -print_final_stats=1 \
+    build-fuzz/tests/fuzz/${t}_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-20}" -print_final_stats=1 \
       build-fuzz/corpus-$t tests/fuzz/corpus/$t 2>&1 | tail -3
   done
 fi
