@@ -217,6 +217,14 @@ int run_status(const OnlineArgs& o) {
   printf("store      %s: %s store, %s chunks, generation %llu\n", st["path"].get<std::string>().c_str(),
          s["format"].get<std::string>().c_str(), format_size(st["chunk_size"]).c_str(),
          static_cast<unsigned long long>(st["generation"].get<uint64_t>()));
+  if (st.contains("used_size") && st.contains("max_size")) {
+    uint64_t used_size = st["used_size"], max_size = st["max_size"];
+    if (max_size > used_size)
+      printf("size       %s (multisnap grow can take it to %s)\n", format_size(used_size).c_str(),
+             format_size(max_size).c_str());
+    else
+      printf("size       %s (cannot grow further)\n", format_size(used_size).c_str());
+  }
   const Json& sp = st["space"];
   uint64_t borrowed = st["metadata"]["borrowed_bytes"];
   printf("free       %s (%s for data, %s for metadata)%s\n", format_size(sp["free_bytes"]).c_str(),
