@@ -4,8 +4,8 @@
 # then a ThreadSanitizer build (build-tsan) of the threaded parts only: the
 # threaded engine stress test (engine thread + 4 client threads, creates,
 # deletes, rollback; io_uring and synchronous I/O), the NBD server tests, the
-# control socket tests, and two integration tests against a real daemon
-# (range: clients, replication); about 5 minutes on 2 cores from scratch, 2-3
+# control socket tests, and three integration tests against a real daemon
+# (range: clients, replication, grow); about 5 minutes on 2 cores from scratch, 2-3
 # of them the build.
 #   ./test.sh             all of that
 #   ./test.sh --quick     Release only
@@ -34,7 +34,7 @@ fi
 echo "== Release"
 run build-release "" -DCMAKE_BUILD_TYPE=Release
 if [ "${1:-}" != "--quick" ]; then
-  echo "== ThreadSanitizer: threaded engine stress test, NBD server, control socket, 2 integration tests"
+  echo "== ThreadSanitizer: threaded engine stress test, NBD server, control socket, 3 integration tests"
   tsan_start=$SECONDS
   cmake -S . -B build-tsan -G Ninja -DMULTISNAP_WERROR=ON -DCMAKE_BUILD_TYPE=Debug \
     -DMULTISNAP_SANITIZE_THREAD=ON -DMULTISNAP_BENCH=OFF -DMULTISNAP_NBD=ON >/dev/null
@@ -45,7 +45,7 @@ if [ "${1:-}" != "--quick" ]; then
   build-tsan/tests/threaded_stress_test
   build-tsan/tests/nbd/nbd_test --gtest_brief=1
   build-tsan/tests/control_test --gtest_brief=1
-  (cd build-tsan && ctest --output-on-failure --timeout 900 -R '^integration\.range\.(clients|replication)$')
+  (cd build-tsan && ctest --output-on-failure --timeout 900 -R '^integration\.range\.(clients|replication|grow)$')
   unset TSAN_OPTIONS
   echo "ThreadSanitizer pass: $((SECONDS - tsan_start)) s"
 fi
