@@ -56,10 +56,10 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
                                          : std::max(l.store_size, std::min(l.store_size * kDefaultGrowthFactor,
                                                                            kDefaultMaxStoreSize));
     if (max_size < l.store_size)
-      return make_error(Code::kInvalidArgument, "the largest store size {} is below the store's size {}",
+      return make_error(Code::kInvalidArgument, "--max-store-size {} is below the store's size {}",
                         format_size(max_size), format_size(l.store_size));
     if (max_size > kMaxStoreSize)
-      return make_error(Code::kInvalidArgument, "the largest store size {} is above the limit of {}",
+      return make_error(Code::kInvalidArgument, "--max-store-size {} is above the limit of {}",
                         format_size(max_size), format_size(kMaxStoreSize));
     max_blocks = max_size / kBlockSize;
   }

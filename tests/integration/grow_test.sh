@@ -80,6 +80,9 @@ w snapshot/s1 'read -P 0x11 0 64M' >/dev/null || fail "s1 after the kills"
 w snapshot/s2 'read -P 0x22 0 64M' >/dev/null || fail "s2 after the kills"
 stop_serve
 
+expect_fail "below the store's size" create_store o3.img s3.img --origin-size 16M --store-size 64M --max-store-size 32M
+[ ! -e s3.img ] || fail "a failed create left its store file behind"
+
 # Offline.
 ms grow --store store.img --store-size 400M | grep -q "to 400 MiB" || fail "offline grow"
 ms check store.img >/dev/null || fail "check after offline grow"
