@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
                      "past it)");
   create->add_option("--max-store-size", ca.max_store_size,
                      "the largest size `multisnap grow` may take the store to (default: 16 x the store size, at most "
-                     "64T; the room costs about 0.1% of it, none on a sparse file)");
+                     "64T; the room costs about 0.1% of the store on a block device, none on a sparse file)");
   create->add_flag("--preallocate", ca.preallocate,
                    "allocate the whole store file on its filesystem now (fallocate) instead of as chunks are used");
   create->add_flag("--force", ca.force, "overwrite an existing store");

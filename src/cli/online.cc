@@ -188,7 +188,7 @@ int run_grow(const OnlineArgs& o, const std::string& store_size, const std::stri
     if (!g.is_ok()) return fail(g.status());
     print_grow(o, {{"old_size", g->old_bytes},
                    {"new_size", g->new_bytes},
-                   {"added_bytes", g->new_bytes - g->old_bytes},
+                   {"added_bytes", g->added_bytes},
                    {"max_size", g->max_bytes}});
     return 0;
   }
@@ -219,11 +219,13 @@ int run_status(const OnlineArgs& o) {
          static_cast<unsigned long long>(st["generation"].get<uint64_t>()));
   if (st.contains("used_size") && st.contains("max_size")) {
     uint64_t used_size = st["used_size"], max_size = st["max_size"];
-    if (max_size > used_size)
+    if (!st.value("growable", true))
+      printf("size       %s (a store of format 2 or 3: made without room to grow)\n", format_size(used_size).c_str());
+    else if (max_size > used_size)
       printf("size       %s (multisnap grow can take it to %s)\n", format_size(used_size).c_str(),
              format_size(max_size).c_str());
     else
-      printf("size       %s (cannot grow further)\n", format_size(used_size).c_str());
+      printf("size       %s (as large as it can grow)\n", format_size(used_size).c_str());
   }
   const Json& sp = st["space"];
   uint64_t borrowed = st["metadata"]["borrowed_bytes"];

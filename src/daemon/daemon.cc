@@ -289,7 +289,7 @@ Json Daemon::grow(const Json& req) {
               {"grow",
                {{"old_size", g->old_bytes},
                 {"new_size", g->new_bytes},
-                {"added_bytes", (g->new_chunks - g->old_chunks) * engine_->layout().chunk_size},
+                {"added_bytes", g->added_bytes},
                 {"max_size", g->max_bytes}}}};
 }
 
@@ -415,6 +415,7 @@ Json Daemon::status() {
                 {"size", store_->size()},
                 {"used_size", s.store_bytes},
                 {"max_size", s.max_store_bytes},
+                {"growable", s.growable},
                 {"chunk_size", chunk},
                 {"data", {{"total_bytes", s.data_chunks_total * chunk},
                           {"used_bytes", s.data_chunks_used * chunk},

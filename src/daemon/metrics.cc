@@ -116,6 +116,10 @@ std::string render_metrics(const EngineStatus& e, const nbd::ServerStats& n, con
   t.one("multisnap_requests_in_flight", "gauge", "Requests inside the engine now.", e.requests_in_flight);
 
   t.one("multisnap_origin_size_bytes", "gauge", "Size of the origin volume.", s.origin_size);
+  t.one("multisnap_store_size_bytes", "gauge", "Bytes of the store device the store uses (multisnap grow raises it).",
+        s.store_bytes);
+  t.one("multisnap_store_max_size_bytes", "gauge", "The most multisnap grow can take the store to.",
+        s.max_store_bytes);
   t.one("multisnap_store_data_total_bytes", "gauge", "Data area of the store.", s.data_chunks_total * chunk);
   t.one("multisnap_store_data_used_bytes", "gauge", "Data area in use.", s.data_chunks_used * chunk);
   t.one("multisnap_store_metadata_total_bytes", "gauge", "Metadata area of the store.", s.meta_blocks_total * 4096);

@@ -12,6 +12,7 @@ Result<GrowResult> Engine::grow(uint64_t store_bytes) {
   // in flight (E3); writes wait for that one commit.
   core_->run_control(true, [&] {
     result = grow_store(core_->store(), core_->store_device(), store_bytes);
+    core_->store_failure();  // mirror a failed sync at once
     if (!result.is_ok()) return;
     if (Status s = core_->commit_now(); !s.is_ok()) result = s;
   });

@@ -32,6 +32,7 @@ void SpaceMap::load(const std::vector<uint8_t>& states, uint64_t used, uint64_t 
   used_ = used;
   cursor_ = cursor < alloc_units_ ? cursor : 0;
   dirty_.assign(bitmaps_, false);
+  dirty_count_ = 0;
   full_hint_.assign(bitmaps_, false);
   freed_ = 0;
 }
@@ -44,7 +45,7 @@ void SpaceMap::set_state(std::vector<uint8_t>& v, uint32_t i, uint8_t s) const {
 
 std::vector<uint8_t> SpaceMap::next_states() const {
   std::vector<uint8_t> next = states_;
-  for (uint32_t i = 0; i < bitmaps_; ++i)
+  for (uint32_t i = 0, n = bitmaps_in_service(); i < n; ++i)
     if (dirty_[i]) set_state(next, i, static_cast<uint8_t>(2 | (bitmap_written(i) ? !committed_slot(i) : 0)));
   return next;
 }
@@ -52,6 +53,7 @@ std::vector<uint8_t> SpaceMap::next_states() const {
 void SpaceMap::commit_done() {
   states_ = next_states();
   dirty_.assign(bitmaps_, false);
+  dirty_count_ = 0;
   if (freed_ > 0) full_hint_.assign(bitmaps_, false);  // deferred frees are usable now
   freed_ = 0;
 }
@@ -90,6 +92,7 @@ Result<BlockRef> SpaceMap::working_block(uint32_t i, bool for_write) {
   h->generation = *generation_;
   std::memcpy(bits(d), payload.data(), kBlockPayload);
   dirty_[i] = true;
+  ++dirty_count_;
   return b;
 }
 
@@ -216,6 +219,18 @@ Result<bool> SpaceMap::is_allocated_committed(uint64_t unit) {
   if (!bitmap_written(i)) return false;
   MS_ASSIGN_OR_RETURN(BlockRef c, committed_block(i));
   return test_bit(bits(c.data()), unit % kBitsPerBitmap);
+}
+
+Result<uint64_t> SpaceMap::committed_bits_past_end() {
+  uint64_t stray = 0;
+  for (uint32_t i = static_cast<uint32_t>(units_ / kBitsPerBitmap); i < bitmaps_; ++i) {
+    if (!bitmap_written(i)) continue;
+    MS_ASSIGN_OR_RETURN(BlockRef c, committed_block(i));
+    uint64_t base = uint64_t{i} * kBitsPerBitmap;
+    for (uint64_t b = units_ > base ? units_ - base : 0; b < kBitsPerBitmap; ++b)
+      if (test_bit(bits(c.data()), b)) ++stray;
+  }
+  return stray;
 }
 
 Result<std::vector<bool>> SpaceMap::committed_bits() {

@@ -43,6 +43,12 @@ class SpaceMap {
   // Grows the units tracked (within the bitmaps' reach): the bits past the
   // old last unit are 0 on disk (never used), so they join as free units.
   void grow(uint64_t units, uint64_t alloc_units);
+  // Undoes a grow in the same transaction before any new unit was taken.
+  void shrink_to(uint64_t units) {
+    units_ = units;
+    alloc_units_ = std::min(alloc_units_, units_);
+    if (cursor_ >= alloc_units_) cursor_ = 0;
+  }
   // State from the commit record: 2 bits per bitmap (bit 0 slot, bit 1 written).
   void load(const std::vector<uint8_t>& states, uint64_t used, uint64_t cursor);
   // The states as the commit being written will have them.
@@ -59,6 +65,13 @@ class SpaceMap {
   Status free(uint64_t unit, bool* pinned = nullptr);
   Result<bool> is_allocated(uint64_t unit);            // in this transaction
   Result<bool> is_allocated_committed(uint64_t unit);  // at the last commit
+  // Bits set at or past `units` in the committed bitmaps (always 0 in a
+  // sound store: a grow turns them into free units). For check and grow.
+  Result<uint64_t> committed_bits_past_end();
+  // Bitmaps that hold units now (the rest are room to grow).
+  uint32_t bitmaps_in_service() const {
+    return static_cast<uint32_t>(std::min<uint64_t>(bitmaps_, (units_ + kBitsPerBitmap - 1) / kBitsPerBitmap));
+  }
   // Every unit's committed bit, for check (memory: one bit per unit).
   Result<std::vector<bool>> committed_bits();
   // Calls fn(unit) for every unit at or above `from` in use at the last
@@ -73,7 +86,7 @@ class SpaceMap {
   // free in the working bitmap but not allocatable before the commit.
   uint64_t freed_this_transaction() const { return freed_; }
   // True when a bitmap was changed in this transaction.
-  bool dirty() const { return std::find(dirty_.begin(), dirty_.end(), true) != dirty_.end(); }
+  bool dirty() const { return dirty_count_ > 0; }
   uint32_t bitmaps() const { return bitmaps_; }
   uint64_t bitmap_block(uint32_t i, int slot) const { return first_ + 2ull * i + slot; }
   bool bitmap_written(uint32_t i) const { return state(i) & 2; }
@@ -102,6 +115,7 @@ class SpaceMap {
   const uint64_t* generation_;
   std::vector<uint8_t> states_;
   std::vector<bool> dirty_;      // bitmap written in this transaction
+  uint32_t dirty_count_ = 0;     // of them set (dirty() is asked at every engine step)
   std::vector<bool> full_hint_;  // no free unit seen at last scan
   uint64_t used_ = 0;
   uint64_t cursor_ = 0;

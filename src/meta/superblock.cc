@@ -58,7 +58,7 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
     if (max_size < l.store_size)
       return make_error(Code::kInvalidArgument, "--max-store-size {} is below the store's size {}",
                         format_size(max_size), format_size(l.store_size));
-    if (max_size > kMaxStoreSize)
+    if (r.max_store_size && max_size > kMaxStoreSize)
       return make_error(Code::kInvalidArgument, "--max-store-size {} is above the limit of {}",
                         format_size(max_size), format_size(kMaxStoreSize));
     max_blocks = max_size / kBlockSize;
@@ -86,9 +86,16 @@ Result<Layout> compute_layout(const LayoutRequest& r) {
     uint32_t cblocks = commit_blocks_for(meta_bitmaps, data_bitmaps);
     uint64_t fixed = 1 + 2ull * kCommitCopies * cblocks + 2 * meta_bitmaps + 2 * data_bitmaps;
     uint64_t data_start_block = round_up(fixed + meta_blocks, chunk_blocks);
-    if (data_start_block >= total_blocks)
+    if (data_start_block >= total_blocks) {
+      if (l.growable() && max_blocks > total_blocks)
+        return make_error(Code::kNoSpace,
+                          "the store ({}) is too small to hold metadata and data with room to grow to {} (its "
+                          "bitmaps take {}); give a smaller --max-store-size",
+                          format_size(l.store_size), format_size(max_blocks * kBlockSize),
+                          format_size((2 * meta_bitmaps + 2 * data_bitmaps) * kBlockSize));
       return make_error(Code::kNoSpace, "the store ({}) is too small to hold metadata and data",
                         format_size(l.store_size));
+    }
     uint64_t chunks = (total_blocks - data_start_block) / chunk_blocks;
     l.commit_start = 1;
     l.commit_blocks = cblocks;

@@ -108,9 +108,11 @@ struct LayoutRequest {
   uint32_t version = kFormatVersion;
 };
 // A store may grow to this many times its size at create unless
-// --max-store-size says otherwise. The room costs 2 bitmap blocks per
-// 127 MiB of the maximum (about 0.1% of the store at 16x; unwritten, so
-// nothing on a sparse file) and 2 bits of commit record per bitmap.
+// --max-store-size says otherwise. The room costs 2 metadata-bitmap blocks
+// per 127 MiB of the maximum and 2 data-bitmap blocks per 32,512 chunks of
+// it (about 0.1% of the store at 16x, 0.2% with 4 KiB chunks; unwritten
+// and not preallocated until in service, so nothing on a sparse file) and
+// 2 bits of commit record per bitmap.
 constexpr uint64_t kDefaultGrowthFactor = 16;
 Result<Layout> compute_layout(const LayoutRequest& request);
 // Blocks per commit slot for this many bitmaps (their selectors must fit).

@@ -73,7 +73,7 @@ Result<std::unique_ptr<TransactionManager>> TransactionManager::open(BlockDevice
   MS_TRY(tm->load_commit_record());
   if (!options.read_only) {
     // Invariant 7: commit records, bitmaps and the pool never wait for space.
-    Status s = dev.preallocate(0, tm->layout().data_start);
+    Status s = tm->preallocate_metadata();
     if (!s.is_ok())
       MS_LOG_WARN("{}: could not preallocate the metadata area ({}); a full host filesystem may fail the store",
                   dev.describe(), s.to_string());
@@ -212,13 +212,24 @@ Status TransactionManager::load_size(const CommitRecordDisk& r) {
   if (r.store_size > dev_.size())
     return make_error(Code::kCorruption,
                       "{}: the store grew to {} bytes but the device has only {}; was it truncated or replaced by a "
-                      "smaller one?",
-                      dev_.describe(), r.store_size, dev_.size());
+                      "smaller one? (a truncated file: `truncate -s {}` it back; the data past its end is lost)",
+                      dev_.describe(), r.store_size, dev_.size(), r.store_size);
   l.data_chunks = r.data_chunks;
   l.store_size = r.store_size;
   meta_->grow(l.meta_units(), l.meta_blocks);
   data_->grow(l.data_chunks, l.data_chunks);
   return Status::ok();
+}
+
+Status TransactionManager::preallocate_metadata() {
+  // The superblock, commit records, the bitmaps that hold units now and the
+  // pool; the bitmaps of the room to grow are left sparse (grow allocates
+  // those it brings into service before its commit).
+  const Layout& l = sb_.layout;
+  MS_TRY(dev_.preallocate(0, l.meta_bitmap_start * kBlockSize));
+  MS_TRY(dev_.preallocate(l.meta_bitmap_start * kBlockSize, 2ull * meta_->bitmaps_in_service() * kBlockSize));
+  MS_TRY(dev_.preallocate(l.data_bitmap_start * kBlockSize, 2ull * data_->bitmaps_in_service() * kBlockSize));
+  return dev_.preallocate(l.meta_start * kBlockSize, l.data_start - l.meta_start * kBlockSize);
 }
 
 Status TransactionManager::grow(uint64_t chunks, uint64_t store_bytes) {
@@ -234,10 +245,31 @@ Status TransactionManager::grow(uint64_t chunks, uint64_t store_bytes) {
                       l.data_chunks, chunks, l.capacity_chunks());
   if (store_bytes > dev_.size())
     return make_error(Code::kInvalidArgument, "the store device has {} bytes, not {}", dev_.size(), store_bytes);
+  // The bits past each map's end become free units: they must be 0.
+  for (SpaceMap* map : {data_.get(), meta_.get()}) {
+    MS_ASSIGN_OR_RETURN(uint64_t stray, map->committed_bits_past_end());
+    if (stray > 0)
+      return make_error(Code::kCorruption,
+                        "the {} space map has {} units marked in use past its end; run multisnap check (the store "
+                        "was not grown)",
+                        map == data_.get() ? "data" : "metadata", stray);
+  }
+  const uint64_t old_chunks = l.data_chunks, old_size = l.store_size;
   l.data_chunks = chunks;
   l.store_size = store_bytes;
   meta_->grow(l.meta_units(), l.meta_blocks);
   data_->grow(chunks, chunks);
+  // Invariant 7 for the bitmaps brought into service.
+  if (Status s = preallocate_metadata(); !s.is_ok()) {
+    l.data_chunks = old_chunks;  // nothing was allocated in the new units yet: take them back
+    l.store_size = old_size;
+    meta_->shrink_to(l.meta_units());
+    data_->shrink_to(old_chunks);
+    return s.code() == Code::kNoSpace
+               ? make_error(Code::kNoSpace, "the host filesystem has no room for the grown store's bitmaps: {}",
+                            s.to_string())
+               : s;
+  }
   // The last group was preallocated only up to the old end: start afresh
   // (fallocate of what is already allocated costs little).
   prealloc_done_.clear();

@@ -38,7 +38,9 @@
 //     chunk is given out only after its bytes were preallocated on the
 //     store file (BlockDevice::preallocate), so the copy and metadata writes
 //     into it cannot fail for lack of space; the metadata region (up to
-//     data_start) is preallocated when the store is opened read-write.
+//     data_start, less the bitmaps kept as room to grow) is preallocated
+//     when the store is opened read-write, and a grow preallocates the
+//     bitmaps it brings into service before its commit.
 //
 // The store layer keeps its roots and counters in a 512-byte "store area"
 // inside the commit record; this layer does not interpret it.
@@ -210,6 +212,8 @@ class TransactionManager {
   Status borrow_chunk();
   Result<uint64_t> allocate_borrowed();
   Status load_borrowed();
+  // Invariant 7 for the metadata region in service (transaction.cc).
+  Status preallocate_metadata();
   // Format 4: the data area's size from the commit record.
   Status load_size(const CommitRecordDisk& record);
   Status release_empty_chunks();

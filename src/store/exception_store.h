@@ -119,6 +119,7 @@ struct StoreStats {
   // equal for older formats, which cannot grow).
   uint64_t store_bytes = 0;
   uint64_t max_store_bytes = 0;
+  bool growable = false;  // format 4
   // Free bytes: data chunks free + metadata pool free + free blocks in
   // borrowed chunks (what data and metadata together can still use).
   uint64_t free_data_bytes() const { return (data_chunks_total - data_chunks_used - meta_chunks_borrowed) * chunk_size; }
@@ -366,6 +367,7 @@ struct GrowResult {
   uint64_t old_bytes = 0, new_bytes = 0;    // the store's size before and after
   uint64_t old_chunks = 0, new_chunks = 0;  // data chunks before and after
   uint64_t max_bytes = 0;                   // the most it can grow to (room made at create)
+  uint64_t added_bytes = 0;                 // new chunks x chunk size (data and metadata can use them)
 };
 // Grows `store` (format 4) to `store_bytes` of its device `dev`, or with 0
 // to the size the device has now: checks the size against the room made at

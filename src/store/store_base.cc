@@ -169,6 +169,15 @@ void CheckRefs::compare(TransactionManager& tm) {
   if (meta_used_ != tm.meta_space().used())
     report_.problem(fmt::format("metadata bitmap has {} blocks in use, the commit record says {}", meta_used_,
                                 tm.meta_space().used()));
+  // Bits past each map's last unit must be 0: a grow makes them free units.
+  for (SpaceMap* map : {&tm.data_space(), &tm.meta_space()}) {
+    auto stray = map->committed_bits_past_end();
+    if (!stray.is_ok()) report_.problem("cannot read the space bitmaps: " + stray.status().to_string());
+    else if (*stray > 0)
+      report_.problem(fmt::format("the {} space map has {} units marked in use past its end (unit {}); a grow "
+                                  "would hand them out twice",
+                                  map == &tm.data_space() ? "data" : "metadata", *stray, map->total()));
+  }
   if (borrowed_chunks_ != tm.committed_borrowed_chunks())
     report_.problem(fmt::format("{} data chunks hold metadata blocks, the commit record says {}", borrowed_chunks_,
                                 tm.committed_borrowed_chunks()));
@@ -423,6 +432,7 @@ void StoreBase::fill_common_stats(StoreStats& s) {
   s.meta_blocks_borrowed_free = tm_->borrowed_chunks() * tm_->layout().chunk_blocks() - tm_->meta_borrowed_used();
   s.shared_space = tm_->layout().shared_space();
   s.store_bytes = l.store_size;
+  s.growable = l.growable();
   s.max_store_bytes = l.growable() ? std::max(l.store_size, l.data_start + l.capacity_chunks() * l.chunk_size)
                                    : l.store_size;
   s.snapshots = snapshot_count_;

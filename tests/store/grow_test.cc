@@ -4,8 +4,13 @@
 // nothing lost; stores without room refuse with a sentence. Both stores.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <random>
 
+#include "io/file_device.h"
 #include "meta/transaction.h"
 #include "store/check_store.h"
 #include "store/exception_store.h"
@@ -233,6 +238,85 @@ TEST_P(GrowTest, PowerCutsDuringAGrow) {
   }
   EXPECT_GT(old_size, 0) << "no power cut came before the grow's commit";
   EXPECT_GT(new_size, 0) << "no power cut came after the grow's commit";
+}
+
+// A grow turns the bits past a space map's end into free units, so they must
+// be 0: check reports one that is not, and grow refuses to go on.
+TEST_P(GrowTest, CheckFindsBitsPastTheEnd) {
+  format(8 * kMiB, 32 * kMiB);
+  ASSERT_TRUE(store_->create_snapshot(std::nullopt, "a", 1).is_ok());
+  for (uint64_t c = 0; c < 50; ++c) ASSERT_TRUE(origin_write(c).is_ok());
+  ASSERT_TRUE(store_->commit().is_ok());
+  SpaceMap& data = store_->tm().data_space();
+  const uint64_t end = data.total();
+  const uint32_t i = static_cast<uint32_t>(end / kBitsPerBitmap);
+  ASSERT_TRUE(data.bitmap_written(i));
+  const uint64_t block = data.bitmap_block(i, data.committed_slot(i));
+  const uint64_t seed = store_->tm().superblock().checksum_seed();
+  store_.reset();
+  std::vector<uint8_t> buf(kBlockSize);
+  ASSERT_TRUE(dev_->read(block * kBlockSize, buf.data(), buf.size()).is_ok());
+  const uint64_t bit = end % kBitsPerBitmap + 3;
+  buf[sizeof(BlockHeaderDisk) + bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+  seal_block(buf.data(), seed);
+  dev_->poke(block * kBlockSize, buf.data(), buf.size());
+  bool found = false;
+  for (auto& p : testing::check_store(*dev_)) found |= p.find("past its end") != std::string::npos;
+  EXPECT_TRUE(found) << "check did not report a unit in use past the data space's end";
+  reopen();
+  auto g = grow_store(*store_, *dev_, 16 * kMiB);
+  EXPECT_EQ(g.status().code(), Code::kCorruption) << g.status().to_string();
+  EXPECT_EQ(store_->layout().data_chunks, end) << "not grown";
+}
+
+// The room to grow costs no space on a sparse file: open preallocates the
+// bitmaps in service, and a grow those it brings into service.
+TEST(GrowFile, RoomToGrowStaysSparse) {
+  char path[] = "/tmp/multisnap-grow-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  FileDeviceOptions fo;
+  fo.create_size = 128 * kMiB;
+  auto dev = FileDevice::open(path, fo);
+  ASSERT_TRUE(dev.is_ok());
+  ASSERT_EQ(::truncate(path, 128 * kMiB), 0);
+  dev = FileDevice::open(path);
+  ASSERT_TRUE(dev.is_ok());
+  CreateOptions o;
+  o.chunk_size = 4096;
+  o.origin_size = 1 << 30;
+  o.metadata_size = 1 * kMiB;
+  o.max_store_size = 128ull << 30;  // 2 x 1033 metadata and data bitmaps: 16 MiB if allocated
+  o.origin_path = "/dev/null";
+  Status made = format_store(**dev, o);
+  ASSERT_TRUE(made.is_ok()) << made.to_string();
+  auto allocated = [&] {
+    struct stat st;
+    EXPECT_EQ(::stat(path, &st), 0);
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  };
+  {
+    auto st = open_store(**dev, {});
+    ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+    EXPECT_LT(allocated(), 4 * kMiB) << "the room to grow was allocated";
+    auto g = grow_store(**st, **dev, 512 * kMiB);
+    ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+    ASSERT_TRUE((*st)->commit().is_ok());
+    struct stat sb;
+    ASSERT_EQ(::stat(path, &sb), 0);
+    EXPECT_EQ(static_cast<uint64_t>(sb.st_size), 512 * kMiB);
+    EXPECT_LT(allocated(), 4 * kMiB);
+  }
+  for (auto& p : testing::check_store(**dev)) ADD_FAILURE() << p;
+  // resize: 0 takes the size now, it never shrinks.
+  ASSERT_EQ(::truncate(path, 600 * kMiB), 0);
+  auto now = (*dev)->resize(0);
+  ASSERT_TRUE(now.is_ok());
+  EXPECT_EQ(*now, 600 * kMiB);
+  EXPECT_EQ((*dev)->size(), 600 * kMiB);
+  EXPECT_EQ(*(*dev)->resize(100 * kMiB), 600 * kMiB);
+  ::unlink(path);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, GrowTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),

@@ -313,7 +313,7 @@ TEST_P(RangeStoreMetadata, RunningOutMidTransactionNeverCommitsHalfAnUpdate) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, RangeStoreMetadata, ::testing::Values(2u, 3u),
+INSTANTIATE_TEST_SUITE_P(Formats, RangeStoreMetadata, ::testing::Values(2u, 3u, 4u),
                          [](const auto& info) { return "v" + std::to_string(info.param); });
 
 TEST_F(RangeStoreTest, FullStoreIsACleanError) {
