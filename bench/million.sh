@@ -223,7 +223,7 @@ def cmd_rate(log, t0, t1):
         ms, v = l.split(",")[:2]
         t = start + int(ms) / 1000
         if t0 <= t < t1: xs.append(int(v))
-    print(f"{statistics.mean(xs):.0f} {len(xs)}" if xs else "0 0")
+    print(f"{statistics.mean(xs):.0f} {len(xs) / 4:.0f}" if xs else "0 0")  # mean IOPS, seconds covered
 
 args = sys.argv[2:] if sys.argv[1] == "start" else [int(a) if a.lstrip("-").isdigit() else a for a in sys.argv[2:]]
 globals()["cmd_" + sys.argv[1]](*args)
@@ -242,14 +242,17 @@ start_serve() {  # export: sets serve_pid, t_ctl (s until ping answers), t_ready
   out=$(py start "$ctl" "$sock" "$1" "$dir/serve.log" "${serve_args[@]}")
   read -r serve_pid t_ctl t_ready <<<"$out"
 }
-stop_serve() {  # sets t_stop: SIGTERM until the process is gone (it is not our child: python started it)
+# serve is not our child (python started it), so it is a zombie until init
+# reaps it, and kill -0 succeeds on a zombie: look at its state instead.
+alive() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
+stop_serve() {  # sets t_stop: SIGTERM until the process has exited
   local t0; t0=$(date +%s%N)
   kill -TERM "$serve_pid"
-  while kill -0 "$serve_pid" 2>/dev/null; do sleep 0.01; done
+  while alive "$serve_pid"; do sleep 0.01; done
   t_stop=$(( ($(date +%s%N) - t0) / 1000000 ))
   serve_pid=""
 }
-cleanup_serve() { if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; while kill -0 "$serve_pid" 2>/dev/null; do sleep 0.05; done; fi; }
+cleanup_serve() { if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; while alive "$serve_pid"; do sleep 0.05; done; fi; }
 trap 'cleanup_serve; cleanup' EXIT
 res() { echo "$1 $2" >>"$dir/results.txt"; }
 : >"$dir/results.txt"
