@@ -56,7 +56,9 @@ cmake -S "$src" -B "$src/build-release" -G Ninja -DCMAKE_BUILD_TYPE=Release >/de
 ninja -C "$src/build-release" multisnap >/dev/null
 M=$src/build-release/multisnap
 
-if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/multisnap-million-XXXXXX); made_dir=1; else mkdir -p "$dir"; made_dir=""; fi
+if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/multisnap-million-XXXXXX); made_dir=1
+elif [ -d "$dir" ]; then made_dir=""
+else mkdir -p "$dir"; made_dir=1; fi
 dir=$(cd "$dir" && pwd)
 [ -e "$dir/store.img" ] && { echo "million.sh: $dir already holds a store" >&2; exit 2; }
 ctl=$dir/ms.ctl sock=$dir/ms.sock
@@ -66,7 +68,7 @@ cleanup() {
   [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null || true
   if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
   if [ -z "$keep" ]; then
-    rm -f "$dir"/origin.img "$dir"/store.img "$dir"/*.log "$dir"/*.txt "$dir"/*.py "$dir"/ms.*
+    rm -f "$dir"/origin.img "$dir"/store.img "$dir"/*.log "$dir"/*.log.start "$dir"/*.txt "$dir"/*.py "$dir"/ms.*
     [ -n "$made_dir" ] && rmdir "$dir" 2>/dev/null || true
   else
     echo "kept: $dir"
