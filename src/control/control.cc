@@ -73,25 +73,40 @@ class LineReader {
   LineReader(int fd, std::string& buffer, size_t max) : fd_(fd), buffer_(buffer), max_(max) {}
 
   Got next(std::string* line) {
+    // buffer_[0, from) is known to hold no newline: each byte is searched
+    // once, not once per recv (a 200 MB answer to snapshot-list of 10^6
+    // snapshots arrives in 25,000 pieces; searching from the start each
+    // time took minutes).
+    size_t from = 0;
     for (;;) {
-      size_t nl = buffer_.find('\n');
+      size_t nl = buffer_.find('\n', from);
       if (skipping_) {
         if (nl != std::string::npos) {
           buffer_.erase(0, nl + 1);
           skipping_ = false;
+          from = 0;
           continue;
         }
         buffer_.clear();
       } else if (nl != std::string::npos) {
         bool too_long = nl > max_;
-        if (!too_long) *line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
+        if (too_long) {
+          buffer_.erase(0, nl + 1);
+        } else if (nl + 1 == buffer_.size()) {  // the usual case: moved, not copied (answers may be 100s of MB)
+          buffer_.pop_back();
+          line->swap(buffer_);
+          buffer_.clear();
+        } else {
+          *line = buffer_.substr(0, nl);
+          buffer_.erase(0, nl + 1);
+        }
         return too_long ? Got::kTooLong : Got::kLine;
       } else if (buffer_.size() > max_) {
         buffer_.clear();
         skipping_ = true;
         return Got::kTooLong;
       }
+      from = buffer_.size();
       char tmp[8192];
       ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
       if (n < 0 && errno == EINTR) continue;
@@ -550,11 +565,13 @@ bool ControlClient::write_raw(const void* p, size_t n) {
 
 ssize_t ControlClient::read_raw(void* p, size_t n) { return read_buffered(fd_, buffer_, p, n); }
 
-Result<Json> ControlClient::read_answer() {
+Result<Json> ControlClient::read_answer() { return read_answer(nullptr); }
+
+Result<Json> ControlClient::read_answer(const Json::parser_callback_t& callback) {
   std::string line;
   if (LineReader(fd_, buffer_, SIZE_MAX).next(&line) != LineReader::Got::kLine)
     return make_error(Code::kIoError, "the server closed the control connection without answering");
-  Json answer = Json::parse(line, nullptr, false);
+  Json answer = Json::parse(line, callback, false);
   if (answer.is_discarded()) return make_error(Code::kIoError, "malformed answer from the control socket");
   return answer;
 }

@@ -139,6 +139,9 @@ class ControlClient {
   // The pieces of call(), for the stream commands.
   Status send(const Json& request);
   Result<Json> read_answer();
+  // The same with nlohmann's parser callback, which may handle and drop the
+  // elements of a long answer as they are parsed (snapshot-list).
+  Result<Json> read_answer(const Json::parser_callback_t& callback);
   bool write_raw(const void* p, size_t n);
   ssize_t read_raw(void* p, size_t n);
 
