@@ -197,8 +197,8 @@ void EngineCore::process_origin_write(Request* r) {
 }
 
 bool EngineCore::origin_chunk_is_hole(uint64_t c) {
-  auto a = origin_.allocation(c * chunk_size_, chunk_bytes_on_origin(c));
-  return a.is_ok() && a->size() == 1 && a->front().hole;
+  auto hole = origin_.is_hole(c * chunk_size_, chunk_bytes_on_origin(c));
+  return hole.is_ok() && *hole;
 }
 
 void EngineCore::process_snapshot_read(Request* r) {

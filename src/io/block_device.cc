@@ -31,6 +31,11 @@ Result<std::vector<BlockDevice::Extent>> BlockDevice::allocation(uint64_t offset
   return std::vector<Extent>{{len, false}};
 }
 
+Result<bool> BlockDevice::is_hole(uint64_t offset, uint64_t len) {
+  MS_ASSIGN_OR_RETURN(std::vector<Extent> extents, allocation(offset, len));
+  return extents.size() == 1 && extents.front().hole;
+}
+
 Status BlockDevice::write_fua(uint64_t offset, const void* buf, size_t len) {
   MS_TRY(write(offset, buf, len));
   return flush();

@@ -52,6 +52,10 @@ class BlockDevice {
     bool hole;
   };
   virtual Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len);
+  // True when all of [offset, offset+len) is a hole (allocation() says so;
+  // FileDevice asks with one SEEK_DATA, without looking for where the data
+  // it finds ends, which on tmpfs walks the page cache).
+  virtual Result<bool> is_hole(uint64_t offset, uint64_t len);
 
   // Makes later writes into [offset, offset+len) independent of free space
   // on the host filesystem (fallocate on a regular file): kNoSpace when the

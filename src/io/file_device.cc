@@ -169,6 +169,14 @@ Result<std::vector<BlockDevice::Extent>> FileDevice::allocation(uint64_t offset,
   return out;
 }
 
+Result<bool> FileDevice::is_hole(uint64_t offset, uint64_t len) {
+  MS_TRY(check_range(offset, len));
+  if (block_device_ || len == 0) return false;
+  off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+  if (data < 0) return errno == ENXIO;  // ENXIO: no data from here to EOF; else SEEK_DATA unsupported
+  return static_cast<uint64_t>(data) >= offset + len;
+}
+
 Status FileDevice::write_zeroes(uint64_t offset, uint64_t len) {
   MS_TRY(rw_check(offset, len, true));
   if (len == 0) return Status::ok();

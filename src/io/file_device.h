@@ -31,6 +31,7 @@ class FileDevice final : public BlockDevice {
   Status preallocate(uint64_t offset, uint64_t len) override;
   Status write_zeroes(uint64_t offset, uint64_t len) override;
   Result<std::vector<Extent>> allocation(uint64_t offset, uint64_t len) override;
+  Result<bool> is_hole(uint64_t offset, uint64_t len) override;
   Result<uint64_t> resize(uint64_t size) override;
   int fd() const override { return fd_; }
   std::string describe() const override { return path_; }

@@ -156,6 +156,37 @@ TEST(FileDevice, ReadOnlyRefusesWrites) {
   EXPECT_EQ((*dev)->write(0, &b, 1).code(), Code::kReadOnly);
 }
 
+// is_hole answers with one SEEK_DATA, and agrees with allocation().
+TEST(FileDevice, IsHoleAgreesWithAllocation) {
+  testing::TempDir dir;
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = 1 << 20;
+  auto dev = FileDevice::open(dir.file("f"), o);
+  ASSERT_TRUE(dev.is_ok());
+  std::vector<uint8_t> data(65536, 0xab);
+  ASSERT_TRUE((*dev)->write(65536, data.data(), data.size()).is_ok());
+  const uint64_t K64 = 65536;
+  struct Case {
+    uint64_t offset, len;
+    bool hole;
+  } cases[] = {{0, K64, true}, {K64, K64, false}, {0, 2 * K64, false}, {K64 + 4096, 4096, false},
+               {2 * K64, K64, true}, {4 * K64, 12 * K64, true}, {0, 16 * K64, false}};
+  for (const Case& c : cases) {
+    auto h = (*dev)->is_hole(c.offset, c.len);
+    ASSERT_TRUE(h.is_ok());
+    auto a = (*dev)->allocation(c.offset, c.len);
+    ASSERT_TRUE(a.is_ok());
+    bool by_allocation = a->size() == 1 && a->front().hole;
+    // A filesystem without SEEK_DATA says "all data": then neither is a hole.
+    EXPECT_EQ(*h, by_allocation) << c.offset << "+" << c.len;
+    if (by_allocation || !c.hole) {
+      EXPECT_EQ(*h, c.hole) << c.offset << "+" << c.len;
+    }
+  }
+  EXPECT_FALSE((*dev)->is_hole((1 << 20) - 4096, 8192).is_ok()) << "past the end";
+}
+
 TEST(FaultDevice, FailsTheNthMatchingCall) {
   MemoryDevice mem(1 << 20);
   FaultDevice dev(mem);
