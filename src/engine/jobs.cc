@@ -201,23 +201,23 @@ void EngineCore::start_run(CopyRun* run) {
       run_done(run);
       return;
     }
-    // Every (destination, buffer) pair, in store order; a stretch that is
-    // consecutive in both is one write.
+    // Every (destination offset, buffer) pair, in store order; a stretch
+    // that is adjacent both on the store and in the buffers is one write.
+    const Layout& l = store_->layout();
     std::vector<std::pair<uint64_t, uint32_t>> targets;
     for (uint32_t k = 0; k < run->jobs.size(); ++k)
-      for (uint64_t d : run->jobs[k]->dests) targets.emplace_back(d, k);
+      for (uint64_t d : run->jobs[k]->dests) targets.emplace_back(l.data_offset(d), k);
     std::sort(targets.begin(), targets.end());
-    const Layout& l = store_->layout();
     uint8_t* buf = slot_buffer(run->first_slot);
     for (size_t a = 0; a < targets.size();) {
       size_t b = a + 1;
-      while (b < targets.size() && targets[b].first == targets[b - 1].first + 1 &&
+      while (b < targets.size() && targets[b].first == targets[b - 1].first + chunk_size_ &&
              targets[b].second == targets[b - 1].second + 1)
         ++b;
       IoOp& w = run->write_ops.emplace_back();
       w.kind = IoOp::Kind::kWrite;
       w.dev = &store_dev_;
-      w.offset = l.data_offset(targets[a].first);
+      w.offset = targets[a].first;
       w.buf = buf + uint64_t{targets[a].second} * chunk_size_;
       w.len = uint64_t{chunk_size_} * (b - a);
       a = b;
