@@ -12,7 +12,7 @@ namespace multisnap {
 namespace {
 constexpr auto kReclaimPacing = std::chrono::milliseconds(100);
 constexpr auto kSpaceRetry = std::chrono::milliseconds(200);  // writes waiting for space (on_no_space)
-constexpr uint32_t kMaxRunBytes = 4u << 20;  // the longest copy run: one read of at most this
+constexpr uint32_t kMaxRunBytes = 1u << 20;  // the longest copy run: one read of at most this
 }
 
 EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_ptr<ExceptionStore> store,
