@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
   serve->add_flag("--tls-verify-peer", sa.tls_verify_peer,
                   "with --tls-certificates: require client certificates signed by ca-cert.pem");
   serve->add_option("--cache-size", sa.cache_size, "metadata cache (default 64M)");
-  serve->add_option("--copy-slots", sa.copy_slots, "chunks copied at once (default: 16 MiB of chunks, 8 to 64)");
+  serve->add_option("--copy-slots", sa.copy_slots, "chunks copied at once (default: 16 MiB of chunks, 8 to 64 or 4 MiB of chunks)");
   serve->add_option("--handshake-timeout", sa.handshake_timeout,
                     "seconds an NBD client may take to finish its handshake (default 10, 0 = no limit)");
   serve->add_flag("--read-only-snapshots", sa.read_only_snapshots, "refuse writes to snapshots");

@@ -441,7 +441,7 @@ Json Daemon::status() {
              {"bytes_written", c.bytes_written}, {"errors", c.errors}, {"retries", c.retries},
              {"in_flight", st.requests_in_flight}, {"direct_writes", c.direct_writes},
              {"direct_reads", c.direct_reads}};
-  j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}};
+  j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}, {"runs", c.copy_runs}};
   j["commits"] = c.commits;
   j["cache"] = {{"capacity_bytes", st.cache_capacity_blocks * 4096},
                 {"used_bytes", st.cache_blocks * 4096},

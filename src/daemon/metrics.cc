@@ -105,6 +105,8 @@ std::string render_metrics(const EngineStatus& e, const nbd::ServerStats& n, con
   t.histogram("multisnap_commit_duration_seconds", "", c.commit_latency);
   t.one("multisnap_copy_jobs_total", "counter", "Copy-on-write jobs started.", c.copy_jobs);
   t.one("multisnap_chunks_copied_total", "counter", "Chunks given a store copy by copy-on-write.", c.chunks_copied);
+  t.one("multisnap_copy_runs_total", "counter",
+        "Copy runs: origin copies of adjacent chunks issued as one origin read.", c.copy_runs);
   t.one("multisnap_commits_total", "counter", "Metadata commits.", c.commits);
   t.one("multisnap_engine_retries_total", "counter",
         "Requests the engine set aside and processed again (waiting for a copy, a slot, a commit or space).",

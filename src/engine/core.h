@@ -11,7 +11,9 @@
 //  E3. A job's metadata is committed only after its copies completed: a
 //      commit happens only when no job is in flight.
 //  E4. slots_used_ <= max(copy_slots, 2): copy I/O in flight is bounded (a
-//      split needing two chunks may run alone when copy_slots is 1).
+//      split needing two chunks may run alone when copy_slots is 1). Each
+//      job with data to read holds one chunk buffer of the slot arena; a
+//      run's jobs hold adjacent buffers (buffers in use <= jobs <= slots).
 //  E5. A chunk's ChunkState exists only while it has jobs, origin readers,
 //      store I/O or waiters.
 //  E6. A store chunk a snapshot is reading or writing is not freed (a whole
@@ -20,6 +22,10 @@
 //      copied mapping of C is X: make_chunk_writeable and zero_chunk of C
 //      (for any snapshot) come after forget_chunk(C), which waits for the
 //      caller-thread reads that may have found it (read_map.h).
+//  E8. Jobs copying from the origin are registered (on their chunk, in
+//      jobs_in_flight_ and slots_used_) when started, and their I/O is
+//      issued, grouped into runs, by submit_copies() before the loop goes on
+//      to commit or to wait: no job is left unissued at the end of a step.
 #pragma once
 
 #include <atomic>
@@ -43,6 +49,7 @@ namespace multisnap {
 // One copy: read `source` once, write it to every destination; or, with no
 // destinations, a metadata-only change (a zeroed chunk) that still has to be
 // committed before the chunk's waiters may go on.
+struct CopyRun;
 struct CopyJob {
   uint64_t chunk = 0;  // origin chunk it is about
   CopyPlan::Source source = CopyPlan::Source::kOrigin;
@@ -55,7 +62,22 @@ struct CopyJob {
   uint32_t pending = 0;
   Status status;
   bool poisoned = false;  // its copy failed: never committed, conflicting I/O fails
+  CopyRun* run = nullptr;  // the run doing its I/O (origin copies), which owns the buffer
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+};
+
+// The I/O of copy jobs of consecutive origin chunks (jobs[i] copies chunk
+// first_chunk + i): one read of the whole run into adjacent slot buffers,
+// then one write per stretch of destinations that are consecutive in the
+// store (one write for the run when the allocator gave consecutive chunks).
+struct CopyRun {
+  uint64_t first_chunk = 0;
+  std::vector<CopyJob*> jobs;
+  uint32_t first_slot = 0;  // buffers: slots [first_slot, first_slot + jobs.size())
+  IoOp read_op;
+  std::deque<IoOp> write_ops;  // deque: stable addresses
+  uint32_t pending = 0;
+  Status status;
 };
 
 // A client request inside the engine.
@@ -249,10 +271,18 @@ class EngineCore {
   void release(std::vector<Request*>& waiters);
   bool can_start_job(uint32_t slots);
   CopyJob* start_job(uint64_t c, const CopyPlan& plan);
+  // Issues the I/O of the origin copies started since the last call, as
+  // runs of consecutive chunks (E8).
+  void submit_copies();
+  void start_run(CopyRun* run);
+  void run_done(CopyRun* run);
   void job_io_done(CopyJob* job, Status s);
   void job_finished(CopyJob* job);
-  uint8_t* take_buffer();
-  void return_buffer(uint8_t* b);
+  // Slot buffers: `count` adjacent ones, the longest free stretch up to
+  // count (at least one; one is always free while a job may start).
+  std::pair<uint32_t, uint32_t> take_slots(uint32_t count);
+  void return_slots(uint32_t first, uint32_t count);
+  uint8_t* slot_buffer(uint32_t slot) { return arena_ + uint64_t{slot} * chunk_size_; }
   uint32_t chunk_bytes_on_origin(uint64_t c) const;
   // Prepares chunk c of a snapshot for writing. Returns true when it is
   // writable (its exclusive store chunk in *out); false when a job was
@@ -329,8 +359,11 @@ class EngineCore {
   bool commit_due_ = false;  // metadata changed outside a job (reclaim): commit before new copies
   uint32_t jobs_in_flight_ = 0;
   uint64_t writes_in_flight_ = 0;
-  std::vector<uint8_t*> free_buffers_;
-  std::vector<uint8_t*> all_buffers_;
+  uint8_t* arena_ = nullptr;        // copy_slots chunk buffers, adjacent
+  std::vector<uint8_t> slot_free_;  // per slot buffer: 1 when free
+  uint32_t slot_cursor_ = 0;        // where take_slots starts looking
+  std::vector<CopyJob*> unissued_;  // origin copies started, I/O not yet issued (E8)
+  uint32_t max_run_chunks_ = 1;
   uint8_t* zero_buffer_ = nullptr;
   std::chrono::steady_clock::time_point last_commit_;
   std::chrono::steady_clock::time_point last_reclaim_;

@@ -40,10 +40,12 @@ namespace multisnap {
 
 struct EngineOptions {
   size_t cache_bytes = 64ull << 20;
-  // Chunks being copied at once. 0: automatic, 16 MiB of chunk buffers
-  // (8 to 64 slots; 64 with 64 KiB chunks). More slots put more copies in
-  // each group commit: sequential writes after a snapshot ran 1.6-3x faster
-  // with 64 than with 8 (bench/copy_slots.sh; docs/design.md, section 3).
+  // Chunks being copied at once. 0: automatic, 16 MiB of chunk buffers,
+  // at least 8 slots and at most 64 or 4 MiB of chunks, whichever is more
+  // (64 with 64 KiB chunks, 1024 with 4 KiB chunks: a commit group holds at
+  // least 4 MiB of copies). More slots put more copies in each group
+  // commit: sequential writes after a snapshot ran 1.6-3x faster with 64
+  // than with 8 (bench/copy_slots.sh; docs/design.md, section 3).
   uint32_t copy_slots = 8;
   bool threaded = true;
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step
@@ -122,6 +124,7 @@ struct EngineCounters {
   uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, zeroes = 0;
   uint64_t bytes_read = 0, bytes_written = 0;
   uint64_t copy_jobs = 0, chunks_copied = 0, commits = 0;
+  uint64_t copy_runs = 0;  // runs of origin copies: one origin read each (core.h, CopyRun)
   uint64_t retries = 0;  // requests retried after waiting
   uint64_t errors = 0;
   uint64_t direct_writes = 0;  // origin writes that took the shortcut

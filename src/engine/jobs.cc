@@ -58,13 +58,32 @@ bool EngineCore::can_start_job(uint32_t slots) {
   return slots_used_ + slots <= options_.copy_slots || (slots_used_ == 0 && slots <= 2);
 }
 
-uint8_t* EngineCore::take_buffer() {
-  uint8_t* b = free_buffers_.back();
-  free_buffers_.pop_back();
-  return b;
+std::pair<uint32_t, uint32_t> EngineCore::take_slots(uint32_t count) {
+  // Next fit: the first free stretch from the cursor on that is long enough,
+  // else the longest one seen.
+  const uint32_t n = static_cast<uint32_t>(slot_free_.size());
+  uint32_t best = n, best_len = 0;
+  for (uint32_t k = 0; k < n;) {
+    uint32_t i = (slot_cursor_ + k) % n;
+    if (!slot_free_[i]) {
+      ++k;
+      continue;
+    }
+    uint32_t len = 0;
+    while (len < count && i + len < n && slot_free_[i + len]) ++len;
+    if (len > best_len) best = i, best_len = len;
+    if (len == count) break;
+    k += len;
+  }
+  assert(best_len > 0);  // E4: a job that may start always finds a buffer
+  for (uint32_t i = best; i < best + best_len; ++i) slot_free_[i] = 0;
+  slot_cursor_ = (best + best_len) % n;
+  return {best, best_len};
 }
 
-void EngineCore::return_buffer(uint8_t* b) { free_buffers_.push_back(b); }
+void EngineCore::return_slots(uint32_t first, uint32_t count) {
+  for (uint32_t i = first; i < first + count; ++i) slot_free_[i] = 1;
+}
 
 uint32_t EngineCore::chunk_bytes_on_origin(uint64_t c) const {
   uint64_t start = c * chunk_size_;
@@ -87,6 +106,12 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
     return job;
   }
   slots_used_ += static_cast<uint32_t>(job->dests.size());
+  if (plan.source == CopyPlan::Source::kOrigin) {
+    // Issued with its neighbours by submit_copies() at the end of this pass
+    // over the run queue (E8).
+    unissued_.push_back(job);
+    return job;
+  }
   auto write_all = [this, job]() {
     const Layout& l = store_->layout();
     job->pending = static_cast<uint32_t>(job->dests.size());
@@ -110,19 +135,13 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
     write_all();
     return job;
   }
-  job->buffer = take_buffer();
+  // From another store chunk (a split): one buffer, one read.
+  job->buffer = slot_buffer(take_slots(1).first);
   IoOp& r = job->read_op;
   r.kind = IoOp::Kind::kRead;
-  if (plan.source == CopyPlan::Source::kOrigin) {
-    r.dev = &origin_;
-    r.offset = c * chunk_size_;
-    r.len = chunk_bytes_on_origin(c);
-    if (r.len < chunk_size_) std::memset(job->buffer + r.len, 0, chunk_size_ - r.len);
-  } else {
-    r.dev = &store_dev_;
-    r.offset = store_->layout().data_offset(plan.source_chunk);
-    r.len = chunk_size_;
-  }
+  r.dev = &store_dev_;
+  r.offset = store_->layout().data_offset(plan.source_chunk);
+  r.len = chunk_size_;
   r.buf = job->buffer;
   r.done = [this, job, write_all](Status s) {
     if (!s.is_ok()) {
@@ -135,11 +154,105 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
   return job;
 }
 
+void EngineCore::submit_copies() {
+  if (unissued_.empty()) return;
+  std::vector<CopyJob*> jobs;
+  jobs.swap(unissued_);
+  // Adjacent chunks may come from different requests, in any order.
+  std::sort(jobs.begin(), jobs.end(), [](const CopyJob* a, const CopyJob* b) { return a->chunk < b->chunk; });
+  size_t i = 0;
+  while (i < jobs.size()) {
+    size_t j = i + 1;
+    while (j < jobs.size() && j - i < max_run_chunks_ && jobs[j]->chunk == jobs[j - 1]->chunk + 1) ++j;
+    // The run's buffers must be adjacent: a shorter stretch of free slot
+    // buffers splits it (the rest is the next run).
+    auto [first, got] = take_slots(static_cast<uint32_t>(j - i));
+    auto* run = new CopyRun;
+    run->first_slot = first;
+    run->jobs.assign(jobs.begin() + static_cast<long>(i), jobs.begin() + static_cast<long>(i + got));
+    start_run(run);
+    i += got;
+  }
+}
+
+void EngineCore::start_run(CopyRun* run) {
+  AtomicCounters::add(counters_.copy_runs);
+  run->first_chunk = run->jobs.front()->chunk;
+  uint8_t* buffer = slot_buffer(run->first_slot);
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < run->jobs.size(); ++k) {
+    CopyJob* job = run->jobs[k];
+    job->run = run;
+    job->buffer = buffer + k * chunk_size_;
+    bytes += chunk_bytes_on_origin(job->chunk);
+  }
+  // Only the volume's last chunk can be short: zeros after its end.
+  const uint64_t whole = uint64_t{chunk_size_} * run->jobs.size();
+  if (bytes < whole) std::memset(buffer + bytes, 0, whole - bytes);
+  IoOp& r = run->read_op;
+  r.kind = IoOp::Kind::kRead;
+  r.dev = &origin_;
+  r.offset = run->first_chunk * chunk_size_;
+  r.len = bytes;
+  r.buf = buffer;
+  r.done = [this, run](Status s) {
+    if (!s.is_ok()) {
+      run->status = s;
+      run_done(run);
+      return;
+    }
+    // Every (destination offset, buffer) pair, in store order; a stretch
+    // that is adjacent both on the store and in the buffers is one write.
+    const Layout& l = store_->layout();
+    std::vector<std::pair<uint64_t, uint32_t>> targets;
+    for (uint32_t k = 0; k < run->jobs.size(); ++k)
+      for (uint64_t d : run->jobs[k]->dests) targets.emplace_back(l.data_offset(d), k);
+    std::sort(targets.begin(), targets.end());
+    uint8_t* buf = slot_buffer(run->first_slot);
+    for (size_t a = 0; a < targets.size();) {
+      size_t b = a + 1;
+      while (b < targets.size() && targets[b].first == targets[b - 1].first + chunk_size_ &&
+             targets[b].second == targets[b - 1].second + 1)
+        ++b;
+      IoOp& w = run->write_ops.emplace_back();
+      w.kind = IoOp::Kind::kWrite;
+      w.dev = &store_dev_;
+      w.offset = targets[a].first;
+      w.buf = buf + uint64_t{targets[a].second} * chunk_size_;
+      w.len = uint64_t{chunk_size_} * (b - a);
+      a = b;
+    }
+    run->pending = static_cast<uint32_t>(run->write_ops.size());
+    for (IoOp& w : run->write_ops) {
+      w.done = [this, run](Status ws) {
+        if (!ws.is_ok() && run->status.is_ok()) run->status = ws;
+        if (--run->pending == 0) run_done(run);
+      };
+      io_->submit(&w);
+    }
+  };
+  io_->submit(&r);
+}
+
+void EngineCore::run_done(CopyRun* run) {
+  return_slots(run->first_slot, static_cast<uint32_t>(run->jobs.size()));
+  std::vector<CopyJob*> jobs;
+  jobs.swap(run->jobs);
+  Status s = run->status;
+  delete run;  // the op completing now was moved out of it (io_context.h, complete)
+  for (CopyJob* job : jobs) {
+    job->run = nullptr;
+    job->buffer = nullptr;
+    job_io_done(job, s);
+  }
+}
+
 void EngineCore::job_io_done(CopyJob* job, Status s) {
   if (!job->dests.empty()) counters_.copy_latency.record_since(job->started);
   --jobs_in_flight_;
   slots_used_ -= static_cast<uint32_t>(job->dests.size());
-  if (job->buffer && job->buffer != zero_buffer_) return_buffer(job->buffer);
+  if (job->buffer && job->buffer != zero_buffer_)  // a split's own buffer (runs return theirs)
+    return_slots(static_cast<uint32_t>((job->buffer - arena_) / chunk_size_), 1);
   job->buffer = nullptr;
   if (!s.is_ok()) {
     // The remap already points at a chunk that did not get its data: it

@@ -12,6 +12,7 @@ namespace multisnap {
 namespace {
 constexpr auto kReclaimPacing = std::chrono::milliseconds(100);
 constexpr auto kSpaceRetry = std::chrono::milliseconds(200);  // writes waiting for space (on_no_space)
+constexpr uint32_t kMaxRunBytes = 1u << 20;  // the longest copy run: one read of at most this
 }
 
 EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_ptr<ExceptionStore> store,
@@ -21,12 +22,12 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
       volume_size_(store_->layout().origin_size), data_start_(store_->layout().data_start),
       clean_(store_->layout().origin_chunks(), options.clean_map_bytes), read_map_(options.read_map_entries) {
   if (options_.copy_slots == 0)
-    options_.copy_slots = static_cast<uint32_t>(std::clamp<uint64_t>((16u << 20) / chunk_size_, 8, 64));
-  for (uint32_t i = 0; i < options_.copy_slots; ++i) {
-    auto* b = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
-    all_buffers_.push_back(b);
-    free_buffers_.push_back(b);
-  }
+    options_.copy_slots = static_cast<uint32_t>(std::clamp<uint64_t>(
+        (16u << 20) / chunk_size_, 8, std::max<uint64_t>(64, (4u << 20) / chunk_size_)));
+  // One arena, so that a run of chunks can be read into adjacent buffers.
+  arena_ = static_cast<uint8_t*>(std::aligned_alloc(4096, uint64_t{options_.copy_slots} * chunk_size_));
+  slot_free_.assign(options_.copy_slots, 1);
+  max_run_chunks_ = std::max<uint32_t>(1, kMaxRunBytes / chunk_size_);
   zero_buffer_ = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
   std::memset(zero_buffer_, 0, chunk_size_);
   last_commit_ = last_reclaim_ = std::chrono::steady_clock::now();
@@ -39,7 +40,7 @@ EngineCore::~EngineCore() {
   for (auto& [c, cs] : chunks_)
     for (CopyJob* job : cs.jobs) delete job;
 
-  for (uint8_t* b : all_buffers_) std::free(b);
+  std::free(arena_);
   std::free(zero_buffer_);
 }
 
@@ -381,6 +382,7 @@ void EngineCore::step(bool may_block) {
     run_queue_.pop_front();
     process(r);
   }
+  submit_copies();  // E8: before anything may commit or wait
   maybe_commit();
   run_controls();
   maybe_reclaim();
@@ -415,6 +417,7 @@ void EngineCore::run_until_idle() {
 
 void EngineCore::check_invariants() const {
   assert(slots_used_ <= std::max<uint32_t>(options_.copy_slots, 2));  // E4
+  assert(unissued_.empty());                                            // E8
   for (const auto& [c, cs] : chunks_) {
     (void)c;
     assert(!cs.jobs.empty() || cs.origin_readers > 0 || cs.store_io > 0 || !cs.waiters.empty());  // E5

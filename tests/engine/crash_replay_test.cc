@@ -6,6 +6,7 @@
 // there, and every sector of every volume holds a version the model allows.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <unordered_set>
@@ -107,6 +108,7 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
   {
     EngineOptions eo;
     eo.threaded = false;
+    eo.copy_slots = 0;  // automatic: the pipeline at full depth (1024 slots with 4 KiB chunks)
     auto engine = std::move(Engine::open(origin, store, eo, make_sync_io_context())).value();
     std::map<SnapshotId, VolumeModel> vols;
     std::map<SnapshotId, VolumeRef> refs;
@@ -125,25 +127,39 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
     for (int step = 0; step < 70; ++step) {
       Checkpoint cp;
       int r = static_cast<int>(rng() % 100);
-      SnapshotId target = 0;
-      if (r < 60) {  // a write or zeroing of some volume
-        auto it = std::next(vols.begin(), static_cast<long>(rng() % vols.size()));
-        target = it->first;
-        uint64_t len = kSector * (1 + rng() % (3 * chunk / kSector));
-        uint64_t off = (rng() % ((size - len) / kSector + 1)) * kSector;
-        IoRequest io{IoRequest::Op::kWrite, off, len, nullptr, rng() % 8 == 0};
-        std::vector<uint8_t> buf;
-        if (r % 10 == 0) {
-          io.op = IoRequest::Op::kWriteZeroes;
-          std::memset(it->second.data.data() + off, 0, len);
-        } else {
-          buf = testing::random_bytes(rng, len);
-          io.buf = buf.data();
-          std::memcpy(it->second.data.data() + off, buf.data(), len);
+      if (r < 60) {  // writes or zeroings of up to three volumes at once (different volumes)
+        std::vector<SnapshotId> targets;
+        for (auto& [id, m] : vols) targets.push_back(id);
+        std::shuffle(targets.begin(), targets.end(), rng);
+        targets.resize(std::min<size_t>(targets.size(), 1 + rng() % 3));
+        std::vector<std::vector<uint8_t>> bufs;
+        bufs.reserve(targets.size());  // the requests point into them
+        std::vector<std::pair<SnapshotId, IoRequest>> batch;
+        for (SnapshotId id : targets) {
+          VolumeModel& m = vols[id];
+          uint64_t len = kSector * (1 + rng() % (3 * chunk / kSector));
+          uint64_t off = (rng() % ((size - len) / kSector + 1)) * kSector;
+          IoRequest io{IoRequest::Op::kWrite, off, len, nullptr, rng() % 8 == 0};
+          if (rng() % 10 == 0) {
+            io.op = IoRequest::Op::kWriteZeroes;
+            std::memset(m.data.data() + off, 0, len);
+          } else {
+            bufs.push_back(testing::random_bytes(rng, len));
+            io.buf = bufs.back().data();
+            std::memcpy(m.data.data() + off, io.buf, len);
+          }
+          m.note_versions(off, len);
+          batch.emplace_back(id, io);
         }
-        it->second.note_versions(off, len);
         cp.volumes = vols;
-        ASSERT_TRUE(sync_io(target, io).is_ok());
+        size_t done = 0;
+        for (auto& [id, io] : batch)
+          engine->submit(refs[id], io, [&done](Status st) {
+            EXPECT_TRUE(st.is_ok()) << st.to_string();
+            ++done;
+          });
+        while (done < batch.size()) engine->poll();
+        ASSERT_FALSE(::testing::Test::HasFailure());
       } else if (r < 75 && vols.size() < 6) {  // a snapshot of the origin or of a snapshot
         std::optional<SnapshotId> of;
         auto pick = std::next(vols.begin(), static_cast<long>(rng() % vols.size()));

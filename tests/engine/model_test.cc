@@ -436,6 +436,10 @@ std::vector<ModelCase> model_cases() {
     EngineParams tiny{4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f};
     tiny.metadata_size = 64 << 10;
     out.push_back({n + "4KTinyMetadataPool", tiny, 1000});
+    // Automatic copy slots (1024 with 4 KiB chunks, 64 with 64 KiB): the
+    // copy pipeline at full depth, runs across requests.
+    out.push_back({n + "4KFullDepth", {4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 0, f}, 1000});
+    out.push_back({n + "64KFullDepth", {65536, 2 << 20, 96 << 20, 1 << 20, TestIo::kReordering, 1, 0, f}, 800});
     out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f},
                    800});
   }

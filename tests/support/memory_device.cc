@@ -148,6 +148,16 @@ void MemoryDevice::poke(uint64_t offset, const void* buf, size_t len) {
   image_write(durable_, offset, static_cast<const uint8_t*>(buf), len);
 }
 
+std::unique_ptr<MemoryDevice> MemoryDevice::copy_image(bool durable) const {
+  auto out = std::make_unique<MemoryDevice>(size_, name_);
+  std::lock_guard lock(mu_);
+  for (const auto& [page, p] : durable ? durable_ : current_) {
+    out->current_[page] = std::make_unique<Page>(*p);
+    out->durable_[page] = std::make_unique<Page>(*p);
+  }
+  return out;
+}
+
 uint64_t MemoryDevice::write_count() const {
   std::lock_guard lock(mu_);
   return writes_;

@@ -66,6 +66,11 @@ class MemoryDevice final : public BlockDevice {
   uint64_t write_count() const;
   uint64_t flush_count() const;
 
+  // A new device holding this one's current image (what a reader sees now),
+  // or its durable one (what a power cut that keeps no unflushed write
+  // leaves); nothing unflushed in the copy.
+  std::unique_ptr<MemoryDevice> copy_image(bool durable) const;
+
  private:
   static constexpr size_t kPage = 4096;
   static constexpr size_t kSector = 512;
