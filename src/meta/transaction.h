@@ -23,7 +23,7 @@
 //     record alternates between two slots.
 //  5. After a failed write or flush the manager is failed: it refuses every
 //     change and commit until the store is reopened (like SQLite's pager).
-//  6. One space (format 3). Metadata blocks come from the pool first; when it
+//  6. One space (format 3 on). Metadata blocks come from the pool first; when it
 //     is full, from data chunks the metadata *borrowed*: a data chunk is
 //     borrowed iff it is in use in the data bitmap and at least one of its
 //     blocks is in use in the metadata bitmap (whose units run on over the
