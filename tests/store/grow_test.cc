@@ -14,6 +14,7 @@
 #include "meta/transaction.h"
 #include "store/check_store.h"
 #include "store/exception_store.h"
+#include "store/store_fixture.h"
 #include "store/store_format.h"
 #include "support/fault_device.h"
 #include "support/memory_device.h"
@@ -23,50 +24,25 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-class GrowTest : public ::testing::TestWithParam<StoreFormat> {
+class GrowTest : public testing::SpaceFixture {
  protected:
+  // A small metadata pool: metadata borrows from the data area early.
   void format(uint64_t device, uint64_t max_size, uint32_t version = kFormatVersion) {
-    dev_ = std::make_unique<MemoryDevice>(device, "store");
     CreateOptions o;
-    o.format = GetParam();
-    o.chunk_size = 4096;
-    o.origin_size = 1ull << 30;
-    o.metadata_size = 64 << 10;  // a small pool: metadata borrows from the data area early
+    o.metadata_size = 64 << 10;
     if (max_size) o.max_store_size = max_size;
     o.format_version = version;
-    o.origin_path = "/dev/null";
-    ASSERT_TRUE(format_store(*dev_, o).is_ok());
-    reopen();
-  }
-  void reopen(BlockDevice* on = nullptr) {
-    store_.reset();
-    auto r = open_store(on ? *on : *dev_, {});
-    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-    store_ = std::move(r).value();
-  }
-  void expect_clean(const std::string& when) {
-    ASSERT_TRUE(store_->commit().is_ok()) << when;
-    for (auto& p : testing::check_store(*dev_)) ADD_FAILURE() << when << ": " << p;
-  }
-  // One origin write to `chunk`: ok, or kNoSpace having changed nothing.
-  Status origin_write(uint64_t chunk) {
-    store_->reset_query(chunk);
-    for (;;) {
-      MS_ASSIGN_OR_RETURN(bool more, store_->query_next_remap());
-      if (!more) return Status::ok();
-      CopyDescriptor d;
-      MS_TRY(store_->add_next_remap(&d).status());
-    }
+    SpaceFixture::format(device, o);
   }
   // Origin writes (a snapshot every 50) from *next until the store is full.
   void fill(uint64_t* next) {
     int failures = 0;
     for (uint64_t round = 0; failures < 5; ++round) {
-      Status s = round % 50 == 0 && snapshots_ < 60
-                     ? store_->create_snapshot(std::nullopt, "s" + std::to_string(names_++), 1).status()
-                     : origin_write(*next);
+      const bool take = round % 50 == 0 && snapshots_ < 60;
+      Status s = take ? store_->create_snapshot(std::nullopt, "s" + std::to_string(names_++), 1).status()
+                      : origin_write(*next);
       if (s.is_ok()) {
-        if (round % 50 == 0 && snapshots_ < 60) ++snapshots_;
+        if (take) ++snapshots_;
         else ++*next;
       } else {
         ASSERT_EQ(s.code(), Code::kNoSpace) << s.to_string();
@@ -88,10 +64,6 @@ class GrowTest : public ::testing::TestWithParam<StoreFormat> {
       ASSERT_EQ(m->kind, ChunkMapping::Kind::kStore) << "chunk " << c;
     }
   }
-  const Layout& layout() { return store_->layout(); }
-
-  std::unique_ptr<MemoryDevice> dev_;
-  std::unique_ptr<ExceptionStore> store_;
   int snapshots_ = 0;
   int names_ = 0;
 };

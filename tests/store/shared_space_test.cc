@@ -6,6 +6,7 @@
 
 #include "meta/transaction.h"
 #include "store/check_store.h"
+#include "store/store_fixture.h"
 #include "store/exception_store.h"
 #include "store/store_format.h"
 #include "support/memory_device.h"
@@ -13,50 +14,14 @@
 namespace multisnap {
 namespace {
 
-class SharedSpaceTest : public ::testing::TestWithParam<StoreFormat> {
+class SharedSpaceTest : public testing::SpaceFixture {
  protected:
   void format(uint64_t device, uint64_t metadata, uint32_t version = kFormatVersion) {
-    dev_ = std::make_unique<MemoryDevice>(device, "store");
     CreateOptions o;
-    o.format = GetParam();
-    o.chunk_size = 4096;
-    o.origin_size = 1ull << 30;
     o.metadata_size = metadata;
     o.format_version = version;
-    o.origin_path = "/dev/null";
-    ASSERT_TRUE(format_store(*dev_, o).is_ok());
-    reopen();
+    SpaceFixture::format(device, o);
   }
-  void reopen() {
-    store_.reset();
-    auto r = open_store(*dev_, {});
-    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-    store_ = std::move(r).value();
-  }
-  void expect_clean(const std::string& when) {
-    ASSERT_TRUE(store_->commit().is_ok()) << when;
-    for (auto& p : testing::check_store(*dev_)) ADD_FAILURE() << when << ": " << p;
-  }
-  // One origin write to `chunk`: ok, or kNoSpace having changed nothing.
-  Status origin_write(uint64_t chunk) {
-    store_->reset_query(chunk);
-    for (;;) {
-      MS_ASSIGN_OR_RETURN(bool more, store_->query_next_remap());
-      if (!more) return Status::ok();
-      CopyDescriptor d;
-      MS_TRY(store_->add_next_remap(&d).status());
-    }
-  }
-  void reclaim_all() {
-    while (store_->reclaim_pending()) {
-      ASSERT_TRUE(store_->reclaim_step(1000).is_ok());
-      ASSERT_TRUE(store_->commit().is_ok());
-    }
-  }
-  TransactionManager& tm() { return store_->tm(); }
-
-  std::unique_ptr<MemoryDevice> dev_;
-  std::unique_ptr<ExceptionStore> store_;
 };
 
 TEST_P(SharedSpaceTest, MetadataBorrowsDataChunksAndGivesThemBack) {

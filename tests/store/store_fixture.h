@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "meta/transaction.h"
 #include "support/memory_device.h"
 #include "store/check_store.h"
 #include "store/exception_store.h"
@@ -79,6 +81,57 @@ class StoreFixture : public ::testing::Test {
   }
 
   MemoryDevice dev_{256 << 20};
+  std::unique_ptr<ExceptionStore> store_;
+};
+
+// A store of a chosen size on a MemoryDevice, for the tests of space (full
+// stores, borrowing, growth); parameterised by the store format. 4 KiB
+// chunks, a 1 GiB origin.
+class SpaceFixture : public ::testing::TestWithParam<StoreFormat> {
+ protected:
+  // Formats a new device of `device` bytes with `o` (format, chunk size and
+  // origin filled in here) and opens it.
+  void format(uint64_t device, CreateOptions o) {
+    dev_ = std::make_unique<MemoryDevice>(device, "store");
+    o.format = GetParam();
+    o.chunk_size = 4096;
+    o.origin_size = 1ull << 30;
+    o.origin_path = "/dev/null";
+    Status made = format_store(*dev_, o);
+    ASSERT_TRUE(made.is_ok()) << made.to_string();
+    reopen();
+  }
+  // Opens the store on dev_, or on `on` (a device in front of it).
+  void reopen(BlockDevice* on = nullptr) {
+    store_.reset();
+    auto r = open_store(on ? *on : *dev_, {});
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    store_ = std::move(r).value();
+  }
+  void expect_clean(const std::string& when) {
+    ASSERT_TRUE(store_->commit().is_ok()) << when;
+    for (auto& p : check_store(*dev_)) ADD_FAILURE() << when << ": " << p;
+  }
+  // One origin write to `chunk`: ok, or kNoSpace having changed nothing.
+  Status origin_write(uint64_t chunk) {
+    store_->reset_query(chunk);
+    for (;;) {
+      MS_ASSIGN_OR_RETURN(bool more, store_->query_next_remap());
+      if (!more) return Status::ok();
+      CopyDescriptor d;
+      MS_TRY(store_->add_next_remap(&d).status());
+    }
+  }
+  void reclaim_all() {
+    while (store_->reclaim_pending()) {
+      ASSERT_TRUE(store_->reclaim_step(1000).is_ok());
+      ASSERT_TRUE(store_->commit().is_ok());
+    }
+  }
+  TransactionManager& tm() { return store_->tm(); }
+  const Layout& layout() { return store_->layout(); }
+
+  std::unique_ptr<MemoryDevice> dev_;
   std::unique_ptr<ExceptionStore> store_;
 };
 
