@@ -227,6 +227,7 @@ class EngineCore {
   // loop.cc
   bool try_direct_write(const VolumeRef& volume, const IoRequest& io, IoDone& done);
   bool try_direct_read(const VolumeRef& volume, const IoRequest& io, IoDone& done);
+  void count_direct(bool write, const Status& s, uint64_t bytes);  // the counters of one of those
   void thread_main();
   void step(bool may_block);
   void take_incoming();

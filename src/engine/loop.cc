@@ -147,12 +147,17 @@ bool EngineCore::try_direct_write(const VolumeRef&, const IoRequest& io, IoDone&
   }
   Status s = io.fua ? origin_.write_fua(io.offset, io.buf, io.length) : origin_.write(io.offset, io.buf, io.length);
   direct_in_flight_.fetch_sub(1);
-  AtomicCounters::add(counters_.writes);
-  AtomicCounters::add(counters_.direct_writes);
-  if (s.is_ok()) AtomicCounters::add(counters_.bytes_written, io.length);
-  else AtomicCounters::add(counters_.errors);
+  count_direct(true, s, io.length);
   done(std::move(s));
   return true;
+}
+
+// A request served on the caller's thread, in the counters.
+void EngineCore::count_direct(bool write, const Status& s, uint64_t bytes) {
+  AtomicCounters::add(write ? counters_.writes : counters_.reads);
+  AtomicCounters::add(write ? counters_.direct_writes : counters_.direct_reads);
+  if (s.is_ok()) AtomicCounters::add(write ? counters_.bytes_written : counters_.bytes_read, bytes);
+  else AtomicCounters::add(counters_.errors);
 }
 
 // The shortcut for snapshot reads: every chunk the read touches must be in
@@ -189,10 +194,7 @@ bool EngineCore::try_direct_read(const VolumeRef& volume, const IoRequest& io, I
     pos = run_end;
   }
   read_map_.leave(epoch);
-  AtomicCounters::add(counters_.reads);
-  AtomicCounters::add(counters_.direct_reads);
-  if (s.is_ok()) AtomicCounters::add(counters_.bytes_read, io.length);
-  else AtomicCounters::add(counters_.errors);
+  count_direct(false, s, io.length);
   done(std::move(s));
   return true;
 }

@@ -214,11 +214,16 @@ Status TransactionManager::load_size(const CommitRecordDisk& r) {
                       "{}: the store grew to {} bytes but the device has only {}; was it truncated or replaced by a "
                       "smaller one? (a truncated file: `truncate -s {}` it back; the data past its end is lost)",
                       dev_.describe(), r.store_size, dev_.size(), r.store_size);
-  l.data_chunks = r.data_chunks;
-  l.store_size = r.store_size;
-  meta_->grow(l.meta_units(), l.meta_blocks);
-  data_->grow(l.data_chunks, l.data_chunks);
+  set_size(r.data_chunks, r.store_size);
   return Status::ok();
+}
+
+void TransactionManager::set_size(uint64_t chunks, uint64_t store_bytes) {
+  Layout& l = sb_.layout;
+  l.data_chunks = chunks;
+  l.store_size = store_bytes;
+  meta_->grow(l.meta_units(), l.meta_blocks);
+  data_->grow(chunks, chunks);
 }
 
 Status TransactionManager::preallocate_metadata() {
@@ -255,10 +260,7 @@ Status TransactionManager::grow(uint64_t chunks, uint64_t store_bytes) {
                         map == data_.get() ? "data" : "metadata", stray);
   }
   const uint64_t old_chunks = l.data_chunks, old_size = l.store_size;
-  l.data_chunks = chunks;
-  l.store_size = store_bytes;
-  meta_->grow(l.meta_units(), l.meta_blocks);
-  data_->grow(chunks, chunks);
+  set_size(chunks, store_bytes);
   // Invariant 7 for the bitmaps brought into service.
   if (Status s = preallocate_metadata(); !s.is_ok()) {
     l.data_chunks = old_chunks;  // nothing was allocated in the new units yet: take them back

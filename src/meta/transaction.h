@@ -214,6 +214,8 @@ class TransactionManager {
   Status load_borrowed();
   // Invariant 7 for the metadata region in service (transaction.cc).
   Status preallocate_metadata();
+  // The data area in service (larger than now): layout and space maps.
+  void set_size(uint64_t chunks, uint64_t store_bytes);
   // Format 4: the data area's size from the commit record.
   Status load_size(const CommitRecordDisk& record);
   Status release_empty_chunks();
