@@ -35,6 +35,8 @@ void SpaceMap::load(const std::vector<uint8_t>& states, uint64_t used, uint64_t 
   dirty_count_ = 0;
   full_hint_.assign(bitmaps_, false);
   freed_ = 0;
+  frontier_known_ = false;
+  frontier_ = 0;
 }
 
 void SpaceMap::set_state(std::vector<uint8_t>& v, uint32_t i, uint8_t s) const {
@@ -141,7 +143,55 @@ Status SpaceMap::take(uint32_t i, uint64_t unit) {
   uint64_t bit = unit - uint64_t{i} * kBitsPerBitmap;
   b[bit / 8] = static_cast<uint8_t>(b[bit / 8] | (1u << (bit % 8)));
   ++used_;
+  frontier_ = std::max(frontier_, unit + 1);
   return Status::ok();
+}
+
+Result<uint64_t> SpaceMap::next_fit(uint64_t limit) {
+  const uint32_t searched = static_cast<uint32_t>((limit + kBitsPerBitmap - 1) / kBitsPerBitmap);
+  const uint64_t cursor = cursor_ < limit ? cursor_ : 0;
+  uint32_t start = static_cast<uint32_t>(cursor / kBitsPerBitmap);
+  for (uint32_t k = 0; k <= searched; ++k) {
+    uint32_t i = (start + k) % searched;
+    if (full_hint_[i] && k != 0) continue;
+    uint64_t from = (k == 0) ? cursor % kBitsPerBitmap : 0;
+    uint64_t bitmap_limit = limit - uint64_t{i} * kBitsPerBitmap;
+    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, from, bitmap_limit));
+    if (unit == UINT64_MAX) {
+      // Full as far as anything may be allocated in it (not only up to a frontier).
+      if (from == 0 && (bitmap_limit >= kBitsPerBitmap || limit == alloc_units_)) full_hint_[i] = true;
+      continue;
+    }
+    MS_TRY(take(i, unit));
+    cursor_ = unit + 1 < alloc_units_ ? unit + 1 : 0;
+    return unit;
+  }
+  return UINT64_MAX;
+}
+
+Result<uint64_t> SpaceMap::used_end() {
+  for (uint32_t i = bitmaps_in_service(); i-- > 0;) {
+    BlockRef w, c;
+    if (dirty_[i]) {
+      MS_ASSIGN_OR_RETURN(w, working_block(i, false));
+    }
+    if (bitmap_written(i)) {
+      MS_ASSIGN_OR_RETURN(c, committed_block(i));
+    }
+    const uint64_t base = uint64_t{i} * kBitsPerBitmap;
+    for (uint64_t bit = std::min<uint64_t>(kBitsPerBitmap, units_ - base); bit-- > 0;) {
+      if (bit % 64 == 63) {  // a whole clear word at a time
+        uint64_t word = (w ? load_le<uint64_t>(bits(w.data()) + bit / 8) : 0) |
+                        (c ? load_le<uint64_t>(bits(c.data()) + bit / 8) : 0);
+        if (word == 0) {
+          bit -= 63;
+          continue;
+        }
+      }
+      if ((w && test_bit(bits(w.data()), bit)) || (c && test_bit(bits(c.data()), bit))) return base + bit + 1;
+    }
+  }
+  return 0;
 }
 
 Result<uint64_t> SpaceMap::allocate() {
@@ -149,22 +199,34 @@ Result<uint64_t> SpaceMap::allocate() {
     return make_error(Code::kNoSpace, "the store's {} space is full (it has no units)", name_);
   if (used_ >= units_)
     return make_error(Code::kNoSpace, "the store's {} space is full ({} of {} in use)", name_, used_, units_);
-  const uint32_t searched = static_cast<uint32_t>((alloc_units_ + kBitsPerBitmap - 1) / kBitsPerBitmap);
-  uint32_t start = static_cast<uint32_t>(cursor_ / kBitsPerBitmap);
-  for (uint32_t k = 0; k <= searched; ++k) {
-    uint32_t i = (start + k) % searched;
-    if (full_hint_[i] && k != 0) continue;
-    uint64_t from = (k == 0) ? cursor_ % kBitsPerBitmap : 0;
-    uint64_t limit = alloc_units_ - uint64_t{i} * kBitsPerBitmap;
-    MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, from, limit));
-    if (unit == UINT64_MAX) {
-      if (from == 0) full_hint_[i] = true;
-      continue;
+  if (frontier_policy_) {
+    if (!frontier_known_) {
+      MS_ASSIGN_OR_RETURN(uint64_t end, used_end());
+      frontier_ = std::max(frontier_, end);
+      frontier_known_ = true;
     }
-    MS_TRY(take(i, unit));
-    cursor_ = unit + 1 < alloc_units_ ? unit + 1 : 0;
-    return unit;
+    const uint64_t limit = std::min(frontier_, alloc_units_);
+    // Every unit in use, and every one freed in this transaction, is below
+    // the frontier: what is left there is allocatable now.
+    if (limit > used_ + freed_) {
+      MS_ASSIGN_OR_RETURN(uint64_t unit, next_fit(limit));
+      if (unit != UINT64_MAX) return unit;
+    }
+    // Past the frontier: the first free unit, so the frontier moves by one.
+    for (uint64_t u = limit; u < alloc_units_;) {
+      uint32_t i = static_cast<uint32_t>(u / kBitsPerBitmap);
+      uint64_t base = uint64_t{i} * kBitsPerBitmap;
+      MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, u - base, alloc_units_ - base));
+      if (unit != UINT64_MAX) {
+        MS_TRY(take(i, unit));
+        cursor_ = unit + 1 < alloc_units_ ? unit + 1 : 0;
+        return unit;
+      }
+      u = base + kBitsPerBitmap;
+    }
   }
+  MS_ASSIGN_OR_RETURN(uint64_t unit, next_fit(alloc_units_));
+  if (unit != UINT64_MAX) return unit;
   return make_error(Code::kNoSpace,
                     "the store's {} space is full ({} in use, {} freed but not reusable before the next commit)",
                     name_, used_, freed_);

@@ -46,6 +46,7 @@ class SpaceMap {
   // Undoes a grow in the same transaction before any new unit was taken.
   void shrink_to(uint64_t units) {
     units_ = units;
+    frontier_ = std::min(frontier_, units_);
     alloc_units_ = std::min(alloc_units_, units_);
     if (cursor_ >= alloc_units_) cursor_ = 0;
   }
@@ -57,7 +58,20 @@ class SpaceMap {
   void commit_done();
 
   // A unit below alloc_units, free in this transaction and at the last commit.
+  // Next-fit from a cursor; with use_frontier(), within the frontier first.
   Result<uint64_t> allocate();
+  // The data space's policy: a store file stays as sparse as its peak use.
+  // The *frontier* is one past the highest unit ever taken (since open: then
+  // the highest in use). allocate() searches below it while the counters say
+  // a unit there is allocatable (frontier - used - freed this transaction),
+  // and takes units past it only when none is. Without it the next-fit
+  // cursor sweeps the whole space under churn (metadata borrowing and
+  // returning chunks, copies freed by reclaim), and every unit it passes
+  // gets its bytes preallocated on the host filesystem (transaction.h
+  // invariant 7): a sparse store file ended up allocated in full while a
+  // few percent of it was in use.
+  void use_frontier() { frontier_policy_ = true; }
+  uint64_t frontier() const { return frontier_; }
   // The same within [first, first + count); UINT64_MAX when none is free.
   Result<uint64_t> allocate_in(uint64_t first, uint64_t count);
   // *pinned (if given) is set when the unit was in use at the last commit,
@@ -104,6 +118,10 @@ class SpaceMap {
   // free in both versions; UINT64_MAX if none.
   Result<uint64_t> find_free_in(uint32_t i, uint64_t from_bit, uint64_t limit_bit);
   Status take(uint32_t i, uint64_t unit);
+  // Next-fit over [0, limit) from the cursor (wrapping); UINT64_MAX if none.
+  Result<uint64_t> next_fit(uint64_t limit);
+  // One past the highest unit in use now or at the last commit (0 if none).
+  Result<uint64_t> used_end();
   Status validate_unit(uint64_t unit) const;
 
   BlockCache& cache_;
@@ -120,6 +138,9 @@ class SpaceMap {
   uint64_t used_ = 0;
   uint64_t cursor_ = 0;
   uint64_t freed_ = 0;
+  bool frontier_policy_ = false;
+  bool frontier_known_ = false;  // computed at the first allocate() after load()
+  uint64_t frontier_ = 0;
 };
 
 }  // namespace multisnap

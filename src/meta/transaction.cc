@@ -49,6 +49,7 @@ TransactionManager::TransactionManager(BlockDevice& dev, Superblock sb, TmOption
                                      l.meta_bitmaps, &generation_);
   data_ = std::make_unique<SpaceMap>(*cache_, "data", l.data_chunks, l.data_chunks, l.data_bitmap_start,
                                      l.data_bitmaps, &generation_);
+  data_->use_frontier();  // a sparse store file stays as sparse as its peak use (space_map.h)
 }
 
 Status TransactionManager::format(BlockDevice& dev, const Superblock& sb) {

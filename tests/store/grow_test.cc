@@ -291,6 +291,67 @@ TEST(GrowFile, RoomToGrowStaysSparse) {
   ::unlink(path);
 }
 
+// Churn on a sparse store file: snapshots made, origin chunks copied, the
+// snapshots deleted and reclaimed, with a metadata pool so small that the
+// metadata borrows data chunks and gives them back. The store file must
+// stay about as allocated as the peak use (space_map.h, the frontier); the
+// next-fit cursor used to sweep the data area, and every 16 MiB group it
+// passed was preallocated for good.
+TEST(SparseFile, ChurnKeepsTheStoreFileSparse) {
+  char path[] = "/tmp/multisnap-churn-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  ASSERT_EQ(::truncate(path, 1024 * kMiB), 0);
+  auto dev = FileDevice::open(path);
+  ASSERT_TRUE(dev.is_ok());
+  CreateOptions o;
+  o.chunk_size = 65536;
+  o.origin_size = 1 << 30;
+  o.metadata_size = 256 * 1024;  // 64 blocks: the metadata soon borrows data chunks
+  o.origin_path = "/dev/null";
+  ASSERT_TRUE(format_store(**dev, o).is_ok());
+  auto allocated = [&] {
+    struct stat st;
+    EXPECT_EQ(::stat(path, &st), 0);
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  };
+  auto st = open_store(**dev, {});
+  ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+  ExceptionStore& store = **st;
+  const uint64_t base = allocated();
+  uint64_t peak_chunks = 0;
+  for (int round = 0; round < 150; ++round) {
+    auto s = store.create_snapshot(std::nullopt, "", 1);
+    ASSERT_TRUE(s.is_ok()) << s.status().to_string();
+    for (uint64_t c = 0; c < 8; ++c) {  // 8 origin chunks copied for it
+      store.reset_query(round * 8 + c);
+      for (;;) {
+        auto more = store.query_next_remap();
+        ASSERT_TRUE(more.is_ok());
+        if (!*more) break;
+        CopyDescriptor d;
+        ASSERT_TRUE(store.add_next_remap(&d).is_ok());
+      }
+    }
+    ASSERT_TRUE(store.commit().is_ok());
+    peak_chunks = std::max(peak_chunks, store.stats().data_chunks_used);
+    ASSERT_TRUE(store.delete_snapshot(s->id).is_ok());
+    ASSERT_TRUE(store.commit().is_ok());
+    while (store.reclaim_pending()) {
+      ASSERT_TRUE(store.reclaim_step(1000).is_ok());
+      ASSERT_TRUE(store.commit().is_ok());
+    }
+  }
+  // 1,200 chunks (75 MiB) went through the store; at most a few were in use
+  // at once. One 16 MiB preallocation group is all it needs.
+  EXPECT_LT(peak_chunks, 64u);
+  EXPECT_LE(allocated() - base, 16 * kMiB) << "the store file lost its sparseness";
+  st->reset();
+  for (auto& p : testing::check_store(**dev)) ADD_FAILURE() << p;
+  ::unlink(path);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, GrowTest, ::testing::Values(StoreFormat::kRange, StoreFormat::kBitmask),
                          [](const auto& info) { return std::string(store_format_name(info.param)); });
 
