@@ -162,6 +162,11 @@ class SpaceScanTracker {
 struct ControlOp {
   bool needs_quiesce = false;
   std::function<void()> run;
+  // Set for an operation whose changes a commit makes durable before it
+  // returns (a snapshot delete): the loop runs every such operation queued
+  // in a row, commits once, and gives each the commit's status. N deletes
+  // from N clients at once cost one commit, not N.
+  std::function<void(Status)> committed;
   bool done = false;  // guarded by EngineCore::control_mu_ (not expressible as GUARDED_BY here)
 };
 
@@ -180,6 +185,10 @@ class EngineCore {
   // Runs fn on the engine thread (after quiescing writes if asked) and
   // returns when it has run.
   void run_control(bool needs_quiesce, std::function<void()> fn);
+  // The same for an operation that ends in a commit (ControlOp::committed):
+  // quiesced; `fn` changes the store without committing; `committed` gets
+  // the status of the commit that covered it (possibly shared with others).
+  void run_control_committed(std::function<void()> fn, std::function<void(Status)> committed);
   Result<VolumeRef> open_volume(std::string_view name);
   uint64_t open_count(SnapshotId id) { return volumes_->open_count(id); }
   uint64_t open_volumes();
@@ -232,6 +241,7 @@ class EngineCore {
   void step(bool may_block);
   void take_incoming();
   void run_controls();
+  void submit_control(ControlOp& op);  // queues op and returns once it ran
   void maybe_commit();
   void maybe_reclaim();
   void maybe_rollback();

@@ -115,16 +115,19 @@ Result<SnapshotInfo> Engine::create_snapshot_with(std::optional<SnapshotId> of, 
 
 Status Engine::delete_snapshot(SnapshotId id) {
   Status result;
-  // Quiesced: its commit must not happen while a copy is in flight.
-  core_->run_control(true, [&] {
-    if (core_->open_count(id) > 0) {
-      result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
-      return;
-    }
-    result = core_->store().delete_snapshot(id);
-    if (result.is_ok()) core_->forget_snapshot(id);
-    if (result.is_ok()) result = core_->commit_now();
-  });
+  // Deletes queued together share one commit (ControlOp::committed).
+  core_->run_control_committed(
+      [&] {
+        if (core_->open_count(id) > 0) {
+          result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
+          return;
+        }
+        result = core_->store().delete_snapshot(id);
+        if (result.is_ok()) core_->forget_snapshot(id);
+      },
+      [&](Status committed) {
+        if (result.is_ok()) result = std::move(committed);
+      });
   if (result.is_ok()) MS_LOG_INFO("deleted snapshot {}; its space is reclaimed in the background", id);
   return result;
 }

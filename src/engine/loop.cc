@@ -242,6 +242,18 @@ void EngineCore::run_control(bool needs_quiesce, std::function<void()> fn) {
   ControlOp op;
   op.needs_quiesce = needs_quiesce;
   op.run = std::move(fn);
+  submit_control(op);
+}
+
+void EngineCore::run_control_committed(std::function<void()> fn, std::function<void(Status)> committed) {
+  ControlOp op;
+  op.needs_quiesce = true;  // E3: its commit must not happen while a copy is in flight
+  op.run = std::move(fn);
+  op.committed = std::move(committed);
+  submit_control(op);
+}
+
+void EngineCore::submit_control(ControlOp& op) {
   {
     MutexLock lock(in_mu_);
     incoming_controls_.push_back(&op);
@@ -334,16 +346,32 @@ void EngineCore::take_incoming() {
 }
 
 void EngineCore::run_controls() {
-  while (!controls_.empty()) {
-    ControlOp* op = controls_.front();
-    if (op->needs_quiesce && !quiesced()) return;  // writes are held back meanwhile
-    controls_.pop_front();
-    op->run();
+  std::vector<ControlOp*> batch;  // run, waiting for their shared commit
+  auto finish = [this](ControlOp* op) {
     {
       MutexLock lock(control_mu_);
       op->done = true;
     }
     control_cv_.notify_all();
+  };
+  while (!controls_.empty()) {
+    ControlOp* op = controls_.front();
+    if (op->needs_quiesce && !quiesced()) return;  // writes are held back meanwhile
+    controls_.pop_front();
+    op->run();
+    if (op->committed) {
+      batch.push_back(op);
+      // Nothing ran in between, so the next one in a row is quiesced too.
+      if (!controls_.empty() && controls_.front()->committed) continue;
+      Status s = commit_now();
+      for (ControlOp* b : batch) {
+        b->committed(s);
+        finish(b);
+      }
+      batch.clear();
+    } else {
+      finish(op);
+    }
     if (controls_.empty() || !controls_.front()->needs_quiesce) release(quiesce_waiters_);
   }
 }

@@ -5,6 +5,14 @@
 
 #include "engine/engine_fixture.h"
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "support/hooked_device.h"
+#include "support/memory_device.h"
+#include "support/test_io_context.h"
+
 namespace multisnap {
 namespace {
 
@@ -357,6 +365,72 @@ INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::ValuesIn(engine_params()
   return std::string(store_format_name(p.format)) + "_" + std::to_string(p.chunk / 1024) + "K_" +
          (p.io == TestIo::kSync ? "sync" : "reorder") + (p.cache < (1 << 20) ? "_tinycache" : "");
 });
+
+// Deletes that arrive together share one commit (ControlOp::committed): 8
+// clients delete while the engine thread is held inside another delete's
+// commit; when it goes on, the 8 are one batch and one commit, each told
+// its own outcome (one of them names a snapshot that does not exist).
+TEST(EngineBatching, DeletesQueuedTogetherShareOneCommit) {
+  MemoryDevice origin(8 << 20, "origin"), store_mem(64 << 20, "store");
+  CreateOptions co;
+  co.chunk_size = 65536;
+  co.origin_size = 8 << 20;
+  co.origin_path = "memory";
+  ASSERT_TRUE(format_store(store_mem, co).is_ok());
+  HookedDevice store(store_mem);
+  EngineOptions eo;
+  eo.threaded = true;
+  auto e = Engine::open(origin, store, eo, make_test_io_context(TestIo::kSync));
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  Engine& engine = **e;
+  std::vector<SnapshotId> ids;
+  for (int i = 0; i < 9; ++i) ids.push_back(engine.create_snapshot(std::nullopt, "")->id);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool armed = true, held = false, go = false;
+  store.on_flush([&] {
+    std::unique_lock lock(mu);
+    if (!armed) return;
+    armed = false;
+    held = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return go; });
+  });
+  const uint64_t commits_before = engine.status().counters.commits;
+  std::thread first([&] { EXPECT_TRUE(engine.delete_snapshot(ids[8]).is_ok()); });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return held; });
+  }
+  std::vector<Status> results(9);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i)
+    clients.emplace_back([&, i] { results[i] = engine.delete_snapshot(i == 7 ? 4242 : ids[i]); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all 8 queued behind the held commit
+  {
+    std::lock_guard lock(mu);
+    go = true;
+  }
+  cv.notify_all();
+  first.join();
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(results[i].is_ok()) << i << ": " << results[i].to_string();
+  EXPECT_EQ(results[7].code(), Code::kNotFound);
+  // The held delete's commit, one for the batch, and the background
+  // reclaim's (one pass after each, a commit or two each); one commit per
+  // delete would be at least 1 + 7 + 1.
+  EXPECT_LE(engine.status().counters.commits - commits_before, 6u) << "the 8 deletes did not share a commit";
+  auto left = engine.list_snapshots();
+  ASSERT_TRUE(left.is_ok());
+  ASSERT_EQ(left->size(), 1u);
+  EXPECT_EQ(left->front().id, ids[7]);
+  e->reset();
+  for (auto& p : testing::check_store(store_mem)) ADD_FAILURE() << p;
+  // Durable: a reopen sees none of them.
+  auto again = Engine::open(origin, store_mem, EngineOptions{}, make_test_io_context(TestIo::kSync));
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ((*again)->list_snapshots()->size(), 1u);
+}
 
 }  // namespace
 }  // namespace multisnap
