@@ -213,16 +213,12 @@ Result<uint64_t> SpaceMap::allocate() {
       if (unit != UINT64_MAX) return unit;
     }
     // Past the frontier: the first free unit, so the frontier moves by one.
-    for (uint64_t u = limit; u < alloc_units_;) {
-      uint32_t i = static_cast<uint32_t>(u / kBitsPerBitmap);
-      uint64_t base = uint64_t{i} * kBitsPerBitmap;
-      MS_ASSIGN_OR_RETURN(uint64_t unit, find_free_in(i, u - base, alloc_units_ - base));
+    if (limit < alloc_units_) {
+      MS_ASSIGN_OR_RETURN(uint64_t unit, allocate_in(limit, alloc_units_ - limit));
       if (unit != UINT64_MAX) {
-        MS_TRY(take(i, unit));
         cursor_ = unit + 1 < alloc_units_ ? unit + 1 : 0;
         return unit;
       }
-      u = base + kBitsPerBitmap;
     }
   }
   MS_ASSIGN_OR_RETURN(uint64_t unit, next_fit(alloc_units_));

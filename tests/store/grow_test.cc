@@ -241,6 +241,13 @@ TEST_P(GrowTest, CheckFindsBitsPastTheEnd) {
   EXPECT_EQ(store_->layout().data_chunks, end) << "not grown";
 }
 
+// Bytes the host filesystem holds for a file (a sparse file's real cost).
+uint64_t allocated_bytes(const char* path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path, &st), 0);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
 // The room to grow costs no space on a sparse file: open preallocates the
 // bitmaps in service, and a grow those it brings into service.
 TEST(GrowFile, RoomToGrowStaysSparse) {
@@ -263,11 +270,7 @@ TEST(GrowFile, RoomToGrowStaysSparse) {
   o.origin_path = "/dev/null";
   Status made = format_store(**dev, o);
   ASSERT_TRUE(made.is_ok()) << made.to_string();
-  auto allocated = [&] {
-    struct stat st;
-    EXPECT_EQ(::stat(path, &st), 0);
-    return static_cast<uint64_t>(st.st_blocks) * 512;
-  };
+  auto allocated = [&] { return allocated_bytes(path); };
   {
     auto st = open_store(**dev, {});
     ASSERT_TRUE(st.is_ok()) << st.status().to_string();
@@ -311,11 +314,7 @@ TEST(SparseFile, ChurnKeepsTheStoreFileSparse) {
   o.metadata_size = 256 * 1024;  // 64 blocks: the metadata soon borrows data chunks
   o.origin_path = "/dev/null";
   ASSERT_TRUE(format_store(**dev, o).is_ok());
-  auto allocated = [&] {
-    struct stat st;
-    EXPECT_EQ(::stat(path, &st), 0);
-    return static_cast<uint64_t>(st.st_blocks) * 512;
-  };
+  auto allocated = [&] { return allocated_bytes(path); };
   auto st = open_store(**dev, {});
   ASSERT_TRUE(st.is_ok()) << st.status().to_string();
   ExceptionStore& store = **st;
