@@ -300,6 +300,22 @@ std::string to_text(const Json& value) {
   return value.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
+void append_json_string(std::string& out, std::string_view s) {
+  // Printable ASCII other than '"' and '\\' is copied as it is; anything
+  // else (escapes, other UTF-8, bytes that are not UTF-8) goes through
+  // nlohmann's escaper, so that the two cannot differ. Snapshot names,
+  // times and uuids are printable ASCII.
+  bool plain = std::all_of(s.begin(), s.end(),
+                           [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
+  if (!plain) {
+    out += to_text(Json(std::string(s)));
+    return;
+  }
+  out += '"';
+  out += s;
+  out += '"';
+}
+
 size_t nesting_depth(std::string_view text) {
   size_t depth = 0, deepest = 0;
   bool in_string = false, escaped = false;

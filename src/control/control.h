@@ -42,6 +42,10 @@ Status answer_status(const Json& answer);
 // `value` as compact JSON text. Never throws: bytes that are not UTF-8 in a
 // string become U+FFFD.
 std::string to_text(const Json& value);
+// Appends `s` as a JSON string, byte for byte as to_text(Json(s)) writes it
+// (escapes, U+FFFD for bytes that are not UTF-8), without building a Json:
+// for answers formatted by hand (snapshot-list's million objects).
+void append_json_string(std::string& out, std::string_view s);
 // The deepest nesting of arrays and objects in `text` (brackets inside JSON
 // strings do not count); cheap, and safe on any bytes.
 size_t nesting_depth(std::string_view text);
