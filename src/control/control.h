@@ -146,6 +146,12 @@ class ControlClient {
   // The same with nlohmann's parser callback, which may handle and drop the
   // elements of a long answer as they are parsed (snapshot-list).
   Result<Json> read_answer(const Json::parser_callback_t& callback);
+  // Hands the answer line to `sax` as its bytes arrive, never holding the
+  // whole line (snapshot-list: control/snapshot_list.h). Ok when the line
+  // parsed to its end; io-error when it is not JSON, the handler stopped
+  // the parse (returned false), or the connection ended first. After an
+  // error the connection is not usable.
+  Status read_answer(nlohmann::json_sax<Json>& sax);
   bool write_raw(const void* p, size_t n);
   ssize_t read_raw(void* p, size_t n);
 
