@@ -361,6 +361,7 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
   // Streamed in pages: the daemon never holds the whole list. "ok" comes
   // last, so a page that fails half-way ends the answer as a failure
   // (docs/control.md); a first page that fails is a plain error answer.
+  // Pages of 4,096 were no faster at 10^6 snapshots (docs/design.md, 7).
   constexpr size_t kPage = 1024;
   auto page = engine_->list_snapshots(0, kPage);
   if (!page.is_ok()) {
