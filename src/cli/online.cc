@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "control/control.h"
+#include "control/snapshot_list.h"
 #include "util/units.h"
 
 namespace multisnap::cli {
@@ -120,23 +121,13 @@ class SpaceProgress {
 
 int run_snapshot_list(const OnlineArgs& o, bool space, bool progress) {
   // The answer is streamed and says "ok" last: a list that failed half-way
-  // is an error here, never a short list. It can be large (about 150 bytes
-  // a snapshot: 150 MB at a million), so each snapshot is formatted as it is
-  // parsed and then dropped, and the output is written once "ok" is known:
-  // the whole list as JSON values would take about 1 KB a snapshot.
+  // is an error here, never a short list. It can be large (about 160 bytes
+  // a snapshot: 160 MB at a million), so it is parsed as it arrives (SAX,
+  // control/snapshot_list.h), each snapshot formatted from a reused row and
+  // no Json built for it; the output is written once "ok" is known.
   Json req{{"command", "snapshot-list"}};
   if (space) req["space"] = true;
   SpaceProgress line(o, space && progress);
-  auto id_of = [](const Json& s) { return static_cast<unsigned long long>(s["id"].get<uint64_t>()); };
-  auto name_of = [](const Json& s) { return s["name"].is_null() ? std::string("-") : s["name"].get<std::string>(); };
-  // "origin", or the parent's ID and name: "1 (base)".
-  auto of_of = [](const Json& s) {
-    const Json& of = s["of"];
-    if (!of.is_object()) return std::string("origin");
-    std::string text = std::to_string(of["id"].get<uint64_t>());
-    if (of["name"].is_string()) text += " (" + of["name"].get<std::string>() + ")";
-    return text;
-  };
   std::string out;
   if (o.json) {
     out = "[";
@@ -150,52 +141,36 @@ int run_snapshot_list(const OnlineArgs& o, bool space, bool progress) {
     out = row;
   }
   size_t listed = 0;
-  auto add = [&](const Json& s) {
+  std::string of, row;
+  auto add = [&](const control::SnapshotRow& s) {
     if (o.json) {  // as list.dump(2) prints an element of the array
-      std::string text = s.dump(2);
       out += listed ? ",\n  " : "\n  ";
-      for (char c : text) {
-        out += c;
-        if (c == '\n') out += "  ";
-      }
+      control::append_list_element(out, s);
     } else {
-      std::string name = name_of(s), of = of_of(s), created = s["created"].get<std::string>(),
-                  exp = s["export"].get<std::string>();
-      std::string row(name.size() + of.size() + created.size() + exp.size() + 256, '\0');
-      int n = space ? snprintf(row.data(), row.size(), "%-10llu %-24s %-20s %-24s %10s %10s %s\n", id_of(s),
-                               name.c_str(), of.c_str(), created.c_str(),
-                               format_size(s.value("exclusive_bytes", uint64_t{0})).c_str(),
-                               format_size(s.value("shared_bytes", uint64_t{0})).c_str(), exp.c_str())
-                    : snprintf(row.data(), row.size(), "%-10llu %-24s %-20s %-24s %s\n", id_of(s), name.c_str(),
-                               of.c_str(), created.c_str(), exp.c_str());
+      // "origin", or the parent's ID and name: "1 (base)".
+      if (s.of_origin) {
+        of = "origin";
+      } else {
+        of = std::to_string(s.of_id);
+        if (s.of_has_name) of += " (" + s.of_name + ")";
+      }
+      const char* name = s.has_name ? s.name.c_str() : "-";
+      row.resize(s.name.size() + of.size() + s.created.size() + s.export_name.size() + 256);
+      auto id = static_cast<unsigned long long>(s.id);
+      int n = space ? snprintf(row.data(), row.size(), "%-10llu %-24s %-20s %-24s %10s %10s %s\n", id, name,
+                               of.c_str(), s.created.c_str(), format_size(s.exclusive_bytes.value_or(0)).c_str(),
+                               format_size(s.shared_bytes.value_or(0)).c_str(), s.export_name.c_str())
+                    : snprintf(row.data(), row.size(), "%-10llu %-24s %-20s %-24s %s\n", id, name, of.c_str(),
+                               s.created.c_str(), s.export_name.c_str());
       out.append(row.data(), static_cast<size_t>(std::max(n, 0)));
     }
     ++listed;
   };
-  // Snapshot objects are the only objects at depth 2: elements of
-  // "snapshots" ("space" and "error" are objects of plain values at depth 1).
-  bool in_list = false, malformed = false;
-  Json::parser_callback_t each = [&](int depth, Json::parse_event_t event, Json& parsed) {
-    if (depth == 1 && event == Json::parse_event_t::key) in_list = parsed == "snapshots";
-    if (depth != 2 || event != Json::parse_event_t::object_end || !in_list) return true;
-    if (!parsed.contains("id") || !parsed["id"].is_number_unsigned() || !parsed.contains("created") ||
-        !parsed["created"].is_string() || !parsed.contains("export") || !parsed["export"].is_string() ||
-        !parsed.contains("name") || !parsed.contains("of")) {
-      malformed = true;
-      return false;
-    }
-    add(parsed);
-    return false;  // formatted: dropped from the answer
-  };
   auto client = control::ControlClient::connect(control_path(o.control));
   if (!client.is_ok()) return fail(client.status());
   if (Status s = (*client)->send(req); !s.is_ok()) return fail(s);
-  auto r = (*client)->read_answer(each);
+  auto r = control::read_snapshot_list(**client, add);
   if (!r.is_ok()) return fail(r.status());
-  if (Status s = control::answer_status(*r); !s.is_ok()) return fail(s);
-  if (malformed || !r->contains("snapshots") || !r->at("snapshots").is_array())
-    return fail(
-        make_error(Code::kIoError, "malformed snapshot-list answer from the control socket"));
   std::optional<uint64_t> scanned;
   if (r->contains("space") && (*r)["space"].is_object()) scanned = (*r)["space"].value("exceptions", uint64_t{0});
   line.finish(scanned);

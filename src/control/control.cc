@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <system_error>
@@ -300,6 +301,22 @@ std::string to_text(const Json& value) {
   return value.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
+void append_json_string(std::string& out, std::string_view s) {
+  // Printable ASCII other than '"' and '\\' is copied as it is; anything
+  // else (escapes, other UTF-8, bytes that are not UTF-8) goes through
+  // nlohmann's escaper, so that the two cannot differ. Snapshot names,
+  // times and uuids are printable ASCII.
+  bool plain = std::all_of(s.begin(), s.end(),
+                           [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
+  if (!plain) {
+    out += to_text(Json(std::string(s)));
+    return;
+  }
+  out += '"';
+  out += s;
+  out += '"';
+}
+
 size_t nesting_depth(std::string_view text) {
   size_t depth = 0, deepest = 0;
   bool in_string = false, escaped = false;
@@ -574,6 +591,86 @@ Result<Json> ControlClient::read_answer(const Json::parser_callback_t& callback)
   Json answer = Json::parse(line, callback, false);
   if (answer.is_discarded()) return make_error(Code::kIoError, "malformed answer from the control socket");
   return answer;
+}
+
+namespace {
+// The bytes of one line from a socket, as an input iterator for nlohmann's
+// parser: they end at the newline (not included) or at the end of the
+// connection. Bytes read past the newline go back to `buffer`.
+class LineSource {
+ public:
+  LineSource(int fd, std::string& buffer) : fd_(fd), buffer_(buffer) {
+    chunk_.swap(buffer_);  // bytes already read past the last answer come first
+  }
+  ~LineSource() {
+    if (newline_) buffer_.assign(chunk_, pos_ + 1);
+  }
+  bool at_end() {
+    if (pos_ == chunk_.size() && !eof_) refill();
+    if (pos_ == chunk_.size()) return true;
+    if (chunk_[pos_] == '\n') newline_ = true;
+    return newline_;
+  }
+  char get() const { return chunk_[pos_]; }
+  void next() { ++pos_; }
+  bool newline() const { return newline_; }
+  bool eof() const { return eof_; }
+  bool any() const { return any_ || !chunk_.empty(); }
+
+ private:
+  void refill() {
+    any_ = any_ || !chunk_.empty();
+    chunk_.resize(256 << 10);
+    pos_ = 0;
+    for (;;) {
+      ssize_t n = ::recv(fd_, chunk_.data(), chunk_.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      chunk_.resize(n > 0 ? static_cast<size_t>(n) : 0);
+      if (n <= 0) eof_ = true;
+      return;
+    }
+  }
+
+  int fd_;
+  std::string& buffer_;
+  std::string chunk_;
+  size_t pos_ = 0;
+  bool eof_ = false, newline_ = false, any_ = false;
+};
+
+struct LineIterator {
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = char;
+  LineSource* source = nullptr;  // null: the end
+
+  char operator*() const { return source->get(); }
+  LineIterator& operator++() {
+    source->next();
+    return *this;
+  }
+  bool operator==(const LineIterator& o) const { return ended() == o.ended(); }
+  bool operator!=(const LineIterator& o) const { return !(*this == o); }
+  bool ended() const { return source == nullptr || source->at_end(); }
+};
+}  // namespace
+
+Status ControlClient::read_answer(nlohmann::json_sax<Json>& sax) {
+  bool parsed, terminated, closed, any;
+  {
+    LineSource source(fd_, buffer_);
+    parsed = Json::sax_parse(LineIterator{&source}, LineIterator{}, &sax);
+    terminated = source.newline();
+    closed = source.eof();
+    any = source.any();
+  }
+  if (parsed && terminated) return Status::ok();
+  if (!any) return make_error(Code::kIoError, "the server closed the control connection without answering");
+  if (closed && !terminated)
+    return make_error(Code::kIoError, "the server closed the control connection in the middle of its answer");
+  return make_error(Code::kIoError, "malformed answer from the control socket");
 }
 
 }  // namespace multisnap::control

@@ -42,6 +42,10 @@ Status answer_status(const Json& answer);
 // `value` as compact JSON text. Never throws: bytes that are not UTF-8 in a
 // string become U+FFFD.
 std::string to_text(const Json& value);
+// Appends `s` as a JSON string, byte for byte as to_text(Json(s)) writes it
+// (escapes, U+FFFD for bytes that are not UTF-8), without building a Json:
+// for answers formatted by hand (snapshot-list's million objects).
+void append_json_string(std::string& out, std::string_view s);
 // The deepest nesting of arrays and objects in `text` (brackets inside JSON
 // strings do not count); cheap, and safe on any bytes.
 size_t nesting_depth(std::string_view text);
@@ -142,6 +146,12 @@ class ControlClient {
   // The same with nlohmann's parser callback, which may handle and drop the
   // elements of a long answer as they are parsed (snapshot-list).
   Result<Json> read_answer(const Json::parser_callback_t& callback);
+  // Hands the answer line to `sax` as its bytes arrive, never holding the
+  // whole line (snapshot-list: control/snapshot_list.h). Ok when the line
+  // parsed to its end; io-error when it is not JSON, the handler stopped
+  // the parse (returned false), or the connection ended first. After an
+  // error the connection is not usable.
+  Status read_answer(nlohmann::json_sax<Json>& sax);
   bool write_raw(const void* p, size_t n);
   ssize_t read_raw(void* p, size_t n);
 

@@ -340,19 +340,28 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
     space = std::move(r).value();
   }
   const uint64_t chunk = engine_->layout().chunk_size;
-  auto with_space = [&](const SnapshotInfo& s) {
-    Json j = snapshot_json(*engine_, s);
-    if (!space) return j;
+  // The parent's name of the last clone listed: clones of one snapshot
+  // usually come together, and each lookup is a trip to the engine thread.
+  SnapshotId parent_id = kOriginId;
+  std::string parent;
+  auto append = [&](std::string& text, const SnapshotInfo& s) {
+    if (s.parent != kOriginId && s.parent != parent_id) {
+      parent = parent_name(*engine_, s);
+      parent_id = s.parent;
+    }
+    std::string_view of_name = s.parent == kOriginId ? std::string_view() : std::string_view(parent);
+    if (!space) return append_snapshot_json(text, s, of_name);
     auto it = std::lower_bound(space->snapshots.begin(), space->snapshots.end(), s.id,
                                [](const SnapshotSpace& a, SnapshotId id) { return a.id < id; });
-    bool found = it != space->snapshots.end() && it->id == s.id;
-    j["exclusive_bytes"] = found ? it->exclusive_chunks * chunk : 0;
-    j["shared_bytes"] = found ? it->shared_chunks * chunk : 0;
-    return j;
+    SnapshotSpaceBytes bytes;
+    if (it != space->snapshots.end() && it->id == s.id)
+      bytes = {it->exclusive_chunks * chunk, it->shared_chunks * chunk};
+    append_snapshot_json(text, s, of_name, &bytes);
   };
   // Streamed in pages: the daemon never holds the whole list. "ok" comes
   // last, so a page that fails half-way ends the answer as a failure
   // (docs/control.md); a first page that fails is a plain error answer.
+  // Pages of 4,096 were no faster at 10^6 snapshots (docs/design.md, 7).
   constexpr size_t kPage = 1024;
   auto page = engine_->list_snapshots(0, kPage);
   if (!page.is_ok()) {
@@ -365,7 +374,7 @@ void Daemon::snapshot_list(const Json& req, control::Writer& out) {
     for (const SnapshotInfo& s : *page) {
       if (!first) text += ',';
       first = false;
-      text += control::to_text(with_space(s));
+      append(text, s);
     }
     if (page->size() < kPage || page->back().id == UINT32_MAX) break;
     if (!out.write(text)) return;

@@ -1,5 +1,6 @@
 #include "daemon/replication.h"
 
+#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -153,25 +154,62 @@ std::string snapshot_words(const SnapshotInfo& s) {
 
 }  // namespace
 
-Json snapshot_json(const SnapshotInfo& s, std::string_view parent_name) {
-  Json j;
-  j["id"] = s.id;
-  j["name"] = s.name.empty() ? Json(nullptr) : Json(s.name);
-  if (s.parent == kOriginId) j["of"] = nullptr;
-  else j["of"] = {{"id", s.parent}, {"name", parent_name.empty() ? Json(nullptr) : Json(parent_name)}};
-  j["created"] = iso8601(s.created_ns);
-  j["uuid"] = s.uuid.to_string();
-  j["written"] = (s.flags & kSnapshotWritten) != 0;
-  j["export"] = "snapshot/" + std::to_string(s.id);
-  return j;
+void append_snapshot_json(std::string& out, const SnapshotInfo& s, std::string_view parent_name,
+                          const SnapshotSpaceBytes* space) {
+  auto number = [&out](uint64_t n) {
+    char buf[24];
+    auto r = std::to_chars(buf, buf + sizeof buf, n);
+    out.append(buf, r.ptr);
+  };
+  auto string_or_null = [&out](std::string_view text) {
+    if (text.empty()) out += "null";
+    else control::append_json_string(out, text);
+  };
+  // Keys in nlohmann's order (std::map: sorted), as to_text printed them.
+  out += "{\"created\":";
+  control::append_json_string(out, iso8601(s.created_ns));
+  if (space) {
+    out += ",\"exclusive_bytes\":";
+    number(space->exclusive);
+  }
+  out += ",\"export\":\"snapshot/";
+  number(s.id);
+  out += "\",\"id\":";
+  number(s.id);
+  out += ",\"name\":";
+  string_or_null(s.name);
+  out += ",\"of\":";
+  if (s.parent == kOriginId) {
+    out += "null";
+  } else {
+    out += "{\"id\":";
+    number(s.parent);
+    out += ",\"name\":";
+    string_or_null(parent_name);
+    out += '}';
+  }
+  if (space) {
+    out += ",\"shared_bytes\":";
+    number(space->shared);
+  }
+  out += ",\"uuid\":";
+  control::append_json_string(out, s.uuid.to_string());
+  out += (s.flags & kSnapshotWritten) ? ",\"written\":true}" : ",\"written\":false}";
 }
 
-Json snapshot_json(Engine& engine, const SnapshotInfo& s) {
-  if (s.parent == kOriginId) return snapshot_json(s);
-  auto parent = engine.find_snapshot(std::to_string(s.parent));
-  // A parent that is gone (or cannot be read now) still has its ID.
-  return snapshot_json(s, parent.is_ok() && *parent ? std::string_view((*parent)->name) : std::string_view());
+Json snapshot_json(const SnapshotInfo& s, std::string_view parent_name) {
+  std::string text;
+  append_snapshot_json(text, s, parent_name);
+  return Json::parse(text);
 }
+
+std::string parent_name(Engine& engine, const SnapshotInfo& s) {
+  if (s.parent == kOriginId) return {};
+  auto parent = engine.find_snapshot(std::to_string(s.parent));
+  return parent.is_ok() && *parent ? (*parent)->name : std::string();
+}
+
+Json snapshot_json(Engine& engine, const SnapshotInfo& s) { return snapshot_json(s, parent_name(engine, s)); }
 
 // ---------------------------------------------------------------- send
 

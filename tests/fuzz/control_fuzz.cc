@@ -7,7 +7,9 @@
 //
 // Crashes: any exception out of the field layer (the handler traps), and
 // any answer that is not exactly one line holding a JSON object with a
-// boolean "ok" (and an error object when ok is false).
+// boolean "ok" (and an error object when ok is false). Each line also goes
+// to the client's snapshot-list reader (control/snapshot_list.h), which
+// must not throw and must not call an answer ok that does not say so.
 //
 //   CXX=clang++ cmake -S . -B build-fuzz -DMULTISNAP_FUZZ=ON -DMULTISNAP_TESTS=OFF
 //   -DMULTISNAP_BENCH=OFF ninja -C build-fuzz control_fuzz build-fuzz/tests/fuzz/control_fuzz
@@ -21,6 +23,7 @@
 #include "control/control.h"
 #include "control/fields.h"
 #include "control/requests.h"
+#include "control/snapshot_list.h"
 #include "util/log.h"
 
 namespace multisnap::control {
@@ -117,6 +120,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     StringWriter out;
     if (!serve_line(line, handler, out)) __builtin_trap();  // this handler never fails mid-stream
     check_answer(out.text);
+    auto list = parse_snapshot_list(line, [](const SnapshotRow& row) {
+      std::string printed;
+      append_list_element(printed, row);
+    });
+    if (list.is_ok() && !answer_status(*list).is_ok()) __builtin_trap();
     if (nl == std::string_view::npos) break;
     input.remove_prefix(nl + 1);
   }
