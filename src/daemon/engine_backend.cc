@@ -1,5 +1,7 @@
 #include "daemon/engine_backend.h"
 
+#include <fmt/format.h>
+
 #include "util/clock.h"
 
 namespace multisnap {
@@ -206,19 +208,33 @@ Result<std::vector<nbd::ExportInfo>> EngineBackend::list_exports() {
   auto origin = engine_.open_volume("origin");
   if (origin.is_ok()) out.push_back(info_for(**origin, "the origin volume (live data)"));
   else if (origin.status().code() != Code::kBusy) return origin.status();  // busy: being rolled back
+  // At most list_limit_ snapshots, in ID order: the answer is built in
+  // memory, and any client may ask for it (a million snapshots would be
+  // about 200 MB per request). Every snapshot can still be opened by name;
+  // `multisnap snapshot list` lists them all.
   SnapshotId from = 0;
+  size_t listed = 0;
+  bool more = false;
   for (;;) {  // in pages, so the engine thread is not held for long
     MS_ASSIGN_OR_RETURN(auto page, engine_.list_snapshots(from, 1024));
     for (const SnapshotInfo& s : page) {
+      if (listed == list_limit_) {
+        more = true;
+        break;
+      }
       nbd::ExportInfo info = template_info();
       info.name = "snapshot/" + std::to_string(s.id);
       info.description = describe(s);
       info.read_only = read_only_snapshots_;
       out.push_back(std::move(info));
+      ++listed;
     }
-    if (page.size() < 1024) break;
+    if (more || page.size() < 1024) break;
     from = page.back().id + 1;
   }
+  if (more && !out.empty() && out.front().name == "origin")
+    out.front().description += fmt::format("; the first {} snapshots are listed, `multisnap snapshot list` shows all",
+                                           list_limit_);
   return out;
 }
 

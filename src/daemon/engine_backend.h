@@ -42,6 +42,11 @@ class EngineBackend final : public nbd::Backend {
 
   static std::string describe(const SnapshotInfo& s);
 
+  // NBD_OPT_LIST names the origin and at most this many snapshots (the
+  // first in ID order): the answer is built in memory for any client.
+  static constexpr size_t kListLimit = 10000;
+  void set_list_limit(size_t n) { list_limit_ = n; }
+
  private:
   nbd::ExportInfo info_for(const Volume& v, const std::string& description) const;
   // What every export shares (size, block sizes, flags).
@@ -51,6 +56,7 @@ class EngineBackend final : public nbd::Backend {
   Engine& engine_;
   bool read_only_snapshots_;
   RequestMetrics* metrics_;
+  size_t list_limit_ = kListLimit;
   std::mutex mu_;
   std::set<SnapshotId> blocked_;
 };
