@@ -223,8 +223,14 @@ Status answer_status(const Json& answer) {
   if (!answer.is_object() || !answer.contains("ok") || !answer["ok"].is_boolean())
     return make_error(Code::kIoError, "malformed answer from the control socket");
   if (answer["ok"].get<bool>()) return Status::ok();
-  const Json& e = answer.value("error", Json::object());
-  return Status(code_from_token(e.value("code", "io-error")), e.value("message", "unknown error"));
+  // A server's error object, read without trusting its shape (a wrong type
+  // must not throw here: nothing above catches it).
+  std::string code = "io-error", message = "unknown error";
+  if (auto e = answer.find("error"); e != answer.end() && e->is_object()) {
+    if (auto c = e->find("code"); c != e->end() && c->is_string()) code = c->get<std::string>();
+    if (auto m = e->find("message"); m != e->end() && m->is_string()) message = m->get<std::string>();
+  }
+  return Status(code_from_token(code), message);
 }
 
 // ---------------------------------------------------------------- frames

@@ -63,7 +63,7 @@ struct Scalar {
 };
 
 enum class Field { kId, kName, kOf, kCreated, kExport, kUuid, kWritten, kExclusive, kShared, kOther };
-enum class OfField { kId, kName };
+enum class OfField { kId, kName, kOther };  // kOther: a newer server's field, ignored
 
 constexpr unsigned bit(Field f) { return 1u << static_cast<unsigned>(f); }
 constexpr unsigned kRequired = bit(Field::kId) | bit(Field::kName) | bit(Field::kOf) | bit(Field::kCreated) |
@@ -133,7 +133,7 @@ class ListHandler final : public nlohmann::json_sax<Json> {
     } else if (level_ == 2) {
       if (k == "id") of_field_ = OfField::kId;
       else if (k == "name") of_field_ = OfField::kName;
-      else return malformed("unknown field '" + k + "' in \"of\"");
+      else of_field_ = OfField::kOther;  // a scalar is ignored; an object or array is refused below
     } else {
       if (rest_.depth() == 1) top_key_ = k;
       rest_.key(k);
@@ -212,6 +212,7 @@ class ListHandler final : public nlohmann::json_sax<Json> {
       }
     }
     if (level_ == 2) {
+      if (of_field_ == OfField::kOther) return true;
       if (of_field_ == OfField::kId) {
         if (v.type != T::kUnsigned) return wrong_type("of.id", "a whole number");
         of_seen_ |= 1;

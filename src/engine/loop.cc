@@ -354,21 +354,27 @@ void EngineCore::run_controls() {
     }
     control_cv_.notify_all();
   };
+  auto commit_batch = [&] {
+    Status s = commit_now();
+    for (ControlOp* b : batch) {
+      b->committed(s);
+      finish(b);
+    }
+    batch.clear();
+  };
   while (!controls_.empty()) {
     ControlOp* op = controls_.front();
-    if (op->needs_quiesce && !quiesced()) return;  // writes are held back meanwhile
+    if (op->needs_quiesce && !quiesced()) {  // writes are held back meanwhile
+      if (!batch.empty()) commit_batch();    // (not reached today: nothing in a batch starts I/O)
+      return;
+    }
     controls_.pop_front();
     op->run();
     if (op->committed) {
       batch.push_back(op);
       // Nothing ran in between, so the next one in a row is quiesced too.
       if (!controls_.empty() && controls_.front()->committed) continue;
-      Status s = commit_now();
-      for (ControlOp* b : batch) {
-        b->committed(s);
-        finish(b);
-      }
-      batch.clear();
+      commit_batch();
     } else {
       finish(op);
     }

@@ -10,6 +10,7 @@ namespace {
 inline uint8_t* bits(uint8_t* block) { return block + sizeof(BlockHeaderDisk); }
 inline const uint8_t* bits(const uint8_t* block) { return block + sizeof(BlockHeaderDisk); }
 inline bool test_bit(const uint8_t* b, uint64_t i) { return (b[i / 8] >> (i % 8)) & 1; }
+static_assert(kBitsPerBitmap % 64 == 0, "used_end() reads whole words");
 }  // namespace
 
 SpaceMap::SpaceMap(BlockCache& cache, std::string name, uint64_t units, uint64_t alloc_units,
@@ -178,17 +179,23 @@ Result<uint64_t> SpaceMap::used_end() {
     if (bitmap_written(i)) {
       MS_ASSIGN_OR_RETURN(c, committed_block(i));
     }
+    const uint8_t* wb = w ? bits(w.data()) : nullptr;
+    const uint8_t* cb = c ? bits(c.data()) : nullptr;
     const uint64_t base = uint64_t{i} * kBitsPerBitmap;
-    for (uint64_t bit = std::min<uint64_t>(kBitsPerBitmap, units_ - base); bit-- > 0;) {
-      if (bit % 64 == 63) {  // a whole clear word at a time
-        uint64_t word = (w ? load_le<uint64_t>(bits(w.data()) + bit / 8) : 0) |
-                        (c ? load_le<uint64_t>(bits(c.data()) + bit / 8) : 0);
-        if (word == 0) {
-          bit -= 63;
-          continue;
-        }
+    // From the top down: bit by bit to a word boundary, then a word at a
+    // time (kBitsPerBitmap is a multiple of 64, so a word never reaches
+    // past the payload).
+    for (uint64_t end = std::min<uint64_t>(kBitsPerBitmap, units_ - base); end > 0;) {
+      if (end % 64 == 0) {
+        const uint64_t first = end - 64;
+        uint64_t word = (wb ? load_le<uint64_t>(wb + first / 8) : 0) | (cb ? load_le<uint64_t>(cb + first / 8) : 0);
+        if (word != 0) return base + first + 64 - static_cast<uint64_t>(__builtin_clzll(word));
+        end = first;
+        continue;
       }
-      if ((w && test_bit(bits(w.data()), bit)) || (c && test_bit(bits(c.data()), bit))) return base + bit + 1;
+      const uint64_t bit = end - 1;
+      if ((wb && test_bit(wb, bit)) || (cb && test_bit(cb, bit))) return base + bit + 1;
+      end = bit;
     }
   }
   return 0;

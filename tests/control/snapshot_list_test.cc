@@ -170,7 +170,7 @@ TEST(SnapshotListTest, WrongTypesAreErrors) {
       R"({"id":2,"name":"b","of":{"id":1},"created":"c","export":"e"})",
       R"({"id":2,"name":"b","of":{"id":"1","name":null},"created":"c","export":"e"})",
       R"({"id":2,"name":"b","of":{"id":1,"name":3},"created":"c","export":"e"})",
-      R"({"id":2,"name":"b","of":{"id":1,"name":null,"x":0},"created":"c","export":"e"})",
+      R"({"id":2,"name":"b","of":{"id":1,"name":null,"x":[0]},"created":"c","export":"e"})",
       R"({"id":2,"name":"b","of":{"id":1,"name":{"a":1}},"created":"c","export":"e"})",
       R"({"id":2,"name":"b","of":null,"created":null,"export":"e"})",
       R"({"id":2,"name":"b","of":null,"created":"c","export":false})",
@@ -272,4 +272,24 @@ TEST_F(SnapshotListSocketTest, AConnectionThatEndsMidAnswerIsAnError) {
 }
 
 }  // namespace
+// A newer server's plain field inside "of" is ignored (fields it adds at
+// the top of a snapshot are kept); an error object of the wrong shape is
+// still an error, never a crash.
+TEST(SnapshotListTest, UnknownFieldsInOfAndOddErrorsAreHandled) {
+  Parsed p = parse(R"({"snapshots":[{"id":2,"name":"b","of":{"id":1,"x":7,"name":"a"},"created":"c",)"
+                   R"("export":"e"}],"ok":true})");
+  ASSERT_TRUE(p.rest.is_ok()) << p.rest.status().to_string();
+  ASSERT_EQ(p.rows.size(), 1u);
+  EXPECT_EQ(p.rows[0]["of"], Json::parse(R"({"id":1,"name":"a"})"));
+  for (const char* line : {R"({"snapshots":[],"ok":false,"error":1})", R"({"snapshots":[],"ok":false,"error":{"code":5}})",
+                           R"({"snapshots":[],"ok":false,"error":{"code":"busy","message":[1]}})",
+                           R"({"snapshots":[],"ok":false})"}) {
+    Parsed bad = parse(line);
+    EXPECT_FALSE(bad.rest.is_ok()) << line;
+  }
+  Parsed busy = parse(R"({"snapshots":[],"ok":false,"error":{"code":"busy","message":"m"}})");
+  ASSERT_FALSE(busy.rest.is_ok());
+  EXPECT_EQ(busy.rest.status().code(), Code::kBusy);
+}
+
 }  // namespace multisnap::control

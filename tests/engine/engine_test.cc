@@ -5,6 +5,7 @@
 
 #include "engine/engine_fixture.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -404,9 +405,16 @@ TEST(EngineBatching, DeletesQueuedTogetherShareOneCommit) {
   }
   std::vector<Status> results(9);
   std::vector<std::thread> clients;
+  std::atomic<int> calling{0};
   for (int i = 0; i < 8; ++i)
-    clients.emplace_back([&, i] { results[i] = engine.delete_snapshot(i == 7 ? 4242 : ids[i]); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all 8 queued behind the held commit
+    clients.emplace_back([&, i] {
+      ++calling;
+      results[i] = engine.delete_snapshot(i == 7 ? 4242 : ids[i]);
+    });
+  // Each queues its operation at once after calling; then some slack for
+  // a busy machine. All 8 wait behind the held commit.
+  while (calling.load() < 8) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   {
     std::lock_guard lock(mu);
     go = true;
