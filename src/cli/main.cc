@@ -212,21 +212,31 @@ int main(int argc, char** argv) {
   }
   set_log_level(level);
 
-  if (create->parsed()) return run_create(ca);
-  if (serve->parsed()) return run_serve(sa);
-  if (screate->parsed()) return run_snapshot_create(oa, of, name);
-  if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
-  if (slist->parsed()) return run_snapshot_list(oa, list_space, list_progress);
-  if (status->parsed()) return run_status(oa);
-  if (send->parsed()) return run_send(oa, send_args);
-  if (grow->parsed()) return run_grow(oa, grow_size, grow_store_path);
-  if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);
-  if (receive->parsed()) return run_receive(oa, recv_args);
-  if (pset->parsed()) return run_policy_set(oa, pa);
-  if (pshow->parsed()) return run_policy_show(oa);
-  if (pclear->parsed()) return run_policy_clear(oa);
-  if (check->parsed()) return run_check(store, json);
-  if (set_origin->parsed()) return run_set_origin(store, set_origin_path, set_origin_force);
-  if (dump->parsed()) return run_dump(store, json);
-  return 2;
+  // A client command reads answers a server wrote: one of an unexpected
+  // shape that slips past a check must end in a message, not std::terminate.
+  auto dispatch = [&]() -> int {
+    if (create->parsed()) return run_create(ca);
+    if (serve->parsed()) return run_serve(sa);
+    if (screate->parsed()) return run_snapshot_create(oa, of, name);
+    if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
+    if (slist->parsed()) return run_snapshot_list(oa, list_space, list_progress);
+    if (status->parsed()) return run_status(oa);
+    if (send->parsed()) return run_send(oa, send_args);
+    if (grow->parsed()) return run_grow(oa, grow_size, grow_store_path);
+    if (rollback->parsed()) return run_rollback(oa, rollback_to, rollback_force, rollback_progress);
+    if (receive->parsed()) return run_receive(oa, recv_args);
+    if (pset->parsed()) return run_policy_set(oa, pa);
+    if (pshow->parsed()) return run_policy_show(oa);
+    if (pclear->parsed()) return run_policy_clear(oa);
+    if (check->parsed()) return run_check(store, json);
+    if (set_origin->parsed()) return run_set_origin(store, set_origin_path, set_origin_force);
+    if (dump->parsed()) return run_dump(store, json);
+    return 2;
+  };
+  try {
+    return dispatch();
+  } catch (const std::exception& e) {
+    fail(make_error(Code::kIoError, "unexpected error: {}", e.what()));
+    return 1;
+  }
 }
