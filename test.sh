@@ -11,7 +11,8 @@
 # in under 20 minutes on CI's 2 cores.
 #
 # The ASan/UBSan build (5-10x slower) runs the randomized tests smaller: the
-# model test a third of the Release pass's work, the crash replay each
+# model test a fifth of the steps per seed (tiny-pool cases: a third of the
+# seeds), the crash replay each
 # prefix cut once instead of twice (tests/support/sanitizer.h). It is there
 # for memory and undefined-behaviour errors on every path; the Release pass
 # runs the full randomized depth.
