@@ -215,25 +215,29 @@ TEST_P(CrashReplay, EveryPrefixRecovers) {
   // One read buffer for every volume of every cut: a fresh one each time
   // was a fresh mapping to fault in and zero under ASan (a tenth of its time).
   std::vector<uint8_t> got(size);
+  // The devices as of the prefix, each operation applied once; every cut
+  // is a crashed copy of them (the same cut as replaying the prefix onto
+  // fresh devices and crashing those, without the replay).
+  MemoryDevice prefix_o(size, "origin"), prefix_s(store0.size(), "store");
+  load(prefix_o, origin_pages);
+  load(prefix_s, store_pages);
+  size_t applied = 0;
   for (size_t k = 0; k <= checkpoints.back().log_end; ++k) {
     while (checkpoints[step].log_end < k) ++step;
     const Checkpoint& cp = checkpoints[step];
+    for (; applied < k; ++applied) (log[applied].device == 0 ? prefix_o : prefix_s).apply(log[applied].op);
     for (int n = 0; n < variants; ++n) {
       const int variant = variants == 2 ? n : static_cast<int>(k % 2);
       SCOPED_TRACE("prefix " + std::to_string(k) + " of " + std::to_string(log.size()) + ", workload step " +
                    std::to_string(step) + ", variant " + std::to_string(variant));
-      MemoryDevice o(size, "origin"), s(store0.size(), "store");
-      load(o, origin_pages);
-      load(s, store_pages);
-      for (size_t i = 0; i < k; ++i) (log[i].device == 0 ? o : s).apply(log[i].op);
       CrashOptions crash;
       crash.keep_probability = variant == 0 ? 0.5 : 0.0;
-      o.crash(rng, crash);
-      s.crash(rng, crash);
-      for (auto& p : testing::check_store(s)) ADD_FAILURE() << p;
+      std::unique_ptr<MemoryDevice> o = prefix_o.crashed_copy(rng, crash);
+      std::unique_ptr<MemoryDevice> s = prefix_s.crashed_copy(rng, crash);
+      for (auto& p : testing::check_store(*s)) ADD_FAILURE() << p;
       EngineOptions eo;
       eo.threaded = false;
-      auto e = Engine::open(o, s, eo, make_sync_io_context());
+      auto e = Engine::open(*o, *s, eo, make_sync_io_context());
       ASSERT_TRUE(e.is_ok()) << e.status().to_string();
       auto list = (*e)->list_snapshots();
       ASSERT_TRUE(list.is_ok());

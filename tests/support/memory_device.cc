@@ -137,6 +137,17 @@ void MemoryDevice::crash(std::mt19937_64& rng, const CrashOptions& options) {
   for (const auto& [page, data] : durable_) current_[page] = std::make_unique<Page>(*data);
 }
 
+std::unique_ptr<MemoryDevice> MemoryDevice::crashed_copy(std::mt19937_64& rng, const CrashOptions& options) const {
+  auto out = std::make_unique<MemoryDevice>(size_, name_);
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [page, p] : durable_) out->durable_[page] = std::make_unique<Page>(*p);
+    out->log_ = log_;
+  }
+  out->crash(rng, options);  // builds its current image from the durable one
+  return out;
+}
+
 size_t MemoryDevice::unflushed_writes() const {
   std::lock_guard lock(mu_);
   return log_.size();
