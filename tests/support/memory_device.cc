@@ -57,8 +57,16 @@ Status MemoryDevice::write_locked(uint64_t offset, const uint8_t* data, size_t l
   // write, so a crash keeps or loses each one whole.
   uint64_t start = offset / kSector * kSector;
   uint64_t end = std::min(size_.load(), (offset + len + kSector - 1) / kSector * kSector);
-  std::vector<uint8_t> sectors(end - start);
-  image_read(current_, start, sectors.data(), sectors.size());
+  std::vector<uint8_t> sectors;  // filled page by page, not zeroed first (that showed under ASan)
+  sectors.reserve(end - start);
+  for (uint64_t off = start; off < end;) {
+    size_t in_page = off % kPage;
+    size_t n = std::min<uint64_t>(end - off, kPage - in_page);
+    auto it = current_.find(off / kPage);
+    if (it == current_.end()) sectors.insert(sectors.end(), n, uint8_t{0});
+    else sectors.insert(sectors.end(), it->second->data() + in_page, it->second->data() + in_page + n);
+    off += n;
+  }
   log_.push_back({start, std::move(sectors)});
   ++writes_;
   return Status::ok();
@@ -127,6 +135,17 @@ void MemoryDevice::crash(std::mt19937_64& rng, const CrashOptions& options) {
   log_.clear();
   current_.clear();
   for (const auto& [page, data] : durable_) current_[page] = std::make_unique<Page>(*data);
+}
+
+std::unique_ptr<MemoryDevice> MemoryDevice::crashed_copy(std::mt19937_64& rng, const CrashOptions& options) const {
+  auto out = std::make_unique<MemoryDevice>(size_, name_);
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [page, p] : durable_) out->durable_[page] = std::make_unique<Page>(*p);
+    out->log_ = log_;
+  }
+  out->crash(rng, options);  // builds its current image from the durable one
+  return out;
 }
 
 size_t MemoryDevice::unflushed_writes() const {

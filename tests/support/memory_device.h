@@ -10,7 +10,7 @@
 //
 // apply() replays one write or flush: the crash-replay test records the
 // operations of both devices itself (a recording BlockDevice in front of
-// this one) and replays prefixes of them onto fresh devices.
+// this one) and replays them onto devices it then crashes (crashed_copy).
 //
 // Thread-safe (one mutex).
 #pragma once
@@ -55,6 +55,10 @@ class MemoryDevice final : public BlockDevice {
 
   // Simulates a power cut: the device afterwards holds what survived.
   void crash(std::mt19937_64& rng, const CrashOptions& options = {});
+  // A new device as this one would be after crash(rng, options), this one
+  // unchanged (the same draws from rng): the crash-replay test cuts each
+  // prefix of a recording without replaying the prefix every time.
+  std::unique_ptr<MemoryDevice> crashed_copy(std::mt19937_64& rng, const CrashOptions& options = {}) const;
   size_t unflushed_writes() const;
 
   void apply(const TraceOp& op);  // replays one recorded operation
