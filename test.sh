@@ -6,7 +6,7 @@
 # deletes, rollback; io_uring and synchronous I/O), the NBD server tests, the
 # control socket tests, and three integration tests against a real daemon
 # (range: clients, replication, grow); about 5 minutes on 2 cores from scratch, 2-3
-# of them the build. Then 15 s of libFuzzer per target when clang is there
+# of them the build. Then 10 s of libFuzzer per target when clang is there
 # (MULTISNAP_FUZZ_SECONDS=n for more). The aim: all of it, builds included,
 # in under 20 minutes on CI's 2 cores.
 #
@@ -35,10 +35,14 @@ run() {  # build-dir ctest-exclude-regex cmake-args...
 # the Release pass only, and so does packaging the .deb (of a sanitized
 # binary it would mean nothing).
 asan_skip='^(integration\.((range|bitmask)\.(policy|fio|filesystem)|tour|netns|handshake_flood|metrics)|packaging\.deb)$'
+# -O1 -g1, as AddressSanitizer's documentation suggests: line tables for
+# its reports, and the tests run about 45% faster than at -O0 (crash replay
+# and the model test: 94 s -> 53 s here) for about 30% more compile time.
 if [ "${1:-}" != "--quick" ]; then
-  echo "== Debug + AddressSanitizer/UndefinedBehaviorSanitizer"
+  echo "== Debug + AddressSanitizer/UndefinedBehaviorSanitizer (-O1 -g1)"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    run build-asan "$asan_skip" -DCMAKE_BUILD_TYPE=Debug -DMULTISNAP_SANITIZE=ON -DMULTISNAP_BENCH=OFF
+    run build-asan "$asan_skip" -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DMULTISNAP_SANITIZE=ON \
+    -DMULTISNAP_BENCH=OFF
 fi
 echo "== Release"
 run build-release "" -DCMAKE_BUILD_TYPE=Release
@@ -59,20 +63,20 @@ if [ "${1:-}" != "--quick" ]; then
   echo "ThreadSanitizer pass: $((SECONDS - tsan_start)) s"
 fi
 if [ "${1:-}" != "--quick" ] && command -v clang++ >/dev/null; then
-  echo "== libFuzzer: NBD handshake and requests, control requests, replication streams, damaged metadata (${MULTISNAP_FUZZ_SECONDS:-15} s each)"
+  echo "== libFuzzer: NBD handshake and requests, control requests, replication streams, damaged metadata (${MULTISNAP_FUZZ_SECONDS:-10} s each)"
   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMULTISNAP_FUZZ=ON \
     -DMULTISNAP_TESTS=OFF -DMULTISNAP_BENCH=OFF >/dev/null
   ninja -C build-fuzz nbd_fuzz control_fuzz stream_fuzz store_fuzz
   [ -d build-fuzz/corpus ] || /usr/bin/python3 tests/nbd/make_fuzz_corpus.py build-fuzz/corpus
-  build-fuzz/tests/fuzz/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-15}" -print_final_stats=1 \
+  build-fuzz/tests/fuzz/nbd_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-10}" -print_final_stats=1 \
     build-fuzz/corpus 2>&1 | tail -3
   # New inputs go to build-fuzz/corpus-control; the committed seeds stay as they are.
   mkdir -p build-fuzz/corpus-control
-  build-fuzz/tests/fuzz/control_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-15}" -print_final_stats=1 \
+  build-fuzz/tests/fuzz/control_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-10}" -print_final_stats=1 \
     -max_len=8192 build-fuzz/corpus-control tests/fuzz/corpus/control 2>&1 | tail -3
   for t in stream store; do
     mkdir -p build-fuzz/corpus-$t
-    build-fuzz/tests/fuzz/${t}_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-15}" -print_final_stats=1 \
+    build-fuzz/tests/fuzz/${t}_fuzz -max_total_time="${MULTISNAP_FUZZ_SECONDS:-10}" -print_final_stats=1 \
       build-fuzz/corpus-$t tests/fuzz/corpus/$t 2>&1 | tail -3
   done
 fi
