@@ -1,5 +1,7 @@
 #include "control/control.h"
 
+#include <charconv>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -305,6 +307,12 @@ Status FrameWriter::end() {
 
 std::string to_text(const Json& value) {
   return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+void append_json_number(std::string& out, uint64_t n) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, n);
+  out.append(buf, r.ptr);
 }
 
 void append_json_string(std::string& out, std::string_view s) {

@@ -46,6 +46,8 @@ std::string to_text(const Json& value);
 // (escapes, U+FFFD for bytes that are not UTF-8), without building a Json:
 // for answers formatted by hand (snapshot-list's million objects).
 void append_json_string(std::string& out, std::string_view s);
+// Appends `n` in decimal, as to_text writes an unsigned number.
+void append_json_number(std::string& out, uint64_t n);
 // The deepest nesting of arrays and objects in `text` (brackets inside JSON
 // strings do not count); cheap, and safe on any bytes.
 size_t nesting_depth(std::string_view text);

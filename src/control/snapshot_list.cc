@@ -1,6 +1,5 @@
 #include "control/snapshot_list.h"
 
-#include <charconv>
 #include <vector>
 
 namespace multisnap::control {
@@ -321,12 +320,6 @@ Result<Json> finish(ListHandler& handler, const Status& parsed) {
   return std::move(rest);
 }
 
-void append_number(std::string& out, uint64_t n) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, n);
-  out.append(buf, r.ptr);
-}
-
 }  // namespace
 
 Json to_json(const SnapshotRow& row) {
@@ -364,12 +357,12 @@ void append_list_element(std::string& out, const SnapshotRow& row) {
   append_json_string(out, row.created);
   if (row.exclusive_bytes) {
     out += ",\n    \"exclusive_bytes\": ";
-    append_number(out, *row.exclusive_bytes);
+    append_json_number(out, *row.exclusive_bytes);
   }
   out += ",\n    \"export\": ";
   append_json_string(out, row.export_name);
   out += ",\n    \"id\": ";
-  append_number(out, row.id);
+  append_json_number(out, row.id);
   out += ",\n    \"name\": ";
   string_or_null(row.has_name, row.name);
   out += ",\n    \"of\": ";
@@ -377,14 +370,14 @@ void append_list_element(std::string& out, const SnapshotRow& row) {
     out += "null";
   } else {
     out += "{\n      \"id\": ";
-    append_number(out, row.of_id);
+    append_json_number(out, row.of_id);
     out += ",\n      \"name\": ";
     string_or_null(row.of_has_name, row.of_name);
     out += "\n    }";
   }
   if (row.shared_bytes) {
     out += ",\n    \"shared_bytes\": ";
-    append_number(out, *row.shared_bytes);
+    append_json_number(out, *row.shared_bytes);
   }
   if (row.has_uuid) {
     out += ",\n    \"uuid\": ";

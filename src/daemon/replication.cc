@@ -1,6 +1,5 @@
 #include "daemon/replication.h"
 
-#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -156,11 +155,7 @@ std::string snapshot_words(const SnapshotInfo& s) {
 
 void append_snapshot_json(std::string& out, const SnapshotInfo& s, std::string_view parent_name,
                           const SnapshotSpaceBytes* space) {
-  auto number = [&out](uint64_t n) {
-    char buf[24];
-    auto r = std::to_chars(buf, buf + sizeof buf, n);
-    out.append(buf, r.ptr);
-  };
+  auto number = [&out](uint64_t n) { control::append_json_number(out, n); };
   auto string_or_null = [&out](std::string_view text) {
     if (text.empty()) out += "null";
     else control::append_json_string(out, text);
