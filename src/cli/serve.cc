@@ -192,6 +192,7 @@ int run_serve(const ServeArgs& a) {
   o.engine.cache_bytes = *cache;
   o.engine.copy_slots = a.copy_slots;
   o.engine.read_only_snapshots = a.read_only_snapshots;
+  o.buffered_copies = a.buffered_copies;
   o.engine.use_older_commit = a.use_older_commit;
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());

@@ -49,7 +49,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   d->options_ = options;
   char resolved[PATH_MAX];
   std::string store_path = ::realpath(options.store_path.c_str(), resolved) ? resolved : options.store_path;
-  MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(store_path));
+  FileDeviceOptions store_options;
+  store_options.direct_writes = !options.buffered_copies;
+  MS_ASSIGN_OR_RETURN(d->store_, FileDevice::open(store_path, store_options));
   MS_TRY(lock_device(*d->store_, true));
   MS_ASSIGN_OR_RETURN(Superblock sb, read_superblock(*d->store_));
   // The origin is checked before the engine opens: a rollback resumes by
@@ -450,7 +452,8 @@ Json Daemon::status() {
              {"bytes_written", c.bytes_written}, {"errors", c.errors}, {"retries", c.retries},
              {"in_flight", st.requests_in_flight}, {"direct_writes", c.direct_writes},
              {"direct_reads", c.direct_reads}};
-  j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}, {"runs", c.copy_runs}};
+  j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}, {"runs", c.copy_runs},
+                 {"direct", store_->direct_fd() >= 0}};
   j["commits"] = c.commits;
   j["cache"] = {{"capacity_bytes", st.cache_capacity_blocks * 4096},
                 {"used_bytes", st.cache_blocks * 4096},

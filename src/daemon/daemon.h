@@ -47,6 +47,9 @@ struct DaemonOptions {
   std::chrono::milliseconds nbd_handshake_timeout{10000};  // 0: none
   std::string metrics;             // "tcp:HOST:PORT": serve Prometheus metrics there; empty: none
   EngineOptions engine;
+  // Copies go through the page cache (the default: around it, with
+  // O_DIRECT, where the store's file system allows).
+  bool buffered_copies = false;
   Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
 };
 

@@ -123,6 +123,7 @@ CopyJob* EngineCore::start_job(uint64_t c, const CopyPlan& plan) {
       w.offset = l.data_offset(job->dests[i]);
       w.buf = job->buffer;
       w.len = chunk_size_;
+      w.direct = true;
       w.done = [this, job](Status s) {
         if (!s.is_ok() && job->status.is_ok()) job->status = s;
         if (--job->pending == 0) job_io_done(job, job->status);
@@ -220,6 +221,7 @@ void EngineCore::start_run(CopyRun* run) {
       w.offset = targets[a].first;
       w.buf = buf + uint64_t{targets[a].second} * chunk_size_;
       w.len = uint64_t{chunk_size_} * (b - a);
+      w.direct = true;  // the arena and the store's chunks are aligned (constructor)
       a = b;
     }
     run->pending = static_cast<uint32_t>(run->write_ops.size());

@@ -25,10 +25,14 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
     options_.copy_slots = static_cast<uint32_t>(std::clamp<uint64_t>(
         (16u << 20) / chunk_size_, 8, std::max<uint64_t>(64, (4u << 20) / chunk_size_)));
   // One arena, so that a run of chunks can be read into adjacent buffers.
-  arena_ = static_cast<uint8_t*>(std::aligned_alloc(4096, uint64_t{options_.copy_slots} * chunk_size_));
+  // Copies are written with IoOp::direct: slot buffers, the zero buffer and
+  // store chunks are all multiples of kDirectAlign.
+  static_assert(kBlockSize % kDirectAlign == 0);
+  assert(chunk_size_ % kDirectAlign == 0 && store_->layout().data_offset(0) % kDirectAlign == 0);
+  arena_ = static_cast<uint8_t*>(std::aligned_alloc(kDirectAlign, uint64_t{options_.copy_slots} * chunk_size_));
   slot_free_.assign(options_.copy_slots, 1);
   max_run_chunks_ = std::max<uint32_t>(1, kMaxRunBytes / chunk_size_);
-  zero_buffer_ = static_cast<uint8_t*>(std::aligned_alloc(4096, chunk_size_));
+  zero_buffer_ = static_cast<uint8_t*>(std::aligned_alloc(kDirectAlign, chunk_size_));
   std::memset(zero_buffer_, 0, chunk_size_);
   last_commit_ = last_reclaim_ = std::chrono::steady_clock::now();
 }

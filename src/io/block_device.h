@@ -31,6 +31,9 @@
 
 namespace multisnap {
 
+// The alignment direct writes need: buffer address, offset and length.
+inline constexpr uint64_t kDirectAlign = 4096;
+
 class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
@@ -73,6 +76,14 @@ class BlockDevice {
 
   // The file descriptor for io_uring, or -1 when the device has none.
   virtual int fd() const { return -1; }
+  // A second descriptor on the same file that bypasses the page cache
+  // (O_DIRECT), for writes whose buffer, offset and length are multiples of
+  // kDirectAlign, or -1 (none asked for, or refused). Reads and the other
+  // writes stay on fd(); the kernel keeps the two coherent.
+  virtual int direct_fd() const { return -1; }
+  // The file system refused a direct write after all (EINVAL): direct_fd()
+  // is -1 from now on.
+  virtual void refuse_direct() {}
   virtual std::string describe() const = 0;
 
  protected:

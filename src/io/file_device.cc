@@ -13,6 +13,21 @@
 
 namespace multisnap {
 
+namespace {
+// A second open of the file behind fd (the same inode even if the path was
+// renamed since) with O_DIRECT, or -1 where that is refused or the file
+// system needs more alignment than kDirectAlign (statx STATX_DIOALIGN, when
+// the kernel reports it; otherwise a refusal shows at the first write).
+int open_direct(int fd) {
+  struct statx stx {};
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN) != 0 &&
+      (stx.stx_dio_offset_align == 0 || stx.stx_dio_offset_align > kDirectAlign ||
+       stx.stx_dio_mem_align > kDirectAlign))
+    return -1;
+  return ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+}
+}  // namespace
+
 Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
                                                      const FileDeviceOptions& options) {
   int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
@@ -48,15 +63,19 @@ Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
     return make_error(Code::kInvalidArgument, "{} is neither a regular file nor a block device",
                       path);
   }
-  return std::unique_ptr<FileDevice>(
-      new FileDevice(fd, path, size, block_device, options.read_only));
+  auto dev = std::unique_ptr<FileDevice>(new FileDevice(fd, path, size, block_device, options.read_only));
+  if (options.direct_writes && !options.read_only) dev->direct_fd_ = open_direct(fd);
+  return dev;
 }
 
 FileDevice::FileDevice(int fd, std::string path, uint64_t size, bool block_device, bool read_only)
     : fd_(fd), path_(std::move(path)), size_(size), block_device_(block_device),
       read_only_(read_only) {}
 
-FileDevice::~FileDevice() { ::close(fd_); }
+FileDevice::~FileDevice() {
+  ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+}
 
 Status FileDevice::rw_check(uint64_t offset, size_t len, bool writing) const {
   if (writing && read_only_) return make_error(Code::kReadOnly, "{} is open read-only", path_);

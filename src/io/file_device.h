@@ -14,6 +14,9 @@ struct FileDeviceOptions {
   bool read_only = false;
   bool create = false;        // create the file if missing (regular files only)
   uint64_t create_size = 0;   // with create: truncate a new or empty file to this size
+  // Also open a descriptor that bypasses the page cache (direct_fd), unless
+  // the file system refuses O_DIRECT or needs more than kDirectAlign.
+  bool direct_writes = false;
 };
 
 class FileDevice final : public BlockDevice {
@@ -34,6 +37,8 @@ class FileDevice final : public BlockDevice {
   Result<bool> is_hole(uint64_t offset, uint64_t len) override;
   Result<uint64_t> resize(uint64_t size) override;
   int fd() const override { return fd_; }
+  int direct_fd() const override { return direct_refused_.load(std::memory_order_relaxed) ? -1 : direct_fd_; }
+  void refuse_direct() override { direct_refused_.store(true, std::memory_order_relaxed); }
   std::string describe() const override { return path_; }
 
   const std::string& path() const { return path_; }
@@ -43,6 +48,8 @@ class FileDevice final : public BlockDevice {
   Status rw_check(uint64_t offset, size_t len, bool writing) const;
 
   int fd_;
+  int direct_fd_ = -1;
+  std::atomic<bool> direct_refused_{false};
   std::string path_;
   std::atomic<uint64_t> size_;  // grows (resize) while other threads read and write
   bool block_device_;

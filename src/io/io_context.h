@@ -30,7 +30,10 @@ struct IoOp {
   void* buf = nullptr;  // kRead: destination; kWrite: source
   uint64_t len = 0;
   std::function<void(Status)> done;
-
+  // kWrite: buffer, offset and length are multiples of kDirectAlign, so the
+  // write may bypass the page cache (the device's direct_fd(), io_uring
+  // only; a refusal falls back to the page cache).
+  bool direct = false;
   uint64_t progress = 0;  // bytes already transferred (short I/O); internal
 };
 

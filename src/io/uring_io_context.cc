@@ -99,6 +99,8 @@ class UringIoContext final : public IoContext {
       return;
     }
     int fd = op->dev->fd();
+    if (op->direct && op->kind == IoOp::Kind::kWrite && op->dev->direct_fd() >= 0) fd = op->dev->direct_fd();
+    else op->direct = false;
     char* buf = static_cast<char*>(op->buf) + op->progress;
     unsigned len = static_cast<unsigned>(std::min<uint64_t>(op->len - op->progress, 1u << 30));
     uint64_t off = op->offset + op->progress;
@@ -148,6 +150,13 @@ class UringIoContext final : public IoContext {
       int res = cqe->res;
       if (op->kind == IoOp::Kind::kFlush) {
         finish(op, res < 0 ? errno_status(-res, "flush " + op->dev->describe()) : Status::ok());
+      } else if (res == -EINVAL && op->direct) {
+        // The file system takes no direct write here after all: the page
+        // cache, for this write and every later one.
+        MS_LOG_WARN("{}: direct writes refused (EINVAL); copies go through the page cache",
+                    op->dev->describe());
+        op->dev->refuse_direct();
+        queue(op);
       } else if (res < 0) {
         finish(op, errno_status(-res, (op->kind == IoOp::Kind::kRead ? "read " : "write ") +
                                           op->dev->describe()));
@@ -156,6 +165,7 @@ class UringIoContext final : public IoContext {
                               op->dev->describe(), op->offset + op->progress));
       } else {
         op->progress += static_cast<uint64_t>(res);
+        if (op->progress % kDirectAlign != 0) op->direct = false;  // the rest of a short write: unaligned
         if (op->progress < op->len) queue(op);
         else finish(op, Status::ok());
       }

@@ -30,6 +30,21 @@ run_fio "$(uri origin)" randrw --bs=16k
 wait $fio_snap || fail "fio on the snapshot"
 qemu-img compare -q -f raw -F raw before.bin "$(uri snapshot/before)" || fail "the first snapshot changed"
 ms status --json | $PY -c 'import json,sys; s=json.load(sys.stdin); assert s["io"]["errors"] == 0, s["io"]; assert s["copies"]["chunks"] > 0'
+# Copies went around the page cache where this file system allows O_DIRECT.
+direct=$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["copies"]["direct"])')
+[ "$direct" = True ] || echo "note: the file system under $PWD refused O_DIRECT; copies went through the page cache"
+stop_serve
+ms check store.img | grep -q clean
+# The same through the page cache: the snapshots read the same after the
+# restart, and more first writes copy as they should.
+start_serve --buffered-copies
+[ "$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["copies"]["direct"])')" = False ] ||
+  fail "--buffered-copies: copies.direct is not false"
+qemu-img compare -q -f raw -F raw before.bin "$(uri snapshot/before)" || fail "the first snapshot changed after a restart"
+ms snapshot create --name buffered >/dev/null
+nbdcopy "$(uri origin)" buffered.bin
+run_fio "$(uri origin)" randwrite --bsrange=4k-64k --size=16M
+qemu-img compare -q -f raw -F raw buffered.bin "$(uri snapshot/buffered)" || fail "a snapshot changed under buffered copies"
 stop_serve
 ms check store.img | grep -q clean
 echo "fio: ok"

@@ -3,7 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "io/file_device.h"
@@ -122,6 +127,109 @@ INSTANTIATE_TEST_SUITE_P(AllContexts, IoContextTest,
                                            Case{"UringFile", true, 2}, Case{"UringMemory", false, 2},
                                            Case{"SyncFile", true, 0}),
                          [](const auto& info) { return info.param.name; });
+
+// Copies go to the store around the page cache (IoOp::direct, io_uring),
+// while metadata writes and every read go through it: a buffered read must
+// see what a direct write put there, also over a page that was cached or
+// dirty before.
+class DirectWriteTest : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kLen = 64 << 10;
+  void SetUp() override {
+    FileDeviceOptions o;
+    o.create = true;
+    o.create_size = 4 << 20;
+    o.direct_writes = true;
+    dev_ = std::move(FileDevice::open(dir_.file("d.img"), o)).value();
+    if (dev_->direct_fd() < 0) GTEST_SKIP() << "the file system under " << dir_.path() << " refuses O_DIRECT";
+    auto r = make_uring_io_context(8);
+    if (!r.is_ok()) GTEST_SKIP() << "io_uring unavailable: " << r.status().to_string();
+    ctx_ = std::move(r).value();
+    buf_ = static_cast<uint8_t*>(std::aligned_alloc(kDirectAlign, 2 * kLen));
+  }
+  void TearDown() override { std::free(buf_); }
+  // One write through the context, waited for.
+  Status write(uint64_t offset, const uint8_t* buf, uint64_t len, bool direct) {
+    Status result(Code::kIoError, "not completed");
+    IoOp op;
+    op.kind = IoOp::Kind::kWrite;
+    op.dev = dev_.get();
+    op.offset = offset;
+    op.buf = const_cast<uint8_t*>(buf);
+    op.len = len;
+    op.direct = direct;
+    op.done = [&](Status s) { result = std::move(s); };
+    ctx_->submit(&op);
+    for (int i = 0; i < 1000 && ctx_->in_flight() > 0; ++i) ctx_->run(true, 100);
+    return result;
+  }
+  std::vector<uint8_t> read(uint64_t offset, uint64_t len) {
+    std::vector<uint8_t> out(len);
+    EXPECT_TRUE(dev_->read(offset, out.data(), len).is_ok());
+    return out;
+  }
+  // How many of the pages of [offset, offset+len) are in the page cache.
+  size_t resident_pages(uint64_t offset, uint64_t len) {
+    void* map = mmap(nullptr, len, PROT_READ, MAP_SHARED, dev_->fd(), static_cast<off_t>(offset));
+    EXPECT_NE(map, MAP_FAILED);
+    std::vector<unsigned char> vec(len / 4096);
+    EXPECT_EQ(mincore(map, len, vec.data()), 0);
+    munmap(map, len);
+    return static_cast<size_t>(std::count_if(vec.begin(), vec.end(), [](unsigned char v) { return v & 1; }));
+  }
+  testing::TempDir dir_;
+  std::unique_ptr<FileDevice> dev_;
+  std::unique_ptr<IoContext> ctx_;
+  uint8_t* buf_ = nullptr;
+};
+
+TEST_F(DirectWriteTest, BufferedReadsSeeWhatDirectWritesWrote) {
+  // A range never touched: the direct write leaves no page behind.
+  std::memset(buf_, 0xb1, kLen);
+  ASSERT_TRUE(write(0, buf_, kLen, true).is_ok());
+  EXPECT_EQ(resident_pages(0, kLen), 0u) << "the write went through the page cache";
+  EXPECT_EQ(read(0, kLen), std::vector<uint8_t>(kLen, 0xb1));
+  // A range whose pages are cached (the read above): they must not be stale.
+  std::memset(buf_, 0xb2, kLen);
+  ASSERT_TRUE(write(0, buf_, kLen, true).is_ok());
+  EXPECT_EQ(read(0, kLen), std::vector<uint8_t>(kLen, 0xb2));
+  // A range with dirty pages (a buffered write not yet written back): the
+  // direct write must land after them, not under them.
+  std::vector<uint8_t> old(kLen, 0xc1);
+  ASSERT_TRUE(dev_->write(kLen, old.data(), kLen).is_ok());
+  std::memset(buf_, 0xc2, kLen);
+  ASSERT_TRUE(write(kLen, buf_, kLen, true).is_ok());
+  ASSERT_TRUE(dev_->flush().is_ok());
+  EXPECT_EQ(read(kLen, kLen), std::vector<uint8_t>(kLen, 0xc2));
+  EXPECT_GE(dev_->direct_fd(), 0) << "a direct write was refused";
+}
+
+TEST_F(DirectWriteTest, ARefusedDirectWriteFallsBackToThePageCache) {
+  // An offset no file system takes for O_DIRECT: EINVAL, then the page cache
+  // for this write and every later one, with the data where it belongs.
+  std::memset(buf_, 0xd1, kLen);
+  ASSERT_TRUE(write(4097, buf_, 4096, true).is_ok());
+  EXPECT_EQ(dev_->direct_fd(), -1);
+  EXPECT_EQ(read(4097, 4096), std::vector<uint8_t>(4096, 0xd1));
+  std::memset(buf_, 0xd2, kLen);
+  ASSERT_TRUE(write(2 * kLen, buf_, kLen, true).is_ok());
+  EXPECT_EQ(read(2 * kLen, kLen), std::vector<uint8_t>(kLen, 0xd2));
+  EXPECT_EQ(resident_pages(2 * kLen, kLen), kLen / 4096) << "after a refusal, writes go through the page cache";
+}
+
+TEST(FileDeviceDirect, OnlyWhenAskedAndWritable) {
+  testing::TempDir dir;
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = 1 << 20;
+  auto plain = std::move(FileDevice::open(dir.file("a.img"), o)).value();
+  EXPECT_EQ(plain->direct_fd(), -1);
+  FileDeviceOptions ro;
+  ro.read_only = true;
+  ro.direct_writes = true;
+  auto read_only = std::move(FileDevice::open(dir.file("a.img"), ro)).value();
+  EXPECT_EQ(read_only->direct_fd(), -1);
+}
 
 }  // namespace
 }  // namespace multisnap
