@@ -40,7 +40,7 @@ struct OnlineArgs {
   bool json = false;
 };
 int run_snapshot_create(const OnlineArgs& o, const std::string& of, const std::string& name);
-int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool force);
+int run_snapshot_delete(const OnlineArgs& o, const std::vector<std::string>& snapshots, bool force);
 // space: add each snapshot's exclusive and shared bytes; progress: show the
 // pass on stderr.
 int run_snapshot_list(const OnlineArgs& o, bool space, bool progress);

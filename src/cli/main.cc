@@ -104,15 +104,17 @@ int main(int argc, char** argv) {
   auto* snapshot = app.add_subcommand("snapshot", "Create, delete and list snapshots of a running store");
   snapshot->require_subcommand(1);
   snapshot->fallthrough();
-  std::string of, name, target;
+  std::string of, name;
+  std::vector<std::string> targets;
   bool force = false;
   auto* screate = snapshot->add_subcommand("create", "Take a snapshot; prints its ID");
   screate->add_option("--of", of, "snapshot to take a snapshot of (ID or name; default: the origin)");
   auto* name_opt = screate->add_option("--name", name, "a name for it: 1-64 of letters, digits, . _ - : @ +");
   add_online(screate);
-  auto* sdelete = snapshot->add_subcommand("delete", "Delete a snapshot; its space is reclaimed in the background");
-  sdelete->add_option("SNAPSHOT", target, "ID or name")->required();
-  sdelete->add_flag("--force", force, "disconnect its NBD clients first");
+  auto* sdelete = snapshot->add_subcommand(
+      "delete", "Delete snapshots (several: all or none, in one commit); their space is reclaimed in the background");
+  sdelete->add_option("SNAPSHOT", targets, "IDs or names")->required();
+  sdelete->add_flag("--force", force, "disconnect their NBD clients first");
   add_online(sdelete);
   auto* slist = snapshot->add_subcommand("list", "List the snapshots");
   bool list_space = false, list_progress = false;
@@ -220,7 +222,7 @@ int main(int argc, char** argv) {
     if (create->parsed()) return run_create(ca);
     if (serve->parsed()) return run_serve(sa);
     if (screate->parsed()) return run_snapshot_create(oa, of, name);
-    if (sdelete->parsed()) return run_snapshot_delete(oa, target, force);
+    if (sdelete->parsed()) return run_snapshot_delete(oa, targets, force);
     if (slist->parsed()) return run_snapshot_list(oa, list_space, list_progress);
     if (status->parsed()) return run_status(oa);
     if (send->parsed()) return run_send(oa, send_args);

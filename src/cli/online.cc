@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "control/control.h"
+#include "control/requests.h"
 #include "control/snapshot_list.h"
 #include "util/units.h"
 
@@ -63,7 +64,47 @@ int run_snapshot_create(const OnlineArgs& o, const std::string& of, const std::s
   return 0;
 }
 
-int run_snapshot_delete(const OnlineArgs& o, const std::string& snapshot, bool force) {
+namespace {
+// Several snapshots: requests of at most control::kMaxDeleteBatch references
+// and well under the request size limit, each deleting all of its
+// snapshots or none in one commit.
+int delete_several(const OnlineArgs& o, const std::vector<std::string>& snapshots, bool force) {
+  Json deleted = Json::array();
+  uint64_t dropped = 0;
+  auto report = [&] {
+    if (o.json) {
+      printf("%s\n", Json{{"ok", true}, {"deleted", deleted}, {"disconnected", dropped}}.dump(2).c_str());
+    } else if (!deleted.empty()) {
+      printf("deleted %zu snapshot%s:", deleted.size(), deleted.size() == 1 ? "" : "s");
+      for (const Json& id : deleted) printf(" %llu", static_cast<unsigned long long>(id.get<uint64_t>()));
+      if (dropped) printf(" (disconnected %llu client%s)", static_cast<unsigned long long>(dropped), dropped == 1 ? "" : "s");
+      printf("; their space is reclaimed in the background\n");
+    }
+  };
+  for (size_t i = 0; i < snapshots.size();) {
+    Json batch = Json::array();
+    size_t bytes = 0;
+    for (; i < snapshots.size() && batch.size() < control::kMaxDeleteBatch && bytes < control::kMaxRequestBytes / 2;
+         ++i) {
+      batch.push_back(snapshot_ref(snapshots[i]));
+      bytes += snapshots[i].size() + 4;
+    }
+    auto r = call(o, {{"command", "snapshot-delete"}, {"snapshots", batch}, {"force", force}});
+    if (!r.is_ok()) {
+      report();  // what earlier requests deleted
+      return fail(r.status());
+    }
+    for (const Json& id : (*r)["deleted"]) deleted.push_back(id);
+    dropped += r->value("disconnected", uint64_t{0});
+  }
+  report();
+  return 0;
+}
+}  // namespace
+
+int run_snapshot_delete(const OnlineArgs& o, const std::vector<std::string>& snapshots, bool force) {
+  if (snapshots.size() > 1) return delete_several(o, snapshots, force);
+  const std::string& snapshot = snapshots.at(0);
   auto r = call(o, {{"command", "snapshot-delete"}, {"snapshot", snapshot_ref(snapshot)}, {"force", force}});
   if (!r.is_ok()) return fail(r.status());
   if (o.json) {

@@ -97,9 +97,9 @@ Result<std::optional<uint64_t>> optional_uint(const Json& request, std::string_v
   return n;
 }
 
-Result<std::optional<SnapshotRef>> optional_snapshot(const Json& request, std::string_view field) {
-  const Json* v = find(request, field);
-  if (!v) return std::optional<SnapshotRef>();
+namespace {
+// One snapshot reference: the value of `field` (or an element of it).
+Result<std::optional<SnapshotRef>> snapshot_from(const Json* v, std::string_view field) {
   SnapshotRef ref;
   if (std::optional<uint64_t> id = as_uint(*v)) {
     if (*id > UINT32_MAX) return wrong_type(field, kSnapshotWant, *v);
@@ -126,6 +126,29 @@ Result<std::optional<SnapshotRef>> optional_snapshot(const Json& request, std::s
                       quote_for_message(field), kMaxStringField);
   ref.name = s;
   return std::optional<SnapshotRef>(std::move(ref));
+}
+}  // namespace
+
+Result<std::optional<SnapshotRef>> optional_snapshot(const Json& request, std::string_view field) {
+  const Json* v = find(request, field);
+  if (!v) return std::optional<SnapshotRef>();
+  return snapshot_from(v, field);
+}
+
+Result<std::optional<std::vector<SnapshotRef>>> optional_snapshots(const Json& request, std::string_view field,
+                                                                   size_t max_count) {
+  const Json* v = find(request, field);
+  if (!v) return std::optional<std::vector<SnapshotRef>>();
+  if (!v->is_array() || v->empty() || v->size() > max_count)
+    return wrong_type(field, fmt::format("an array of 1 to {} snapshot references ({})", max_count, kSnapshotWant),
+                      *v);
+  std::vector<SnapshotRef> out;
+  out.reserve(v->size());
+  for (const Json& element : *v) {
+    MS_ASSIGN_OR_RETURN(std::optional<SnapshotRef> ref, snapshot_from(&element, field));
+    out.push_back(std::move(*ref));
+  }
+  return std::optional<std::vector<SnapshotRef>>(std::move(out));
 }
 
 Result<SnapshotRef> required_snapshot(const Json& request, std::string_view field) {

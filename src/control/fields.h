@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "control/control.h"
 #include "util/status.h"
@@ -52,6 +53,9 @@ Result<std::optional<uint64_t>> optional_uint(const Json& request, std::string_v
 
 Result<std::optional<SnapshotRef>> optional_snapshot(const Json& request, std::string_view field);
 Result<SnapshotRef> required_snapshot(const Json& request, std::string_view field);
+// A JSON array of 1 to max_count snapshot references (each as above).
+Result<std::optional<std::vector<SnapshotRef>>> optional_snapshots(const Json& request, std::string_view field,
+                                                                   size_t max_count);
 
 // `text` cut to at most `max_bytes` (on a UTF-8 character boundary, with
 // "..." appended when cut), for quoting request values in error messages.

@@ -15,7 +15,17 @@ Result<SnapshotCreateArgs> parse_snapshot_create(const Json& request) {
 
 Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request) {
   SnapshotDeleteArgs args;
-  MS_ASSIGN_OR_RETURN(args.snapshot, required_snapshot(request, "snapshot"));
+  MS_ASSIGN_OR_RETURN(std::optional<std::vector<SnapshotRef>> many,
+                      optional_snapshots(request, "snapshots", kMaxDeleteBatch));
+  if (many) {
+    MS_ASSIGN_OR_RETURN(std::optional<SnapshotRef> one, optional_snapshot(request, "snapshot"));
+    if (one) return make_error(Code::kInvalidArgument, "give \"snapshot\" or \"snapshots\", not both");
+    args.snapshots = std::move(*many);
+    args.batch = true;
+  } else {
+    MS_ASSIGN_OR_RETURN(SnapshotRef one, required_snapshot(request, "snapshot"));
+    args.snapshots.push_back(std::move(one));
+  }
   MS_ASSIGN_OR_RETURN(args.force, bool_or(request, "force", false));
   return args;
 }

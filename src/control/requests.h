@@ -21,9 +21,13 @@ struct SnapshotCreateArgs {
 };
 Result<SnapshotCreateArgs> parse_snapshot_create(const Json& request);
 
-// {"command": "snapshot-delete", "snapshot": REF, "force": BOOL|null}
+// {"command": "snapshot-delete", "snapshot": REF, "force": BOOL|null}, or
+// with "snapshots": [REF, ...] (1 to kMaxDeleteBatch, no "snapshot"): all of
+// them or none, in one commit.
+constexpr size_t kMaxDeleteBatch = 4096;
 struct SnapshotDeleteArgs {
-  SnapshotRef snapshot;
+  std::vector<SnapshotRef> snapshots;  // one with "snapshot"
+  bool batch = false;                  // "snapshots" was given: answer with a list
   bool force = false;
 };
 Result<SnapshotDeleteArgs> parse_snapshot_delete(const Json& request);

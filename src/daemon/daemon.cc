@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include <ctime>
+#include <set>
 #include <thread>
 
 #include "control/requests.h"
@@ -298,29 +299,42 @@ Json Daemon::grow(const Json& req) {
 Json Daemon::snapshot_delete(const Json& req) {
   auto args = control::parse_snapshot_delete(req);
   if (!args.is_ok()) return control::error_answer(args.status());
-  auto id = resolve(args->snapshot);
-  if (!id.is_ok()) return control::error_answer(id.status());
-  if (Status busy = replication_->may_delete(*id); !busy.is_ok()) return control::error_answer(busy);
+  // Several: every one is resolved and checked before any is deleted, and
+  // all are deleted in one commit.
+  std::vector<SnapshotId> ids;
+  std::set<std::string> names;  // their exports
+  for (const control::SnapshotRef& ref : args->snapshots) {
+    auto id = resolve(ref);
+    if (!id.is_ok()) return control::error_answer(id.status());
+    if (Status busy = replication_->may_delete(*id); !busy.is_ok()) return control::error_answer(busy);
+    if (!names.insert("snapshot/" + std::to_string(*id)).second)
+      return control::error_answer(
+          make_error(Code::kInvalidArgument, "snapshot {} is named twice ('{}')", *id,
+                     control::quote_for_message(ref.key())));
+    ids.push_back(*id);
+  }
   bool force = args->force;
-  std::string name = "snapshot/" + std::to_string(*id);
-  auto matches = [name](std::string_view export_name) { return export_name == name; };
-  size_t clients = nbd_->count_connections(matches);
-  if (clients > 0 && !force)
-    return control::error_answer(make_error(Code::kBusy,
-                                            "snapshot {} has {} NBD client(s) connected; use --force to disconnect them",
-                                            *id, clients));
-  backend_->block_snapshot(*id);
+  auto matches = [&names](std::string_view export_name) { return names.count(std::string(export_name)) > 0; };
+  for (SnapshotId id : ids) {
+    auto one = [name = "snapshot/" + std::to_string(id)](std::string_view export_name) { return export_name == name; };
+    size_t clients = nbd_->count_connections(one);
+    if (clients > 0 && !force)
+      return control::error_answer(make_error(
+          Code::kBusy, "snapshot {} has {} NBD client(s) connected; use --force to disconnect them", id, clients));
+  }
+  for (SnapshotId id : ids) backend_->block_snapshot(id);
   size_t dropped = force ? nbd_->disconnect(matches) : 0;
-  Status s = engine_->delete_snapshot(*id);
+  Status s = engine_->delete_snapshots(ids);
   // A client still negotiating may hold the volume for a moment.
   for (int i = 0; i < 100 && s.code() == Code::kBusy && force; ++i) {
     dropped += nbd_->disconnect(matches);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    s = engine_->delete_snapshot(*id);
+    s = engine_->delete_snapshots(ids);
   }
-  backend_->unblock_snapshot(*id);
+  for (SnapshotId id : ids) backend_->unblock_snapshot(id);
   if (!s.is_ok()) return control::error_answer(s);
-  return Json{{"ok", true}, {"deleted", *id}, {"disconnected", dropped}};
+  Json deleted = args->batch ? Json(ids) : Json(ids[0]);
+  return Json{{"ok", true}, {"deleted", std::move(deleted)}, {"disconnected", dropped}};
 }
 
 void Daemon::snapshot_list(const Json& req, control::Writer& out) {

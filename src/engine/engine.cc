@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "engine/core.h"
@@ -113,22 +114,53 @@ Result<SnapshotInfo> Engine::create_snapshot_with(std::optional<SnapshotId> of, 
   return result;
 }
 
-Status Engine::delete_snapshot(SnapshotId id) {
+Status Engine::delete_snapshot(SnapshotId id) { return delete_snapshots({id}); }
+
+Status Engine::delete_snapshots(const std::vector<SnapshotId>& ids) {
+  std::vector<SnapshotId> sorted = ids;
+  std::sort(sorted.begin(), sorted.end());
+  if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
+    return make_error(Code::kInvalidArgument, "snapshot {} is named twice", *dup);
   Status result;
-  // Deletes queued together share one commit (ControlOp::committed).
+  size_t deleted = 0;
+  // Deletes queued together share one commit (ControlOp::committed); so do
+  // the snapshots of one call.
   core_->run_control_committed(
       [&] {
-        if (core_->open_count(id) > 0) {
-          result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
-          return;
+        // Everything that could refuse is checked before anything changes.
+        for (SnapshotId id : ids) {
+          if (core_->open_count(id) > 0) {
+            result = make_error(Code::kBusy, "snapshot {} is in use ({} open)", id, core_->open_count(id));
+            return;
+          }
+          auto found = core_->store().find_snapshot(id);
+          if (!found.is_ok() || !*found) {
+            result = found.is_ok() ? make_error(Code::kNotFound, "there is no snapshot {}", id) : found.status();
+            return;
+          }
         }
-        result = core_->store().delete_snapshot(id);
-        if (result.is_ok()) core_->forget_snapshot(id);
+        for (SnapshotId id : ids) {
+          // Only an I/O error or an exhausted delete reserve can stop this
+          // part; the ones deleted before it are committed all the same
+          // (the error says how many).
+          result = core_->store().delete_snapshot(id);
+          if (!result.is_ok()) return;
+          core_->forget_snapshot(id);
+          ++deleted;
+        }
       },
       [&](Status committed) {
         if (result.is_ok()) result = std::move(committed);
       });
-  if (result.is_ok()) MS_LOG_INFO("deleted snapshot {}; its space is reclaimed in the background", id);
+  if (result.is_ok()) {
+    if (ids.size() == 1)
+      MS_LOG_INFO("deleted snapshot {}; its space is reclaimed in the background", ids[0]);
+    else
+      MS_LOG_INFO("deleted {} snapshots ({} to {}) in one commit; their space is reclaimed in the background",
+                  ids.size(), sorted.front(), sorted.back());
+  } else if (deleted > 0) {
+    result = result.annotate(fmt::format("{} of the {} snapshots were deleted before it", deleted, ids.size()));
+  }
   return result;
 }
 

@@ -191,6 +191,9 @@ class Engine {
   Result<SnapshotInfo> create_snapshot(std::optional<SnapshotId> of, std::string name,
                                        std::optional<Uuid> uuid = std::nullopt);
   Status delete_snapshot(SnapshotId id);
+  // All of them in one commit, or none: kBusy if any has open volumes,
+  // kNotFound if any does not exist, kInvalidArgument for a repeated ID.
+  Status delete_snapshots(const std::vector<SnapshotId>& ids);
   // "<id>" or "<name>".
   Result<std::optional<SnapshotInfo>> find_snapshot(std::string_view id_or_name);
   // Snapshots with id >= from, at most `limit`, in ID order.

@@ -157,14 +157,43 @@ TEST(RequestsTest, SnapshotCreate) {
 
 TEST(RequestsTest, SnapshotDelete) {
   auto a = *parse_snapshot_delete(Json{{"snapshot", "3"}});
-  EXPECT_EQ(a.snapshot.id, std::optional<uint32_t>(3));
+  ASSERT_EQ(a.snapshots.size(), 1u);
+  EXPECT_EQ(a.snapshots[0].id, std::optional<uint32_t>(3));
   EXPECT_FALSE(a.force);
+  EXPECT_FALSE(a.batch);
   EXPECT_TRUE(parse_snapshot_delete(Json{{"snapshot", 1}, {"force", true}})->force);
   expect_invalid(parse_snapshot_delete(Json{{"command", "snapshot-delete"}}).status(), "snapshot");
   expect_invalid(parse_snapshot_delete(Json{{"snapshot", 1}, {"force", "yes"}}).status(), "force");
   for (const Json& v : every_type()) {
     auto r = parse_snapshot_delete(Json{{"snapshot", 1}, {"force", v}});
     EXPECT_EQ(r.is_ok(), v.is_boolean() || v.is_null()) << v.dump().substr(0, 40);
+  }
+}
+
+TEST(RequestsTest, SnapshotDeleteOfSeveral) {
+  auto a = *parse_snapshot_delete(Json{{"snapshots", Json::array({3, "7", "nightly"})}, {"force", true}});
+  ASSERT_EQ(a.snapshots.size(), 3u);
+  EXPECT_TRUE(a.batch);
+  EXPECT_TRUE(a.force);
+  EXPECT_EQ(a.snapshots[0].id, std::optional<uint32_t>(3));
+  EXPECT_EQ(a.snapshots[1].id, std::optional<uint32_t>(7));
+  EXPECT_TRUE(a.snapshots[2].is_name("nightly"));
+  // null is absent, as for every field.
+  EXPECT_TRUE(parse_snapshot_delete(Json{{"snapshots", Json::array({1})}, {"snapshot", nullptr}}).is_ok());
+  EXPECT_TRUE(parse_snapshot_delete(Json{{"snapshot", 1}, {"snapshots", nullptr}}).is_ok());
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", Json::array({1})}, {"snapshot", 2}}).status(), "snapshots");
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", Json::array()}}).status(), "snapshots");
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", Json::array({1, ""})}}).status(), "snapshots");
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", Json::array({1, 4294967296ull})}}).status(), "snapshots");
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", Json::array({Json::array({1})})}}).status(), "snapshots");
+  Json many = Json::array();
+  for (size_t i = 0; i <= kMaxDeleteBatch; ++i) many.push_back(i + 1);
+  expect_invalid(parse_snapshot_delete(Json{{"snapshots", many}}).status(), "snapshots");
+  many.erase(many.end() - 1);
+  EXPECT_EQ(parse_snapshot_delete(Json{{"snapshots", many}})->snapshots.size(), kMaxDeleteBatch);
+  for (const Json& v : every_type()) {
+    auto r = parse_snapshot_delete(Json{{"snapshots", v}});
+    EXPECT_FALSE(r.is_ok() && !v.is_array()) << v.dump().substr(0, 40);
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include "engine/engine_fixture.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -56,6 +57,41 @@ TEST_P(EngineTest, SnapshotKeepsThePastWhileTheOriginMovesOn) {
   EXPECT_EQ(h_->read(snap, 0, before.size()), before);
   EXPECT_EQ(h_->read(origin_, 100, after.size()), after);
   EXPECT_EQ(copies(), 4u);  // the write touched 4 chunks
+}
+
+// Several snapshots deleted in one call: checked first (all or none), then
+// one commit; their data stays readable through the snapshots left.
+TEST_P(EngineTest, DeletingSeveralIsAllOrNoneInOneCommit) {
+  auto data = bytes(2 * chunk(), 1);
+  ASSERT_TRUE(h_->write(origin_, 0, data).is_ok());
+  std::vector<SnapshotId> ids;
+  for (int i = 0; i < 12; ++i) ids.push_back(h_->snapshot());
+  const SnapshotId kept = ids.back();
+  ids.pop_back();
+  ASSERT_TRUE(h_->write(origin_, 0, bytes(2 * chunk(), 2)).is_ok());
+  Engine& e = h_->engine();
+  auto count = [&] { return e.list_snapshots()->size(); };
+  EXPECT_EQ(e.delete_snapshots({ids[0], 999, ids[1]}).code(), Code::kNotFound);
+  EXPECT_EQ(e.delete_snapshots({ids[0], ids[0]}).code(), Code::kInvalidArgument);
+  {
+    auto open = h_->volume("snapshot/" + std::to_string(ids[1]));
+    EXPECT_EQ(e.delete_snapshots({ids[0], ids[1]}).code(), Code::kBusy);
+  }
+  EXPECT_EQ(count(), 12u) << "a refused call deleted some";
+  uint64_t commits = e.status().counters.commits;
+  std::reverse(ids.begin(), ids.end());  // any order
+  ASSERT_TRUE(e.delete_snapshots(ids).is_ok());
+  // One commit for the 11, and the background reclaim's (a pass or two);
+  // a commit per snapshot would be 11 at least.
+  EXPECT_LT(e.status().counters.commits - commits, ids.size()) << "the deletes did not share a commit";
+  ASSERT_EQ(count(), 1u);
+  {
+    auto last = h_->volume("snapshot/" + std::to_string(kept));
+    EXPECT_EQ(h_->read(last, 0, data.size()), data);
+  }
+  h_->close();
+  h_->open();
+  EXPECT_EQ(h_->engine().list_snapshots()->size(), 1u);
 }
 
 TEST_P(EngineTest, SecondWriteToAChunkCopiesNothing) {

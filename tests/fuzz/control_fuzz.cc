@@ -58,11 +58,15 @@ std::optional<Json> handle(const Json& req, Writer& out) {
     if (cmd == "snapshot-delete") {
       auto args = parse_snapshot_delete(req);
       if (!args.is_ok()) return error_answer(args.status());
-      if (!args->snapshot.id)
-        return error_answer(make_error(Code::kNotFound, "there is no snapshot '{}'",
-                                       quote_for_message(args->snapshot.name)));
-      return Json{
-          {"ok", true}, {"deleted", *args->snapshot.id}, {"disconnected", args->force ? 1 : 0}};
+      Json deleted = Json::array();
+      for (const SnapshotRef& ref : args->snapshots) {
+        if (!ref.id)
+          return error_answer(make_error(Code::kNotFound, "there is no snapshot '{}'", quote_for_message(ref.name)));
+        deleted.push_back(*ref.id);
+      }
+      return Json{{"ok", true},
+                  {"deleted", args->batch ? deleted : deleted[0]},
+                  {"disconnected", args->force ? 1 : 0}};
     }
     if (cmd == "snapshot-list") {
       // The Daemon's streamed shape; an "x-fail" field makes it fail

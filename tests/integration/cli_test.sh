@@ -136,6 +136,19 @@ nbdinfo --list "nbd+unix:///?socket=$SOCK" > exports.txt 2>/dev/null || true
 id4=$(ms snapshot create)
 [ "$id4" = 4 ] || fail "new ID after deletes is $id4, not 4"
 
+# Several at once: every one checked first, then all deleted in one commit.
+a=$(ms snapshot create --name bulk-a); b=$(ms snapshot create); c=$(ms snapshot create)
+count() { ms snapshot list --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+before=$(count)
+expect_fail "no snapshot 'nosuch'" ms snapshot delete "$a" nosuch "$c"
+expect_fail "named twice" ms snapshot delete "$a" bulk-a
+[ "$(count)" = "$before" ] || fail "a refused delete of several deleted some"
+ms snapshot delete bulk-a "$b" "$c" | grep -q "deleted 3 snapshots: $a $b $c;" || fail "delete of several"
+grep -q "deleted 3 snapshots ($a to $c) in one commit" serve.log || fail "the three deletes were not one commit"
+[ "$(count)" = $((before - 3)) ] || fail "count after deleting three"
+d=$(ms snapshot create); e=$(ms snapshot create)
+ms snapshot delete --json "$d" "$e" | $PY -c "import json,sys; j=json.load(sys.stdin); assert j['deleted'] == [$d, $e], j"
+
 stop_serve
 ms check store.img | grep -q clean
 ms check --json store.img | $PY -c 'import json,sys; assert json.load(sys.stdin)["clean"]'
