@@ -91,8 +91,16 @@ int delete_several(const OnlineArgs& o, const std::vector<std::string>& snapshot
     }
     auto r = call(o, {{"command", "snapshot-delete"}, {"snapshots", batch}, {"force", force}});
     if (!r.is_ok()) {
-      report();  // what earlier requests deleted
-      return fail(r.status());
+      // What earlier requests deleted stays deleted: say so, in one
+      // document with --json.
+      if (!o.json) {
+        report();
+        return fail(r.status());
+      }
+      fprintf(stderr, "multisnap: %s\n", r.status().to_string().c_str());
+      Json answer = control::error_answer(r.status());
+      printf("%s\n", Json{{"ok", false}, {"error", answer["error"]}, {"deleted", deleted}}.dump(2).c_str());
+      return 1;
     }
     for (const Json& id : (*r)["deleted"]) deleted.push_back(id);
     dropped += r->value("disconnected", uint64_t{0});

@@ -185,12 +185,12 @@ nbd::ExportInfo EngineBackend::template_info() const {
 
 void EngineBackend::block_snapshot(SnapshotId id) {
   std::lock_guard lock(mu_);
-  blocked_.insert(id);
+  ++blocked_[id];  // two deletes of the same snapshot may overlap
 }
 
 void EngineBackend::unblock_snapshot(SnapshotId id) {
   std::lock_guard lock(mu_);
-  blocked_.erase(id);
+  if (auto it = blocked_.find(id); it != blocked_.end() && --it->second == 0) blocked_.erase(it);
 }
 
 Result<VolumeRef> EngineBackend::open(std::string_view name) {

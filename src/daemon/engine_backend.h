@@ -15,6 +15,7 @@
 #pragma once
 
 #include <mutex>
+#include <map>
 #include <set>
 
 #include "daemon/metrics.h"
@@ -58,7 +59,7 @@ class EngineBackend final : public nbd::Backend {
   RequestMetrics* metrics_;
   size_t list_limit_ = kListLimit;
   std::mutex mu_;
-  std::set<SnapshotId> blocked_;
+  std::map<SnapshotId, int> blocked_;  // how many deletes block it
 };
 
 }  // namespace multisnap

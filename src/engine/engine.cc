@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <fmt/ranges.h>
+
 #include "engine/core.h"
 #include "util/clock.h"
 #include "util/endian.h"
@@ -117,11 +119,12 @@ Result<SnapshotInfo> Engine::create_snapshot_with(std::optional<SnapshotId> of, 
 Status Engine::delete_snapshot(SnapshotId id) { return delete_snapshots({id}); }
 
 Status Engine::delete_snapshots(const std::vector<SnapshotId>& ids) {
+  if (ids.empty()) return make_error(Code::kInvalidArgument, "no snapshot to delete");
   std::vector<SnapshotId> sorted = ids;
   std::sort(sorted.begin(), sorted.end());
   if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
     return make_error(Code::kInvalidArgument, "snapshot {} is named twice", *dup);
-  Status result;
+  Status result, commit_status;
   size_t deleted = 0;
   // Deletes queued together share one commit (ControlOp::committed); so do
   // the snapshots of one call.
@@ -140,9 +143,10 @@ Status Engine::delete_snapshots(const std::vector<SnapshotId>& ids) {
           }
         }
         for (SnapshotId id : ids) {
-          // Only an I/O error or an exhausted delete reserve can stop this
-          // part; the ones deleted before it are committed all the same
-          // (the error says how many).
+          // Only an I/O error (the store fails: nothing is committed) or
+          // an exhausted delete reserve can stop this part; then the ones
+          // deleted before it are committed all the same, and the error
+          // names them.
           result = core_->store().delete_snapshot(id);
           if (!result.is_ok()) return;
           core_->forget_snapshot(id);
@@ -150,6 +154,7 @@ Status Engine::delete_snapshots(const std::vector<SnapshotId>& ids) {
         }
       },
       [&](Status committed) {
+        commit_status = committed;
         if (result.is_ok()) result = std::move(committed);
       });
   if (result.is_ok()) {
@@ -159,7 +164,11 @@ Status Engine::delete_snapshots(const std::vector<SnapshotId>& ids) {
       MS_LOG_INFO("deleted {} snapshots ({} to {}) in one commit; their space is reclaimed in the background",
                   ids.size(), sorted.front(), sorted.back());
   } else if (deleted > 0) {
-    result = result.annotate(fmt::format("{} of the {} snapshots were deleted before it", deleted, ids.size()));
+    if (commit_status.is_ok())
+      result = result.annotate(fmt::format("snapshot{} {} deleted before it (committed)", deleted == 1 ? "" : "s",
+                                           fmt::join(ids.begin(), ids.begin() + static_cast<long>(deleted), ", ")));
+    else
+      result = result.annotate("none of the snapshots was deleted");
   }
   return result;
 }

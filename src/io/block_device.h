@@ -79,11 +79,12 @@ class BlockDevice {
   // A second descriptor on the same file that bypasses the page cache
   // (O_DIRECT), for writes whose buffer, offset and length are multiples of
   // kDirectAlign, or -1 (none asked for, or refused). Reads and the other
-  // writes stay on fd(); the kernel keeps the two coherent.
+  // writes stay on fd(); the kernel keeps the two coherent as long as the
+  // same range is not written through both at once (docs/design.md 3).
   virtual int direct_fd() const { return -1; }
   // The file system refused a direct write after all (EINVAL): direct_fd()
-  // is -1 from now on.
-  virtual void refuse_direct() {}
+  // is -1 from now on. True for the call that turned it off.
+  virtual bool refuse_direct() { return false; }
   virtual std::string describe() const = 0;
 
  protected:

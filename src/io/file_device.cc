@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -17,13 +19,20 @@ namespace {
 // A second open of the file behind fd (the same inode even if the path was
 // renamed since) with O_DIRECT, or -1 where that is refused or the file
 // system needs more alignment than kDirectAlign (statx STATX_DIOALIGN, when
-// the kernel reports it; otherwise a refusal shows at the first write).
+// the kernel reports it; otherwise a refusal shows at the first write), and
+// on tmpfs.
 int open_direct(int fd) {
+  // tmpfs takes O_DIRECT since Linux 6.6 but keeps the pages cached: no
+  // gain, and status would claim copies bypass a cache they do not.
+  struct statfs fs {};
+  if (fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC) return -1;
+#ifdef STATX_DIOALIGN
   struct statx stx {};
   if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN) != 0 &&
       (stx.stx_dio_offset_align == 0 || stx.stx_dio_offset_align > kDirectAlign ||
        stx.stx_dio_mem_align > kDirectAlign))
     return -1;
+#endif
   return ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
 }
 }  // namespace

@@ -38,7 +38,7 @@ class FileDevice final : public BlockDevice {
   Result<uint64_t> resize(uint64_t size) override;
   int fd() const override { return fd_; }
   int direct_fd() const override { return direct_refused_.load(std::memory_order_relaxed) ? -1 : direct_fd_; }
-  void refuse_direct() override { direct_refused_.store(true, std::memory_order_relaxed); }
+  bool refuse_direct() override { return !direct_refused_.exchange(true, std::memory_order_relaxed); }
   std::string describe() const override { return path_; }
 
   const std::string& path() const { return path_; }

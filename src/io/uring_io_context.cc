@@ -153,9 +153,9 @@ class UringIoContext final : public IoContext {
       } else if (res == -EINVAL && op->direct) {
         // The file system takes no direct write here after all: the page
         // cache, for this write and every later one.
-        MS_LOG_WARN("{}: direct writes refused (EINVAL); copies go through the page cache",
-                    op->dev->describe());
-        op->dev->refuse_direct();
+        if (op->dev->refuse_direct())  // once, not for every write in flight
+          MS_LOG_WARN("{}: direct writes refused (EINVAL); copies go through the page cache",
+                      op->dev->describe());
         queue(op);
       } else if (res < 0) {
         finish(op, errno_status(-res, (op->kind == IoOp::Kind::kRead ? "read " : "write ") +

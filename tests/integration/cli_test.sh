@@ -148,6 +148,12 @@ grep -q "deleted 3 snapshots ($a to $c) in one commit" serve.log || fail "the th
 [ "$(count)" = $((before - 3)) ] || fail "count after deleting three"
 d=$(ms snapshot create); e=$(ms snapshot create)
 ms snapshot delete --json "$d" "$e" | $PY -c "import json,sys; j=json.load(sys.stdin); assert j['deleted'] == [$d, $e], j"
+# A refusal with --json: one document on stdout, ok false, nothing deleted.
+f=$(ms snapshot create)
+rc=0; ms snapshot delete --json "$f" nosuch >refused.json 2>/dev/null || rc=$?
+[ $rc = 1 ] || fail "a refused delete of several exited $rc"
+$PY -c "import json; j=json.load(open('refused.json')); assert j['ok'] is False and j['deleted'] == [] and j['error']['code'] == 'not-found', j"
+ms snapshot delete "$f" >/dev/null
 
 stop_serve
 ms check store.img | grep -q clean
