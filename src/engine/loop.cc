@@ -193,8 +193,15 @@ bool EngineCore::try_direct_read(const VolumeRef& volume, const IoRequest& io, I
       run_end = std::min(end, (n + 1) * chunk_size_);
     }
     uint8_t* dst = io.buf + (pos - io.offset);
-    if (x == ReadMap::kZeros) std::memset(dst, 0, run_end - pos);
-    else s = store_dev_.read(data_start_ + x * chunk_size_ + (pos - c * chunk_size_), dst, run_end - pos);
+    if (x == ReadMap::kZeros) {
+      std::memset(dst, 0, run_end - pos);
+    } else {
+      // Copies are written around the page cache: the first read of a
+      // chunk brings the whole chunk in, not only the pages asked for.
+      const uint64_t n = (run_end - 1) / chunk_size_ - c + 1;
+      s = store_dev_.read_around(data_start_ + x * chunk_size_ + (pos - c * chunk_size_), dst, run_end - pos,
+                                 data_start_ + x * chunk_size_, n * chunk_size_);
+    }
     pos = run_end;
   }
   read_map_.leave(epoch);

@@ -40,6 +40,14 @@ class BlockDevice {
 
   virtual uint64_t size() const = 0;
   virtual Status read(uint64_t offset, void* buf, size_t len) = 0;
+  // read(), and where [offset, offset+len) is not all in the page cache,
+  // have the kernel read [around, around+around_len) in the same go (which
+  // must contain it): one read of a whole chunk instead of one per page
+  // for later reads of its other pages. Default: read().
+  virtual Status read_around(uint64_t offset, void* buf, size_t len, uint64_t around, uint64_t around_len) {
+    (void)around, (void)around_len;
+    return read(offset, buf, len);
+  }
   virtual Status write(uint64_t offset, const void* buf, size_t len) = 0;
   virtual Status flush() = 0;
   virtual Status discard(uint64_t offset, uint64_t len) = 0;

@@ -108,6 +108,20 @@ Status FileDevice::read(uint64_t offset, void* buf, size_t len) {
   return Status::ok();
 }
 
+Status FileDevice::read_around(uint64_t offset, void* buf, size_t len, uint64_t around, uint64_t around_len) {
+  MS_TRY(rw_check(offset, len, false));
+  // What the page cache has, without waiting for the device.
+  iovec iov{buf, len};
+  ssize_t n = ::preadv2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  if (n == static_cast<ssize_t>(len)) return Status::ok();
+  size_t got = n > 0 ? static_cast<size_t>(n) : 0;
+  // The rest is on the device: ask for the whole range around it (one
+  // request; posix_fadvise starts it and returns), then wait for our part.
+  if (around <= offset && offset + len <= around + around_len)
+    (void)posix_fadvise(fd_, static_cast<off_t>(around), static_cast<off_t>(around_len), POSIX_FADV_WILLNEED);
+  return read(offset + got, static_cast<char*>(buf) + got, len - got);
+}
+
 static Status pwrite_all(int fd, const std::string& path, uint64_t offset, const void* buf,
                          size_t len, int rwf) {
   auto* p = static_cast<const char*>(buf);

@@ -27,6 +27,7 @@ class FileDevice final : public BlockDevice {
 
   uint64_t size() const override { return size_.load(std::memory_order_acquire); }
   Status read(uint64_t offset, void* buf, size_t len) override;
+  Status read_around(uint64_t offset, void* buf, size_t len, uint64_t around, uint64_t around_len) override;
   Status write(uint64_t offset, const void* buf, size_t len) override;
   Status write_fua(uint64_t offset, const void* buf, size_t len) override;
   Status flush() override;

@@ -205,6 +205,25 @@ TEST_F(DirectWriteTest, BufferedReadsSeeWhatDirectWritesWrote) {
   EXPECT_GE(dev_->direct_fd(), 0) << "a direct write was refused";
 }
 
+// A snapshot read of a chunk that is not in the page cache (copies are
+// written around it) brings the whole chunk in, not only its page.
+TEST_F(DirectWriteTest, ReadAroundBringsTheWholeChunkIn) {
+  for (uint64_t i = 0; i < kLen; ++i) buf_[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_TRUE(write(kLen, buf_, kLen, true).is_ok());
+  if (resident_pages(kLen, kLen) != 0) GTEST_SKIP() << "the file system under " << dir_.path() << " caches O_DIRECT writes";
+  std::vector<uint8_t> got(4096);
+  ASSERT_TRUE(dev_->read_around(kLen + 8192, got.data(), got.size(), kLen, kLen).is_ok());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), buf_ + 8192));
+  // The kernel reads the rest of the chunk in the same request; give it a
+  // moment on a busy machine.
+  for (int i = 0; i < 200 && resident_pages(kLen, kLen) < kLen / 4096; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(resident_pages(kLen, kLen), kLen / 4096) << "only the page asked for was read";
+  // A cached range: read as it is.
+  ASSERT_TRUE(dev_->read_around(kLen, got.data(), got.size(), kLen, kLen).is_ok());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), buf_));
+}
+
 TEST_F(DirectWriteTest, ARefusedDirectWriteFallsBackToThePageCache) {
   // An offset no file system takes for O_DIRECT: EINVAL, then the page cache
   // for this write and every later one, with the data where it belongs.
