@@ -14,7 +14,8 @@
 #      stream size against allocated data.
 #
 # Usage: bench/replication.sh [--size 4G] [--dir DIR]   (default DIR: a new
-# directory under the current one; it needs about 5 x SIZE of disk)
+# directory under the current one, removed at the end; a --dir is kept; it
+# needs about 5 x SIZE of disk)
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 size=4G dir=
@@ -31,10 +32,15 @@ cmake -S "$src" -B "$src/build-release" -G Ninja -DCMAKE_BUILD_TYPE=Release >/de
 ninja -C "$src/build-release" multisnap >/dev/null
 M=$src/build-release/multisnap
 PY=/usr/bin/python3
+keep=${dir:+1}
 dir=${dir:-$(mktemp -d "$PWD/replication-bench-XXXXXX")}
 mkdir -p "$dir" && cd "$dir"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "$keep" ] || rm -rf "$dir"  # gigabytes of images and streams
+}
 trap cleanup EXIT
 bytes=$($PY -c "import sys; s=sys.argv[1]; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))" "$size")
 now() { date +%s.%N; }
