@@ -29,14 +29,26 @@ bool json_errors = false;
 
 void set_json_errors(bool on) { json_errors = on; }
 
-int fail(const Status& s) {
+namespace {
+// fail(), with more fields in the --json error document.
+int fail_with(const Status& s, const Json& extra) {
   fprintf(stderr, "multisnap: %s\n", s.to_string().c_str());
   if (json_errors) {
     Json answer = control::error_answer(s);
-    printf("%s\n", Json{{"ok", false}, {"error", answer["error"]}}.dump(2).c_str());
+    Json out{{"ok", false}, {"error", answer["error"]}};
+    for (const auto& [key, value] : extra.items()) out[key] = value;
+    printf("%s\n", out.dump(2).c_str());
   }
   return 1;
 }
+
+// " (disconnected N clients)" when a --force delete disconnected some.
+void print_disconnected(uint64_t dropped) {
+  if (dropped) printf(" (disconnected %llu client%s)", static_cast<unsigned long long>(dropped), dropped == 1 ? "" : "s");
+}
+}  // namespace
+
+int fail(const Status& s) { return fail_with(s, Json::object()); }
 
 namespace {
 Result<Json> call(const OnlineArgs& o, const Json& request) {
@@ -77,7 +89,7 @@ int delete_several(const OnlineArgs& o, const std::vector<std::string>& snapshot
     } else if (!deleted.empty()) {
       printf("deleted %zu snapshot%s:", deleted.size(), deleted.size() == 1 ? "" : "s");
       for (const Json& id : deleted) printf(" %llu", static_cast<unsigned long long>(id.get<uint64_t>()));
-      if (dropped) printf(" (disconnected %llu client%s)", static_cast<unsigned long long>(dropped), dropped == 1 ? "" : "s");
+      print_disconnected(dropped);
       printf("; their space is reclaimed in the background\n");
     }
   };
@@ -91,16 +103,10 @@ int delete_several(const OnlineArgs& o, const std::vector<std::string>& snapshot
     }
     auto r = call(o, {{"command", "snapshot-delete"}, {"snapshots", batch}, {"force", force}});
     if (!r.is_ok()) {
-      // What earlier requests deleted stays deleted: say so, in one
-      // document with --json.
-      if (!o.json) {
-        report();
-        return fail(r.status());
-      }
-      fprintf(stderr, "multisnap: %s\n", r.status().to_string().c_str());
-      Json answer = control::error_answer(r.status());
-      printf("%s\n", Json{{"ok", false}, {"error", answer["error"]}, {"deleted", deleted}}.dump(2).c_str());
-      return 1;
+      // What earlier requests deleted stays deleted: say so (with --json,
+      // in the one error document).
+      if (!o.json) report();
+      return fail_with(r.status(), {{"deleted", deleted}});
     }
     for (const Json& id : (*r)["deleted"]) deleted.push_back(id);
     dropped += r->value("disconnected", uint64_t{0});
@@ -120,7 +126,7 @@ int run_snapshot_delete(const OnlineArgs& o, const std::vector<std::string>& sna
   } else {
     uint64_t dropped = r->value("disconnected", 0);
     printf("deleted snapshot %llu", static_cast<unsigned long long>((*r)["deleted"].get<uint64_t>()));
-    if (dropped) printf(" (disconnected %llu client%s)", static_cast<unsigned long long>(dropped), dropped == 1 ? "" : "s");
+    print_disconnected(dropped);
     printf("; its space is reclaimed in the background\n");
   }
   return 0;
