@@ -75,10 +75,14 @@ EOF
 sync
 
 echo "== 1. incremental send (1% changed) vs a full nbdcopy of the snapshot"
+sync
 t0=$(now); nbdcopy "$(uri src snapshot/s2)" null: ; t1=$(now)
 full_copy=$(secs "$t0" "$t1")
-t0=$(now); "$M" send s2 --from s1 --control src.ctl > inc.stream; t1=$(now)
-inc_send=$(secs "$t0" "$t1")
+inc_send=
+for _ in 1 2; do  # the faster of two: a tenth of a second is at the mercy of the scheduler
+  t0=$(now); "$M" send s2 --from s1 --control src.ctl > inc.stream; t1=$(now)
+  inc_send=$($PY -c "print(min(float('${inc_send:-inf}'), $(secs "$t0" "$t1")))")
+done
 inc_bytes=$(stat -c %s inc.stream)
 read changed_chunks raw_read <<<"$($PY - "$(uri src snapshot/s2)" "$M" "$dir/src.ctl" <<'EOF'
 import json, nbd, subprocess, sys, time
@@ -118,20 +122,34 @@ echo "== 2. receive of the full stream vs nbdcopy writing the volume to a fresh 
 "$M" send s1 --control src.ctl > full.stream
 full_stream_bytes=$(stat -c %s full.stream)
 mk rcv; serve rcv
+sync
 t0=$(now); "$M" receive --control rcv.ctl < full.stream >/dev/null; t1=$(now)
 receive=$(secs "$t0" "$t1")
 mk cp; serve cp
+sync
 t0=$(now); nbdcopy --flush "$(uri src snapshot/s1)" "$(uri cp origin)"; t1=$(now)
 copy_in=$(secs "$t0" "$t1")
 
 echo "== 3. full send of a half-filled volume vs nbdcopy of the snapshot"
 mk half $((bytes / 2)); serve half
 "$M" snapshot create --name h --control half.ctl >/dev/null
-t0=$(now); nbdcopy "$(uri half snapshot/h)" half.copy; t1=$(now)
-half_copy=$(secs "$t0" "$t1")
-t0=$(now); "$M" send h --control half.ctl > half.stream; t1=$(now)
-half_send=$(secs "$t0" "$t1")
-half_stream=$(stat -c %s half.stream)
+# Both write gigabytes to a file: whichever runs second would pay for the
+# first one's write-back (the kernel throttles writers past its dirty
+# limit), which once made this row say 0.26x. So: sync before each, two
+# rounds in alternating order, the faster of each.
+half_copy= half_send=
+for order in "copy send" "send copy"; do
+  for what in $order; do
+    rm -f half.copy half.stream; sync
+    t0=$(now)
+    if [ "$what" = copy ]; then nbdcopy "$(uri half snapshot/h)" half.copy
+    else "$M" send h --control half.ctl > half.stream; fi
+    t1=$(now)
+    t=$(secs "$t0" "$t1")
+    if [ "$what" = copy ]; then half_copy=$($PY -c "print(min(float('${half_copy:-inf}'), $t))")
+    else half_send=$($PY -c "print(min(float('${half_send:-inf}'), $t))"); half_stream=$(stat -c %s half.stream); fi
+  done
+done
 
 $PY - <<EOF
 full_copy, inc_send, raw_read = $full_copy, $inc_send, $raw_read
