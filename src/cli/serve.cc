@@ -194,6 +194,7 @@ int run_serve(const ServeArgs& a) {
   o.engine.read_only_snapshots = a.read_only_snapshots;
   o.buffered_copies = a.buffered_copies;
   o.engine.use_older_commit = a.use_older_commit;
+  o.engine.map_origin = !a.no_mapped_copies;
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());
 

@@ -467,6 +467,7 @@ Json Daemon::status() {
              {"in_flight", st.requests_in_flight}, {"direct_writes", c.direct_writes},
              {"direct_reads", c.direct_reads}};
   j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}, {"runs", c.copy_runs},
+                 {"runs_mapped", c.copy_runs_mapped},
                  {"direct", store_->direct_fd() >= 0}};
   j["commits"] = c.commits;
   j["cache"] = {{"capacity_bytes", st.cache_capacity_blocks * 4096},

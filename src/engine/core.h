@@ -286,6 +286,8 @@ class EngineCore {
   // runs of consecutive chunks (E8).
   void submit_copies();
   void start_run(CopyRun* run);
+  // Issues the run's store writes from buf (its chunks' bytes, adjacent).
+  void write_run(CopyRun* run, uint8_t* buf);
   void run_done(CopyRun* run);
   void job_io_done(CopyJob* job, Status s);
   void job_finished(CopyJob* job);
@@ -376,6 +378,9 @@ class EngineCore {
   std::vector<CopyJob*> unissued_;  // origin copies started, I/O not yet issued (E8)
   uint32_t max_run_chunks_ = 1;
   uint8_t* zero_buffer_ = nullptr;
+  const uint8_t* origin_map_ = nullptr;  // origin_.map_read(), if EngineOptions::map_origin
+  static constexpr uint64_t kMappedDropBytes = 64ull << 20;
+  uint64_t mapped_since_drop_ = 0;  // bytes copied from the mapping since drop_mapped_pages()
   std::chrono::steady_clock::time_point last_commit_;
   std::chrono::steady_clock::time_point last_reclaim_;
   std::chrono::milliseconds reclaim_pause_{0};  // backs off after a failed step

@@ -47,6 +47,10 @@ struct EngineOptions {
   // commit: sequential writes after a snapshot ran 1.6-3x faster with 64
   // than with 8 (bench/copy_slots.sh; docs/design.md, section 3).
   uint32_t copy_slots = 8;
+  // Copies from the origin are written to the store straight from the
+  // origin's page-cache pages (a read-only mapping) when they are in
+  // memory: no read, no copy into a slot buffer (docs/design.md, 3).
+  bool map_origin = true;
   bool threaded = true;
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step
   bool read_only_snapshots = false;
@@ -125,6 +129,7 @@ struct EngineCounters {
   uint64_t bytes_read = 0, bytes_written = 0;
   uint64_t copy_jobs = 0, chunks_copied = 0, commits = 0;
   uint64_t copy_runs = 0;  // runs of origin copies: one origin read each (core.h, CopyRun)
+  uint64_t copy_runs_mapped = 0;  // of them written from the origin's mapping, with no read
   uint64_t retries = 0;  // requests retried after waiting
   uint64_t errors = 0;
   uint64_t direct_writes = 0;  // origin writes that took the shortcut

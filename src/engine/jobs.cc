@@ -187,53 +187,73 @@ void EngineCore::start_run(CopyRun* run) {
     job->buffer = buffer + k * chunk_size_;
     bytes += chunk_bytes_on_origin(job->chunk);
   }
-  // Only the volume's last chunk can be short: zeros after its end.
   const uint64_t whole = uint64_t{chunk_size_} * run->jobs.size();
+  const uint64_t from = run->first_chunk * chunk_size_;
+  // The origin's own page-cache pages as the source: no read, no copy into
+  // a slot buffer (E2 keeps them unchanged until the job is done). Only
+  // where they are all in memory: faulting them in would block this thread.
+  if (origin_map_ && bytes == whole && origin_.mapped_resident(from, whole)) {
+    AtomicCounters::add(counters_.copy_runs_mapped);
+    // The pages the writes map into this process stay mapped: dropped
+    // every so often so page tables and RSS stay bounded (pages under a
+    // write in flight are pinned by it, not by the mapping).
+    mapped_since_drop_ += whole;
+    if (mapped_since_drop_ >= kMappedDropBytes) {
+      origin_.drop_mapped_pages();
+      mapped_since_drop_ = 0;
+    }
+    write_run(run, const_cast<uint8_t*>(origin_map_ + from));
+    return;
+  }
+  // Only the volume's last chunk can be short: zeros after its end.
   if (bytes < whole) std::memset(buffer + bytes, 0, whole - bytes);
   IoOp& r = run->read_op;
   r.kind = IoOp::Kind::kRead;
   r.dev = &origin_;
-  r.offset = run->first_chunk * chunk_size_;
+  r.offset = from;
   r.len = bytes;
   r.buf = buffer;
-  r.done = [this, run](Status s) {
+  r.done = [this, run, buffer](Status s) {
     if (!s.is_ok()) {
       run->status = s;
       run_done(run);
       return;
     }
-    // Every (destination offset, buffer) pair, in store order; a stretch
-    // that is adjacent both on the store and in the buffers is one write.
-    const Layout& l = store_->layout();
-    std::vector<std::pair<uint64_t, uint32_t>> targets;
-    for (uint32_t k = 0; k < run->jobs.size(); ++k)
-      for (uint64_t d : run->jobs[k]->dests) targets.emplace_back(l.data_offset(d), k);
-    std::sort(targets.begin(), targets.end());
-    uint8_t* buf = slot_buffer(run->first_slot);
-    for (size_t a = 0; a < targets.size();) {
-      size_t b = a + 1;
-      while (b < targets.size() && targets[b].first == targets[b - 1].first + chunk_size_ &&
-             targets[b].second == targets[b - 1].second + 1)
-        ++b;
-      IoOp& w = run->write_ops.emplace_back();
-      w.kind = IoOp::Kind::kWrite;
-      w.dev = &store_dev_;
-      w.offset = targets[a].first;
-      w.buf = buf + uint64_t{targets[a].second} * chunk_size_;
-      w.len = uint64_t{chunk_size_} * (b - a);
-      w.direct = true;  // the arena and the store's chunks are aligned (constructor)
-      a = b;
-    }
-    run->pending = static_cast<uint32_t>(run->write_ops.size());
-    for (IoOp& w : run->write_ops) {
-      w.done = [this, run](Status ws) {
-        if (!ws.is_ok() && run->status.is_ok()) run->status = ws;
-        if (--run->pending == 0) run_done(run);
-      };
-      io_->submit(&w);
-    }
+    write_run(run, buffer);
   };
   io_->submit(&r);
+}
+
+void EngineCore::write_run(CopyRun* run, uint8_t* buf) {
+  // Every (destination offset, buffer) pair, in store order; a stretch
+  // that is adjacent both on the store and in the buffers is one write.
+  const Layout& l = store_->layout();
+  std::vector<std::pair<uint64_t, uint32_t>> targets;
+  for (uint32_t k = 0; k < run->jobs.size(); ++k)
+    for (uint64_t d : run->jobs[k]->dests) targets.emplace_back(l.data_offset(d), k);
+  std::sort(targets.begin(), targets.end());
+  for (size_t a = 0; a < targets.size();) {
+    size_t b = a + 1;
+    while (b < targets.size() && targets[b].first == targets[b - 1].first + chunk_size_ &&
+           targets[b].second == targets[b - 1].second + 1)
+      ++b;
+    IoOp& w = run->write_ops.emplace_back();
+    w.kind = IoOp::Kind::kWrite;
+    w.dev = &store_dev_;
+    w.offset = targets[a].first;
+    w.buf = buf + uint64_t{targets[a].second} * chunk_size_;
+    w.len = uint64_t{chunk_size_} * (b - a);
+    w.direct = true;  // the arena, the mapping and the store's chunks are aligned (constructor)
+    a = b;
+  }
+  run->pending = static_cast<uint32_t>(run->write_ops.size());
+  for (IoOp& w : run->write_ops) {
+    w.done = [this, run](Status ws) {
+      if (!ws.is_ok() && run->status.is_ok()) run->status = ws;
+      if (--run->pending == 0) run_done(run);
+    };
+    io_->submit(&w);
+  }
 }
 
 void EngineCore::run_done(CopyRun* run) {

@@ -35,6 +35,7 @@ EngineCore::EngineCore(BlockDevice& origin, BlockDevice& store_dev, std::unique_
   zero_buffer_ = static_cast<uint8_t*>(std::aligned_alloc(kDirectAlign, chunk_size_));
   std::memset(zero_buffer_, 0, chunk_size_);
   last_commit_ = last_reclaim_ = std::chrono::steady_clock::now();
+  if (options_.map_origin) origin_map_ = origin_.map_read();
 }
 
 EngineCore::~EngineCore() {

@@ -93,6 +93,21 @@ class BlockDevice {
   // The file system refused a direct write after all (EINVAL): direct_fd()
   // is -1 from now on. True for the call that turned it off.
   virtual bool refuse_direct() { return false; }
+  // The whole device mapped read-only (mmap, MAP_SHARED: the page cache's
+  // own pages, coherent with write()), or null where it cannot be. Made at
+  // the first call; stays until the device is destroyed. Any thread after
+  // that first call.
+  virtual const uint8_t* map_read() { return nullptr; }
+  // Whether every page of [offset, offset+len) of the mapping is in memory
+  // now (mincore); false without a mapping.
+  virtual bool mapped_resident(uint64_t offset, uint64_t len) const {
+    (void)offset, (void)len;
+    return false;
+  }
+  // A direct write from the mapping maps the pages it reads into this
+  // process's page tables, where they stay (and count in its RSS) until
+  // dropped: this drops them all (the page cache keeps them). Any thread.
+  virtual void drop_mapped_pages() {}
   virtual std::string describe() const = 0;
 
  protected:

@@ -1,6 +1,7 @@
 #include "io/file_device.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -82,8 +83,40 @@ FileDevice::FileDevice(int fd, std::string path, uint64_t size, bool block_devic
       read_only_(read_only) {}
 
 FileDevice::~FileDevice() {
+  if (map_) ::munmap(const_cast<uint8_t*>(map_), map_len_);
   ::close(fd_);
   if (direct_fd_ >= 0) ::close(direct_fd_);
+}
+
+const uint8_t* FileDevice::map_read() {
+  if (map_tried_) return map_;
+  map_tried_ = true;
+  const uint64_t len = size();
+  if (len == 0 || len > (uint64_t{1} << 46)) return nullptr;
+  void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) return nullptr;
+  map_ = static_cast<const uint8_t*>(p);
+  map_len_ = len;
+  return map_;
+}
+
+bool FileDevice::mapped_resident(uint64_t offset, uint64_t len) const {
+  static const uint64_t kPageSize = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (!map_ || offset % kPageSize != 0 || offset > map_len_ || len > map_len_ - offset) return false;
+  unsigned char vec[256];
+  const uint64_t pages = (len + kPageSize - 1) / kPageSize;
+  for (uint64_t done = 0; done < pages;) {
+    const uint64_t n = std::min<uint64_t>(pages - done, sizeof vec);
+    if (::mincore(const_cast<uint8_t*>(map_) + offset + done * kPageSize, n * kPageSize, vec) != 0) return false;
+    for (uint64_t i = 0; i < n; ++i)
+      if (!(vec[i] & 1)) return false;
+    done += n;
+  }
+  return true;
+}
+
+void FileDevice::drop_mapped_pages() {
+  if (map_) (void)::madvise(const_cast<uint8_t*>(map_), map_len_, MADV_DONTNEED);
 }
 
 Status FileDevice::rw_check(uint64_t offset, size_t len, bool writing) const {

@@ -41,6 +41,9 @@ class FileDevice final : public BlockDevice {
   int direct_fd() const override { return direct_refused_.load(std::memory_order_relaxed) ? -1 : direct_fd_; }
   bool refuse_direct() override { return !direct_refused_.exchange(true, std::memory_order_relaxed); }
   std::string describe() const override { return path_; }
+  const uint8_t* map_read() override;
+  bool mapped_resident(uint64_t offset, uint64_t len) const override;
+  void drop_mapped_pages() override;
 
   const std::string& path() const { return path_; }
 
@@ -55,6 +58,9 @@ class FileDevice final : public BlockDevice {
   std::atomic<uint64_t> size_;  // grows (resize) while other threads read and write
   bool block_device_;
   bool read_only_;
+  const uint8_t* map_ = nullptr;
+  uint64_t map_len_ = 0;
+  bool map_tried_ = false;
 };
 
 }  // namespace multisnap
