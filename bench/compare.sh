@@ -62,7 +62,12 @@ mkdir -p "$out"
 PY=/usr/bin/python3
 work=$(mktemp -d /tmp/multisnap-compare-XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
+loop=
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; sleep 0.3
+  [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; return 1; }
 stop_last() { kill "${pids[-1]}" 2>/dev/null; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
@@ -143,7 +148,7 @@ if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && loop=$(losetup -f --sh
   one=$(fio_jobs "nbd+unix:///origin?socket=$work/c.sock" randwrite 1)
   four=$(fio_jobs "nbd+unix:///origin?socket=$work/c.sock" randwrite 4)
   echo "over4k-loop-device-origin $one $four" | tee -a "$out/conns.txt"
-  stop_last; losetup -d "$loop"
+  stop_last; losetup -d "$loop"; loop=
 else
   echo "(skipped: overwrites with the origin on a loop device need root and losetup)"
 fi

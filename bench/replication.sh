@@ -75,11 +75,13 @@ EOF
 sync
 
 echo "== 1. incremental send (1% changed) vs a full nbdcopy of the snapshot"
-sync
-t0=$(now); nbdcopy "$(uri src snapshot/s2)" null: ; t1=$(now)
-full_copy=$(secs "$t0" "$t1")
-inc_send=
-for _ in 1 2; do  # the faster of two: a tenth of a second is at the mercy of the scheduler
+# Each of the three (the full copy, the send, the raw read below) twice,
+# the faster kept: a tenth of a second is at the mercy of the scheduler,
+# and the second run of each finds the same page cache as the others.
+full_copy= inc_send=
+for _ in 1 2; do
+  t0=$(now); nbdcopy "$(uri src snapshot/s2)" null: ; t1=$(now)
+  full_copy=$($PY -c "print(min(float('${full_copy:-inf}'), $(secs "$t0" "$t1")))")
   t0=$(now); "$M" send s2 --from s1 --control src.ctl > inc.stream; t1=$(now)
   inc_send=$($PY -c "print(min(float('${inc_send:-inf}'), $(secs "$t0" "$t1")))")
 done
@@ -104,16 +106,19 @@ while off < size:
     h.block_status(n, off, cb)
     off += n
 changed = sorted(set(changed))
-# Read them raw, 16 requests in flight.
-t0 = time.time()
-inflight, i = [], 0
-while i < len(changed) or inflight:
-    while i < len(changed) and len(inflight) < 16:
-        buf = nbd.Buffer(chunk)
-        inflight.append(h.aio_pread(buf, changed[i] * chunk)); i += 1
-    h.poll(-1)
-    inflight = [c for c in inflight if not h.aio_command_completed(c)]
-print(len(changed), f"{time.time() - t0:.3f}")
+# Read them raw, 16 requests in flight; twice, the faster kept.
+best = None
+for _ in range(2):
+    t0 = time.time()
+    inflight, i = [], 0
+    while i < len(changed) or inflight:
+        while i < len(changed) and len(inflight) < 16:
+            buf = nbd.Buffer(chunk)
+            inflight.append(h.aio_pread(buf, changed[i] * chunk)); i += 1
+        h.poll(-1)
+        inflight = [c for c in inflight if not h.aio_command_completed(c)]
+    best = min(best or 1e9, time.time() - t0)
+print(len(changed), f"{best:.3f}")
 EOF
 )"
 changed_bytes=$((changed_chunks * 65536))

@@ -106,7 +106,11 @@ std::string render_metrics(const EngineStatus& e, const nbd::ServerStats& n, con
   t.one("multisnap_copy_jobs_total", "counter", "Copy-on-write jobs started.", c.copy_jobs);
   t.one("multisnap_chunks_copied_total", "counter", "Chunks given a store copy by copy-on-write.", c.chunks_copied);
   t.one("multisnap_copy_runs_total", "counter",
-        "Copy runs: origin copies of adjacent chunks issued as one origin read.", c.copy_runs);
+        "Copy runs: origin copies of adjacent chunks done together (one origin read, or none when mapped).",
+        c.copy_runs);
+  t.one("multisnap_copy_runs_mapped_total", "counter",
+        "Copy runs written to the store straight from the origin's page cache (no origin read).",
+        c.copy_runs_mapped);
   t.one("multisnap_commits_total", "counter", "Metadata commits.", c.commits);
   t.one("multisnap_engine_retries_total", "counter",
         "Requests the engine set aside and processed again (waiting for a copy, a slot, a commit or space).",

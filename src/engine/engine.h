@@ -128,8 +128,8 @@ struct EngineCounters {
   uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, zeroes = 0;
   uint64_t bytes_read = 0, bytes_written = 0;
   uint64_t copy_jobs = 0, chunks_copied = 0, commits = 0;
-  uint64_t copy_runs = 0;  // runs of origin copies: one origin read each (core.h, CopyRun)
-  uint64_t copy_runs_mapped = 0;  // of them written from the origin's mapping, with no read
+  uint64_t copy_runs = 0;  // runs of origin copies: adjacent chunks copied together (core.h, CopyRun)
+  uint64_t copy_runs_mapped = 0;  // of them written from the origin's mapping, with no read (the rest: one read each)
   uint64_t retries = 0;  // requests retried after waiting
   uint64_t errors = 0;
   uint64_t direct_writes = 0;  // origin writes that took the shortcut

@@ -92,7 +92,7 @@ const uint8_t* FileDevice::map_read() {
   if (map_tried_) return map_;
   map_tried_ = true;
   const uint64_t len = size();
-  if (len == 0 || len > (uint64_t{1} << 46)) return nullptr;
+  if (len == 0 || len > (uint64_t{1} << 46) || static_cast<size_t>(len) != len) return nullptr;
   void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) return nullptr;
   map_ = static_cast<const uint8_t*>(p);
