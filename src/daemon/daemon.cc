@@ -25,12 +25,11 @@ namespace multisnap {
 
 using control::Json;
 
-Status lock_device(const FileDevice& dev, bool exclusive) {
-  if (::flock(dev.fd(), (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return Status::ok();
-  if (errno == EWOULDBLOCK)
-    return make_error(Code::kBusy, "{} is in use by another multisnap (is `multisnap serve` running on it?)",
-                      dev.path());
-  return errno_status(errno, "cannot lock " + dev.path());
+Status lock_device(FileDevice& dev, bool exclusive) {
+  MS_ASSIGN_OR_RETURN(bool taken, dev.try_lock(exclusive));
+  if (taken) return Status::ok();
+  return make_error(Code::kBusy, "{} is in use by another multisnap (is `multisnap serve` running on it?)",
+                    dev.path());
 }
 
 Result<std::optional<OriginIdentity>> read_origin_identity(FileDevice& store, bool use_older_commit) {

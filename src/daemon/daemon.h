@@ -109,7 +109,7 @@ Result<std::optional<OriginIdentity>> read_origin_identity(FileDevice& store, bo
 
 // Locks a device file against another multisnap (flock). Shared for
 // read-only tools (check, dump), exclusive for serve and create.
-Status lock_device(const FileDevice& dev, bool exclusive);
+Status lock_device(FileDevice& dev, bool exclusive);
 
 
 }  // namespace multisnap

@@ -1,6 +1,7 @@
 #include "io/file_device.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -84,6 +85,7 @@ FileDevice::FileDevice(int fd, std::string path, uint64_t size, bool block_devic
 
 FileDevice::~FileDevice() {
   if (map_) ::munmap(const_cast<uint8_t*>(map_), map_len_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);
   ::close(fd_);
   if (direct_fd_ >= 0) ::close(direct_fd_);
 }
@@ -113,6 +115,17 @@ bool FileDevice::mapped_resident(uint64_t offset, uint64_t len) const {
     done += n;
   }
   return true;
+}
+
+Result<bool> FileDevice::try_lock(bool exclusive) {
+  if (lock_fd_ < 0) {
+    lock_fd_ = ::open(fmt::format("/proc/self/fd/{}", fd_).c_str(), O_RDONLY | O_CLOEXEC);
+    if (lock_fd_ < 0) lock_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);  // no /proc
+    if (lock_fd_ < 0) return errno_status(errno, "cannot open " + path_ + " to lock it");
+  }
+  if (::flock(lock_fd_, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return true;
+  if (errno == EWOULDBLOCK) return false;
+  return errno_status(errno, "cannot lock " + path_);
 }
 
 void FileDevice::drop_mapped_pages() {

@@ -46,6 +46,13 @@ class FileDevice final : public BlockDevice {
   void drop_mapped_pages() override;
 
   const std::string& path() const { return path_; }
+  // flock(LOCK_NB) of the file, shared or exclusive, held until the device
+  // is destroyed: true when taken, false when another process holds it. It
+  // is taken on a descriptor of its own (the file opened again), never
+  // given to io_uring or mmap: io_uring lets go of the files of a killed
+  // process only after the process is gone, so a lock on fd() could
+  // outlive a kill -9 by a moment and refuse the next serve or check.
+  Result<bool> try_lock(bool exclusive);
 
  private:
   FileDevice(int fd, std::string path, uint64_t size, bool block_device, bool read_only);
@@ -53,6 +60,7 @@ class FileDevice final : public BlockDevice {
 
   int fd_;
   int direct_fd_ = -1;
+  int lock_fd_ = -1;
   std::atomic<bool> direct_refused_{false};
   std::string path_;
   std::atomic<uint64_t> size_;  // grows (resize) while other threads read and write

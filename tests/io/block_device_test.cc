@@ -2,6 +2,7 @@
 #include "io/block_device.h"
 
 #include <gtest/gtest.h>
+#include <sys/file.h>
 
 #include <functional>
 #include <random>
@@ -154,6 +155,30 @@ TEST(FileDevice, ReadOnlyRefusesWrites) {
   ASSERT_TRUE(dev.is_ok());
   char b = 1;
   EXPECT_EQ((*dev)->write(0, &b, 1).code(), Code::kReadOnly);
+}
+
+// The lock is on a descriptor of its own, not on fd() (which io_uring
+// holds on to after a kill -9 for a moment): a flock on fd() conflicts with
+// it, and it goes with the device.
+TEST(FileDevice, LockIsOnADescriptorOfItsOwn) {
+  testing::TempDir dir;
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = 65536;
+  auto a = FileDevice::open(dir.file("f"), o);
+  ASSERT_TRUE(a.is_ok());
+  auto taken = (*a)->try_lock(true);
+  ASSERT_TRUE(taken.is_ok() && *taken);
+  EXPECT_NE(::flock((*a)->fd(), LOCK_EX | LOCK_NB), 0) << "the lock is on fd()";
+  auto b = FileDevice::open(dir.file("f"));
+  ASSERT_TRUE(b.is_ok());
+  auto busy = (*b)->try_lock(false);
+  ASSERT_TRUE(busy.is_ok());
+  EXPECT_FALSE(*busy) << "a second device took a lock the first one holds";
+  a->reset();
+  auto after = (*b)->try_lock(true);
+  ASSERT_TRUE(after.is_ok());
+  EXPECT_TRUE(*after) << "the lock outlived its device";
 }
 
 // is_hole answers with one SEEK_DATA, and agrees with allocation().
