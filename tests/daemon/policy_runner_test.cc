@@ -190,14 +190,26 @@ TEST(PolicyRunnerThread, WakesOnTheInjectedClock) {
   p.keep_last = 2;
   ASSERT_TRUE(r.set(p).is_ok());
   auto count = [&] { return (*engine)->list_snapshots()->size(); };
+  // The count it saw last (not a second look: the runner may act between).
   auto wait_for = [&](size_t n) {
-    for (int i = 0; i < 5000 && count() != n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return count();
+    size_t seen = count();
+    for (int i = 0; i < 5000 && seen != n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      seen = count();
+    }
+    return seen;
+  };
+  // The runner took this hour's snapshot (it moves next_due after taking
+  // it, before pruning): until then the count is the last hour's.
+  auto wait_taken = [&](int64_t next_due) {
+    for (int i = 0; i < 5000 && r.state()->next_due != next_due; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   };
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(count(), 0u);  // not due for an hour
   for (int hour = 1; hour <= 4; ++hour) {
     clock.set(kT0 + hour * 3600);
+    wait_taken(static_cast<int64_t>(kT0 + (hour + 1) * 3600));
     EXPECT_EQ(wait_for(std::min(hour, 2)), static_cast<size_t>(std::min(hour, 2))) << "hour " << hour;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     EXPECT_EQ(r.state()->next_due, kT0 + (hour + 1) * 3600);
