@@ -69,8 +69,9 @@ struct CopyJob {
 // The I/O of copy jobs of consecutive origin chunks (jobs[i] copies chunk
 // first_chunk + i): one read of the whole run into adjacent slot buffers
 // (none when its origin pages are in memory: the writes take them from the
-// origin's mapping, start_run), then one write per stretch of destinations that are consecutive in the
-// store (one write for the run when the allocator gave consecutive chunks).
+// origin's mapping, start_run), then one write per stretch of destinations
+// that are consecutive in the store (one write for the run when the
+// allocator gave consecutive chunks).
 struct CopyRun {
   uint64_t first_chunk = 0;
   std::vector<CopyJob*> jobs;

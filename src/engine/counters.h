@@ -11,7 +11,8 @@ namespace multisnap {
 struct AtomicCounters {
   std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, trims{0}, zeroes{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
-  std::atomic<uint64_t> copy_jobs{0}, copy_runs{0}, copy_runs_mapped{0}, chunks_copied{0}, commits{0}, retries{0}, errors{0};
+  std::atomic<uint64_t> copy_jobs{0}, copy_runs{0}, copy_runs_mapped{0}, chunks_copied{0}, commits{0};
+  std::atomic<uint64_t> retries{0}, errors{0};
   std::atomic<uint64_t> direct_writes{0}, direct_reads{0};
   LatencyHistogram copy_latency;    // a copy job's data I/O: start to written
   LatencyHistogram commit_latency;  // one commit of the store
@@ -23,7 +24,8 @@ struct AtomicCounters {
     EngineCounters c;
     c.reads = v(reads), c.writes = v(writes), c.flushes = v(flushes), c.trims = v(trims), c.zeroes = v(zeroes);
     c.bytes_read = v(bytes_read), c.bytes_written = v(bytes_written);
-    c.copy_jobs = v(copy_jobs), c.copy_runs = v(copy_runs), c.copy_runs_mapped = v(copy_runs_mapped), c.chunks_copied = v(chunks_copied), c.commits = v(commits);
+    c.copy_jobs = v(copy_jobs), c.copy_runs = v(copy_runs), c.copy_runs_mapped = v(copy_runs_mapped);
+    c.chunks_copied = v(chunks_copied), c.commits = v(commits);
     c.retries = v(retries), c.errors = v(errors), c.direct_writes = v(direct_writes);
     c.direct_reads = v(direct_reads);
     c.copy_latency = copy_latency.snapshot(), c.commit_latency = commit_latency.snapshot();

@@ -192,6 +192,7 @@ void EngineCore::start_run(CopyRun* run) {
   // The origin's own page-cache pages as the source: no read, no copy into
   // a slot buffer (E2 keeps them unchanged until the job is done). Only
   // where they are all in memory: faulting them in would block this thread.
+  // The run still holds its slots: they bound the copies in flight (E4).
   if (origin_map_ && bytes == whole && origin_.mapped_resident(from, whole)) {
     AtomicCounters::add(counters_.copy_runs_mapped);
     // The pages the writes map into this process stay mapped: dropped

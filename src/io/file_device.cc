@@ -18,6 +18,10 @@
 namespace multisnap {
 
 namespace {
+// The file behind fd opened again (the same inode even if the path was
+// renamed since): a descriptor with its own open file description.
+int reopen(int fd, int flags) { return ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), flags | O_CLOEXEC); }
+
 // A second open of the file behind fd (the same inode even if the path was
 // renamed since) with O_DIRECT, or -1 where that is refused or the file
 // system needs more alignment than kDirectAlign (statx STATX_DIOALIGN, when
@@ -35,7 +39,7 @@ int open_direct(int fd) {
        stx.stx_dio_mem_align > kDirectAlign))
     return -1;
 #endif
-  return ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+  return reopen(fd, O_RDWR | O_DIRECT);
 }
 }  // namespace
 
@@ -119,7 +123,7 @@ bool FileDevice::mapped_resident(uint64_t offset, uint64_t len) const {
 
 Result<bool> FileDevice::try_lock(bool exclusive) {
   if (lock_fd_ < 0) {
-    lock_fd_ = ::open(fmt::format("/proc/self/fd/{}", fd_).c_str(), O_RDONLY | O_CLOEXEC);
+    lock_fd_ = reopen(fd_, O_RDONLY);
     if (lock_fd_ < 0) lock_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);  // no /proc
     if (lock_fd_ < 0) return errno_status(errno, "cannot open " + path_ + " to lock it");
   }
