@@ -89,6 +89,9 @@ int main(int argc, char** argv) {
                   "write copies to the store through the page cache (default: O_DIRECT where the file system allows)");
   serve->add_flag("--no-mapped-copies", sa.no_mapped_copies,
                   "read each copy into a buffer (default: written from the origin's mapped page cache when there)");
+  serve->add_flag("--whole-origin-writes", sa.whole_origin_writes,
+                  "write each request to the origin in one call (default: 64 KiB pieces, which keep later small "
+                  "writes cheap on ext4)");
   serve->add_flag("--use-older-commit", sa.use_older_commit,
                   "open the newest intact commit when both copies of a newer one are damaged (loses its changes)");
   serve->add_option("--origin", sa.origin, "origin path, if it moved since create");

@@ -61,7 +61,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonOptions& options) {
   std::string origin_path = options.origin_path;
   if (origin_path.empty()) origin_path = recorded && !recorded->path.empty() ? recorded->path : sb.origin_path;
   origin_path = absolute_path(origin_path);
-  auto origin = FileDevice::open(origin_path);
+  FileDeviceOptions origin_options;
+  origin_options.write_piece = options.origin_write_piece;
+  auto origin = FileDevice::open(origin_path, origin_options);
   if (!origin.is_ok())
     return origin.status().annotate(fmt::format("the origin of {} (pass --origin if it moved)", options.store_path));
   d->origin_ = std::move(origin).value();

@@ -50,6 +50,9 @@ struct DaemonOptions {
   // Copies go through the page cache (the default: around it, with
   // O_DIRECT, where the store's file system allows).
   bool buffered_copies = false;
+  // Buffered origin writes in pieces of at most this many bytes (0: whole);
+  // BlockDevice::write_piece says why.
+  uint32_t origin_write_piece = 64u << 10;
   Clock* clock = nullptr;  // the snapshot policy's time; null: the system clock
 };
 

@@ -84,6 +84,16 @@ class BlockDevice {
 
   // The file descriptor for io_uring, or -1 when the device has none.
   virtual int fd() const { return -1; }
+  // Buffered writes through fd() are made in pieces of at most this many
+  // bytes, aligned to it (a power of two), or whole where 0 (the default).
+  // The page cache of ext4 (Linux 6.16 on) sizes a folio by the write that
+  // creates it, and a later small write into a large folio walks every
+  // block of it: 4 KiB overwrites of a file written in 1 MiB writes ran at
+  // 61,435 IOPS here, of one written in 64 KiB writes at 118,415. The
+  // origin is written in 64 KiB pieces so a guest's small writes stay
+  // cheap (docs/design.md 5.7). Writes with FUA stay whole: their RWF_DSYNC
+  // makes only the range of its own write durable.
+  virtual uint32_t write_piece() const { return 0; }
   // A second descriptor on the same file that bypasses the page cache
   // (O_DIRECT), for writes whose buffer, offset and length are multiples of
   // kDirectAlign, or -1 (none asked for, or refused). Reads and the other

@@ -45,6 +45,9 @@ int open_direct(int fd) {
 
 Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
                                                      const FileDeviceOptions& options) {
+  if (options.write_piece != 0 && (options.write_piece % 4096 != 0 || (options.write_piece & (options.write_piece - 1)) != 0))
+    return make_error(Code::kInvalidArgument, "{}: write pieces of {} bytes (a power of two, at least 4096)", path,
+                      options.write_piece);
   int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
   if (options.create) flags |= O_CREAT;
   int fd = ::open(path.c_str(), flags, 0644);
@@ -80,6 +83,7 @@ Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
   }
   auto dev = std::unique_ptr<FileDevice>(new FileDevice(fd, path, size, block_device, options.read_only));
   if (options.direct_writes && !options.read_only) dev->direct_fd_ = open_direct(fd);
+  dev->write_piece_ = options.write_piece;
   return dev;
 }
 
@@ -172,11 +176,12 @@ Status FileDevice::read_around(uint64_t offset, void* buf, size_t len, uint64_t 
   return read(offset + got, static_cast<char*>(buf) + got, len - got);
 }
 
+// piece: at most this many bytes per call, aligned to it (0: all at once).
 static Status pwrite_all(int fd, const std::string& path, uint64_t offset, const void* buf,
-                         size_t len, int rwf) {
+                         size_t len, int rwf, uint32_t piece = 0) {
   auto* p = static_cast<const char*>(buf);
   while (len > 0) {
-    iovec iov{const_cast<char*>(p), len};
+    iovec iov{const_cast<char*>(p), piece ? std::min<size_t>(len, piece - offset % piece) : len};
     ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset), rwf);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -191,7 +196,7 @@ static Status pwrite_all(int fd, const std::string& path, uint64_t offset, const
 
 Status FileDevice::write(uint64_t offset, const void* buf, size_t len) {
   MS_TRY(rw_check(offset, len, true));
-  return pwrite_all(fd_, path_, offset, buf, len, 0);
+  return pwrite_all(fd_, path_, offset, buf, len, 0, write_piece_);
 }
 
 Status FileDevice::write_fua(uint64_t offset, const void* buf, size_t len) {

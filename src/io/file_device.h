@@ -17,6 +17,9 @@ struct FileDeviceOptions {
   // Also open a descriptor that bypasses the page cache (direct_fd), unless
   // the file system refuses O_DIRECT or needs more than kDirectAlign.
   bool direct_writes = false;
+  // Buffered writes (not write_fua) in pieces of at most this many bytes,
+  // aligned to it (a power of two; 0: whole). See BlockDevice::write_piece.
+  uint32_t write_piece = 0;
 };
 
 class FileDevice final : public BlockDevice {
@@ -38,6 +41,7 @@ class FileDevice final : public BlockDevice {
   Result<bool> is_hole(uint64_t offset, uint64_t len) override;
   Result<uint64_t> resize(uint64_t size) override;
   int fd() const override { return fd_; }
+  uint32_t write_piece() const override { return write_piece_; }
   int direct_fd() const override { return direct_refused_.load(std::memory_order_relaxed) ? -1 : direct_fd_; }
   bool refuse_direct() override { return !direct_refused_.exchange(true, std::memory_order_relaxed); }
   std::string describe() const override { return path_; }
@@ -62,6 +66,7 @@ class FileDevice final : public BlockDevice {
   int direct_fd_ = -1;
   int lock_fd_ = -1;
   std::atomic<bool> direct_refused_{false};
+  uint32_t write_piece_ = 0;
   std::string path_;
   std::atomic<uint64_t> size_;  // grows (resize) while other threads read and write
   bool block_device_;

@@ -104,6 +104,10 @@ class UringIoContext final : public IoContext {
     char* buf = static_cast<char*>(op->buf) + op->progress;
     unsigned len = static_cast<unsigned>(std::min<uint64_t>(op->len - op->progress, 1u << 30));
     uint64_t off = op->offset + op->progress;
+    // A buffered write in the device's pieces, one after the other (as a
+    // short write's rest): BlockDevice::write_piece.
+    if (uint32_t piece = op->dev->write_piece(); piece && op->kind == IoOp::Kind::kWrite && !op->direct && !op->fua)
+      len = std::min<unsigned>(len, static_cast<unsigned>(piece - off % piece));
     switch (op->kind) {
       case IoOp::Kind::kRead: io_uring_prep_read(sqe, fd, buf, len, off); break;
       case IoOp::Kind::kWrite:

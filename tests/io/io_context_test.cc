@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -236,6 +238,108 @@ TEST_F(DirectWriteTest, ARefusedDirectWriteFallsBackToThePageCache) {
   ASSERT_TRUE(write(2 * kLen, buf_, kLen, true).is_ok());
   EXPECT_EQ(read(2 * kLen, kLen), std::vector<uint8_t>(kLen, 0xd2));
   EXPECT_EQ(resident_pages(2 * kLen, kLen), kLen / 4096) << "after a refusal, writes go through the page cache";
+}
+
+// The largest page-cache folio, in pages, among the pages of
+// [offset, offset+len) of fd (a multiple of 4096), from /proc/self/pagemap
+// and /proc/kpageflags; 0 where those say nothing (not root).
+size_t largest_folio_pages(int fd, uint64_t offset, uint64_t len) {
+  void* map = mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (map == MAP_FAILED) return 0;
+  const auto* bytes = static_cast<const volatile uint8_t*>(map);
+  for (uint64_t p = 0; p < len; p += 4096) (void)bytes[p];  // map every page
+  const int pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  const int flags = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+  size_t largest = 0, run = 0;
+  for (uint64_t p = 0; p < len && pagemap >= 0 && flags >= 0; p += 4096) {
+    uint64_t entry = 0, f = 0;
+    const auto at = static_cast<off_t>((reinterpret_cast<uintptr_t>(map) + p) / 4096 * 8);
+    if (pread(pagemap, &entry, 8, at) != 8) break;
+    const uint64_t pfn = entry & ((uint64_t{1} << 55) - 1);
+    if (!(entry >> 63) || pfn == 0) break;  // not present, or the PFN is hidden from us
+    if (pread(flags, &f, 8, static_cast<off_t>(pfn * 8)) != 8) break;
+    const bool head = f & (uint64_t{1} << 15), tail = f & (uint64_t{1} << 16);  // KPF_COMPOUND_HEAD, _TAIL
+    run = tail && !head ? run + 1 : 1;
+    largest = std::max(largest, run);
+  }
+  if (pagemap >= 0) close(pagemap);
+  if (flags >= 0) close(flags);
+  munmap(map, len);
+  return largest;
+}
+
+// A device with write pieces writes through the page cache in pieces of at
+// most that size, aligned to it, so no folio it creates is larger
+// (BlockDevice::write_piece): both through write() and through io_uring.
+TEST(WritePiece, FoliosStayWithinAPiece) {
+  testing::TempDir dir;
+  constexpr uint64_t kMiB = 1 << 20, kPiece = 64 << 10;
+  std::vector<uint8_t> data(kMiB);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + i / 4096);
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = 8 * kMiB;
+  auto whole = std::move(FileDevice::open(dir.file("whole.img"), o)).value();
+  ASSERT_EQ(whole->write_piece(), 0u);
+  ASSERT_TRUE(whole->write(kMiB, data.data(), kMiB).is_ok());
+  const size_t baseline = largest_folio_pages(whole->fd(), kMiB, kMiB);
+  if (baseline == 0) GTEST_SKIP() << "/proc/kpageflags is not readable here (needs root)";
+  if (baseline <= kPiece / 4096)
+    GTEST_SKIP() << "the file system under " << dir.path() << " makes no folio over 64 KiB for a 1 MiB write";
+
+  o.write_piece = kPiece;
+  auto pieces = std::move(FileDevice::open(dir.file("pieces.img"), o)).value();
+  ASSERT_EQ(pieces->write_piece(), kPiece);
+  // write(), from an offset that is not a piece boundary.
+  ASSERT_TRUE(pieces->write(kMiB + 3 * 4096, data.data(), kMiB).is_ok());
+  EXPECT_LE(largest_folio_pages(pieces->fd(), kMiB, 2 * kMiB), kPiece / 4096) << "(whole: " << baseline << " pages)";
+  // io_uring, likewise, where its whole writes make large folios here, on
+  // files of their own (a file written in small pieces before got small
+  // folios from whole io_uring writes too, here).
+  auto ring = make_uring_io_context(8);
+  if (!ring.is_ok()) GTEST_SKIP() << "io_uring unavailable: " << ring.status().to_string();
+  auto ring_write = [&](FileDevice* dev, uint64_t offset) {
+    Status result(Code::kIoError, "not completed");
+    IoOp op;
+    op.kind = IoOp::Kind::kWrite;
+    op.dev = dev;
+    op.offset = offset;
+    op.buf = data.data();
+    op.len = kMiB;
+    op.done = [&](Status s) { result = std::move(s); };
+    (*ring)->submit(&op);
+    for (int i = 0; i < 1000 && (*ring)->in_flight() > 0; ++i) (*ring)->run(true, 100);
+    return result;
+  };
+  o.write_piece = 0;
+  auto whole2 = std::move(FileDevice::open(dir.file("whole2.img"), o)).value();
+  o.write_piece = kPiece;
+  auto pieces2 = std::move(FileDevice::open(dir.file("pieces2.img"), o)).value();
+  ASSERT_TRUE(ring_write(whole2.get(), 4 * kMiB + 5 * 4096).is_ok());
+  ASSERT_TRUE(ring_write(pieces2.get(), 4 * kMiB + 5 * 4096).is_ok());
+  if (largest_folio_pages(whole2->fd(), 4 * kMiB, 2 * kMiB) > kPiece / 4096)
+    EXPECT_LE(largest_folio_pages(pieces2->fd(), 4 * kMiB, 2 * kMiB), kPiece / 4096);
+  else
+    std::printf("note: io_uring's whole 1 MiB write made no folio over 64 KiB here either\n");
+  // Every byte where it belongs.
+  std::vector<uint8_t> got(kMiB);
+  ASSERT_TRUE(pieces->read(kMiB + 3 * 4096, got.data(), kMiB).is_ok());
+  EXPECT_EQ(got, data);
+  ASSERT_TRUE(pieces2->read(4 * kMiB + 5 * 4096, got.data(), kMiB).is_ok());
+  EXPECT_EQ(got, data);
+}
+
+TEST(WritePiece, OnlyPowersOfTwoOfAPageOrMore) {
+  testing::TempDir dir;
+  for (uint32_t bad : {1000u, 2048u, 3u * 4096u}) {
+    FileDeviceOptions o;
+    o.create = true;
+    o.create_size = 1 << 20;
+    o.write_piece = bad;
+    auto dev = FileDevice::open(dir.file("a.img"), o);
+    ASSERT_FALSE(dev.is_ok()) << bad;
+    EXPECT_EQ(dev.status().code(), Code::kInvalidArgument);
+  }
 }
 
 TEST(FileDeviceDirect, OnlyWhenAskedAndWritable) {
