@@ -91,7 +91,7 @@ class BlockDevice {
   // block of it: 4 KiB overwrites of a file written in 1 MiB writes ran at
   // 61,435 IOPS here, of one written in 64 KiB writes at 118,415. The
   // origin is written in 64 KiB pieces so a guest's small writes stay
-  // cheap (docs/design.md 5.7). Writes with FUA stay whole: their RWF_DSYNC
+  // cheap (docs/design.md 5.10). Writes with FUA stay whole: their RWF_DSYNC
   // makes only the range of its own write durable.
   virtual uint32_t write_piece() const { return 0; }
   // A second descriptor on the same file that bypasses the page cache
