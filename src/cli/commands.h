@@ -30,6 +30,7 @@ struct ServeArgs {
   bool buffered_copies = false;
   bool no_mapped_copies = false;
   bool whole_origin_writes = false;
+  bool no_inline_origin_writes = false;
   bool use_older_commit = false;
   std::string metrics;       // tcp:HOST:PORT for Prometheus
   bool force = false;        // serve an origin that does not look like the store's

@@ -196,6 +196,7 @@ int run_serve(const ServeArgs& a) {
   o.engine.use_older_commit = a.use_older_commit;
   o.engine.map_origin = !a.no_mapped_copies;
   if (a.whole_origin_writes) o.origin_write_piece = 0;
+  if (a.no_inline_origin_writes) o.engine.inline_origin_write_max = 0;
   auto daemon = Daemon::start(o);
   if (!daemon.is_ok()) return fail(daemon.status());
 

@@ -466,7 +466,7 @@ Json Daemon::status() {
              {"trims", c.trims},         {"zeroes", c.zeroes},       {"bytes_read", c.bytes_read},
              {"bytes_written", c.bytes_written}, {"errors", c.errors}, {"retries", c.retries},
              {"in_flight", st.requests_in_flight}, {"direct_writes", c.direct_writes},
-             {"direct_reads", c.direct_reads}};
+             {"direct_reads", c.direct_reads}, {"origin_writes_inline", c.origin_writes_inline}};
   j["copies"] = {{"jobs", c.copy_jobs}, {"chunks", c.chunks_copied}, {"runs", c.copy_runs},
                  {"runs_mapped", c.copy_runs_mapped},
                  {"direct", store_->direct_fd() >= 0}};

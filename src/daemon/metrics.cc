@@ -115,6 +115,9 @@ std::string render_metrics(const EngineStatus& e, const nbd::ServerStats& n, con
   t.one("multisnap_engine_retries_total", "counter",
         "Requests the engine set aside and processed again (waiting for a copy, a slot, a commit or space).",
         c.retries);
+  t.one("multisnap_origin_writes_inline_total", "counter",
+        "Origin writes the engine thread made itself instead of through io_uring (small, without FUA).",
+        c.origin_writes_inline);
   t.one("multisnap_direct_writes_total", "counter", "Origin writes that needed no copy and bypassed the engine.",
         c.direct_writes);
   t.one("multisnap_direct_reads_total", "counter",

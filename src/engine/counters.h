@@ -13,7 +13,7 @@ struct AtomicCounters {
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> copy_jobs{0}, copy_runs{0}, copy_runs_mapped{0}, chunks_copied{0}, commits{0};
   std::atomic<uint64_t> retries{0}, errors{0};
-  std::atomic<uint64_t> direct_writes{0}, direct_reads{0};
+  std::atomic<uint64_t> direct_writes{0}, direct_reads{0}, origin_writes_inline{0};
   LatencyHistogram copy_latency;    // a copy job's data I/O: start to written
   LatencyHistogram commit_latency;  // one commit of the store
 
@@ -27,7 +27,7 @@ struct AtomicCounters {
     c.copy_jobs = v(copy_jobs), c.copy_runs = v(copy_runs), c.copy_runs_mapped = v(copy_runs_mapped);
     c.chunks_copied = v(chunks_copied), c.commits = v(commits);
     c.retries = v(retries), c.errors = v(errors), c.direct_writes = v(direct_writes);
-    c.direct_reads = v(direct_reads);
+    c.direct_reads = v(direct_reads), c.origin_writes_inline = v(origin_writes_inline);
     c.copy_latency = copy_latency.snapshot(), c.commit_latency = commit_latency.snapshot();
     return c;
   }

@@ -403,9 +403,24 @@ void EngineCore::issue(Request* r) {
     op_done(r, Status::ok());
     return;
   }
+  // Small origin writes are made here and now (EngineOptions::
+  // inline_origin_write_max), after the rest is submitted; completing the
+  // last op may delete r.
+  IoOp* inline_ops[2];
+  size_t n_inline = 0;
   for (IoOp& op : r->ops) {
     op.done = [this, r](Status s) { op_done(r, std::move(s)); };
+    if (n_inline < std::size(inline_ops) && op.dev == &origin_ && op.kind == IoOp::Kind::kWrite && !op.fua &&
+        op.len <= options_.inline_origin_write_max) {
+      inline_ops[n_inline++] = &op;
+      continue;
+    }
     io_->submit(&op);
+  }
+  for (size_t i = 0; i < n_inline; ++i) {
+    AtomicCounters::add(counters_.origin_writes_inline);
+    Status s = execute_sync(*inline_ops[i]);
+    complete(inline_ops[i], std::move(s));
   }
 }
 

@@ -1,5 +1,6 @@
 // The copy pipeline at full depth (automatic copy slots: 1024 with 4 KiB
-// chunks), with many requests in flight at once:
+// chunks), with many requests in flight at once, small origin writes made
+// by the engine thread itself (the default) and through the I/O context:
 //  * OriginOrder: before every write that reaches the origin, a power cut
 //    right after it is simulated: the origin with that write (and every
 //    earlier one) landed, the store as its last flush left it. Every
@@ -31,6 +32,7 @@ constexpr uint64_t kStoreSize = 48 << 20;
 struct PipelineCase {
   StoreFormat format;
   TestIo io;
+  bool inline_origin = true;  // EngineOptions::inline_origin_write_max as default, or 0
 };
 
 class Pipeline : public ::testing::TestWithParam<PipelineCase> {
@@ -49,6 +51,7 @@ class Pipeline : public ::testing::TestWithParam<PipelineCase> {
     eo.threaded = false;
     eo.cache_bytes = 1 << 20;
     eo.copy_slots = slots;
+    if (!GetParam().inline_origin) eo.inline_origin_write_max = 0;
     auto e = Engine::open(origin, store, eo, make_test_io_context(io, 7));
     EXPECT_TRUE(e.is_ok()) << e.status().to_string();
     return e.is_ok() ? std::move(e).value() : nullptr;
@@ -170,6 +173,8 @@ TEST_P(Pipeline, NoOriginWriteBeforeItsCommitIsDurable) {
           (unsigned long long)c.copy_runs, (unsigned long long)c.commits);
   EXPECT_GT(preserved, 100u) << "too few origin writes needed a copy: the test would prove little";
   EXPECT_LT(c.copy_runs * 4, c.copy_jobs) << "adjacent copies did not run together";
+  if (GetParam().inline_origin) EXPECT_GT(c.origin_writes_inline, 100u) << "the engine thread wrote no origin data itself";
+  else EXPECT_EQ(c.origin_writes_inline, 0u);
   vol = Result<VolumeRef>(Status(Code::kShutdown, "closed"));
   engine.reset();
   for (auto& p : testing::check_store(store_mem_)) ADD_FAILURE() << p;
@@ -217,10 +222,13 @@ INSTANTIATE_TEST_SUITE_P(Stores, Pipeline,
                          ::testing::Values(PipelineCase{StoreFormat::kRange, TestIo::kSync},
                                            PipelineCase{StoreFormat::kRange, TestIo::kReordering},
                                            PipelineCase{StoreFormat::kBitmask, TestIo::kSync},
-                                           PipelineCase{StoreFormat::kBitmask, TestIo::kReordering}),
+                                           PipelineCase{StoreFormat::kBitmask, TestIo::kReordering},
+                                           PipelineCase{StoreFormat::kRange, TestIo::kReordering, false},
+                                           PipelineCase{StoreFormat::kBitmask, TestIo::kReordering, false}),
                          [](const auto& info) {
                            return std::string(store_format_name(info.param.format)) + "_" +
-                                  (info.param.io == TestIo::kSync ? "sync" : "reorder");
+                                  (info.param.io == TestIo::kSync ? "sync" : "reorder") +
+                                  (info.param.inline_origin ? "" : "_origin_through_io");
                          });
 
 }  // namespace

@@ -29,7 +29,7 @@ fio_snap=$!
 run_fio "$(uri origin)" randrw --bs=16k
 wait $fio_snap || fail "fio on the snapshot"
 qemu-img compare -q -f raw -F raw before.bin "$(uri snapshot/before)" || fail "the first snapshot changed"
-ms status --json | $PY -c 'import json,sys; s=json.load(sys.stdin); assert s["io"]["errors"] == 0, s["io"]; assert s["copies"]["chunks"] > 0'
+ms status --json | $PY -c 'import json,sys; s=json.load(sys.stdin); assert s["io"]["errors"] == 0, s["io"]; assert s["copies"]["chunks"] > 0; assert s["io"]["origin_writes_inline"] > 0, s["io"]'
 # Copies went around the page cache: required where the file system is
 # known to take O_DIRECT (ext4, xfs), noted elsewhere (tmpfs never does).
 direct=$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["copies"]["direct"])')
@@ -40,10 +40,11 @@ esac
 
 stop_serve
 ms check store.img | grep -q clean
-# The same through the page cache, and with each origin write in one call
-# instead of 64 KiB pieces: the snapshots read the same after the restart,
-# and more first writes copy as they should.
-start_serve --buffered-copies --whole-origin-writes
+# The same through the page cache, with each origin write in one call
+# instead of 64 KiB pieces, and every origin write through io_uring: the
+# snapshots read the same after the restart, and more first writes copy as
+# they should.
+start_serve --buffered-copies --whole-origin-writes --no-inline-origin-writes
 [ "$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["copies"]["direct"])')" = False ] ||
   fail "--buffered-copies: copies.direct is not false"
 qemu-img compare -q -f raw -F raw before.bin "$(uri snapshot/before)" || fail "the first snapshot changed after a restart"
@@ -51,6 +52,8 @@ ms snapshot create --name buffered >/dev/null
 nbdcopy "$(uri origin)" buffered.bin
 run_fio "$(uri origin)" randwrite --bsrange=4k-256k --size=16M
 qemu-img compare -q -f raw -F raw buffered.bin "$(uri snapshot/buffered)" || fail "a snapshot changed under buffered copies"
+[ "$(ms status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["io"]["origin_writes_inline"])')" = 0 ] ||
+  fail "--no-inline-origin-writes: the engine thread wrote the origin itself"
 stop_serve
 ms check store.img | grep -q clean
 echo "fio: ok"
