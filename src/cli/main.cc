@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
   serve->add_flag("--no-mapped-copies", sa.no_mapped_copies,
                   "read each copy into a buffer (default: written from the origin's mapped page cache when there)");
   serve->add_flag("--no-inline-origin-writes", sa.no_inline_origin_writes,
-                  "make every origin write through io_uring (default: the engine thread writes up to 64 KiB "
-                  "itself, which is faster on ext4)");
+                  "make the engine thread's origin writes through io_uring (default: it makes those of whole "
+                  "pages up to 64 KiB itself, which is faster on ext4)");
   serve->add_flag("--whole-origin-writes", sa.whole_origin_writes,
                   "write each request to the origin in one call (default: 64 KiB pieces, which keep later small "
                   "writes cheap on ext4)");

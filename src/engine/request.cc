@@ -403,7 +403,7 @@ void EngineCore::issue(Request* r) {
     op_done(r, Status::ok());
     return;
   }
-  // Small origin writes are made here and now (EngineOptions::
+  // Small whole-page origin writes are made here and now (EngineOptions::
   // inline_origin_write_max), after the rest is submitted; completing the
   // last op may delete r.
   IoOp* inline_ops[2];
@@ -411,7 +411,7 @@ void EngineCore::issue(Request* r) {
   for (IoOp& op : r->ops) {
     op.done = [this, r](Status s) { op_done(r, std::move(s)); };
     if (n_inline < std::size(inline_ops) && op.dev == &origin_ && op.kind == IoOp::Kind::kWrite && !op.fua &&
-        op.len <= options_.inline_origin_write_max) {
+        op.len <= options_.inline_origin_write_max && op.offset % 4096 == 0 && op.len % 4096 == 0) {
       inline_ops[n_inline++] = &op;
       continue;
     }

@@ -25,6 +25,7 @@ struct EngineParams {
   StoreFormat format = StoreFormat::kRange;
   std::function<bool()> on_no_space;  // EngineOptions::on_no_space
   uint32_t space_page = 4096;         // EngineOptions::space_page
+  uint32_t inline_origin_write_max = 64u << 10;  // EngineOptions::inline_origin_write_max
   // The metadata pool (CreateOptions::metadata_size); a tiny one makes the
   // metadata live mostly in data chunks it borrows.
   std::optional<uint64_t> metadata_size;
@@ -52,6 +53,7 @@ class EngineHarness {
     eo.copy_slots = p_.copy_slots;
     eo.on_no_space = p_.on_no_space;
     eo.space_page = p_.space_page;
+    eo.inline_origin_write_max = p_.inline_origin_write_max;
     auto e = Engine::open(origin_, store_, eo, make_test_io_context(p_.io, p_.seed));
     ASSERT_TRUE(e.is_ok()) << e.status().to_string();
     engine_ = std::move(e).value();

@@ -446,6 +446,11 @@ std::vector<ModelCase> model_cases() {
     // copy pipeline at full depth, runs across requests.
     out.push_back({n + "4KFullDepth", {4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 0, f}, 1000});
     out.push_back({n + "64KFullDepth", {65536, 2 << 20, 96 << 20, 1 << 20, TestIo::kReordering, 1, 0, f}, 800});
+    // Every origin write through the (reordering) I/O context, none made
+    // by the engine thread itself: requests in flight at the power cuts.
+    EngineParams through_io{4096, 1 << 20, 48 << 20, 1 << 20, TestIo::kReordering, 1, 8, f};
+    through_io.inline_origin_write_max = 0;
+    out.push_back({n + "4KOriginThroughIo", through_io, 1000});
     out.push_back({n + "4KSyncIo", {4096, (1 << 20) + 4096 * 3 + 1024, 48 << 20, 1 << 20, TestIo::kSync, 1, 8, f},
                    800});
   }
