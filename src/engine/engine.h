@@ -61,8 +61,8 @@ struct EngineOptions {
   // buffered write), which took about 550 us per write here. 4 KiB first
   // writes after a snapshot: 8,719-8,861 against 7,179-7,249 IOPS. The
   // price: where the kernel throttles a writer (too many dirty pages), the
-  // engine thread waits, not a worker (and I/O queued before the write
-  // waits for it to be handed to the kernel). Partial pages go through the
+  // engine thread waits, not a worker (I/O queued before the write is
+  // handed to the kernel first: IoContext::kick). Partial pages go through the
   // I/O context: on an uncached page they would read it first. 0: every
   // origin write through the I/O context (docs/design.md, 4).
   uint32_t inline_origin_write_max = 64u << 10;

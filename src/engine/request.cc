@@ -417,6 +417,9 @@ void EngineCore::issue(Request* r) {
     }
     io_->submit(&op);
   }
+  // I/O that earlier requests queued goes to the device first: the write
+  // below may hold this thread for a while.
+  if (n_inline > 0) io_->kick();
   for (size_t i = 0; i < n_inline; ++i) {
     AtomicCounters::add(counters_.origin_writes_inline);
     Status s = execute_sync(*inline_ops[i]);

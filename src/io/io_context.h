@@ -55,6 +55,9 @@ class IoContext {
   // completions ran.
   virtual size_t run(bool wait, int timeout_ms = -1) = 0;
   virtual void wake() = 0;
+  // Hands operations submitted so far to the device now, where submit()
+  // only queues them until run(). Default: nothing to do.
+  virtual void kick() {}
   virtual size_t in_flight() const = 0;
 };
 

@@ -68,6 +68,10 @@ class UringIoContext final : public IoContext {
     return n;
   }
 
+  void kick() override {
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+  }
+
   void wake() override {
     uint64_t one = 1;
     ssize_t r = ::write(event_fd_, &one, sizeof one);
