@@ -55,16 +55,16 @@ struct EngineOptions {
   // caller's-thread shortcut: after the copies they wait for, or the first
   // to a chunk since a start or a snapshot) of at most this many bytes,
   // whole pages, without FUA, are made right there with a plain buffered
-  // write instead of through the I/O context: a 4 KiB write
-  // into the page cache takes microseconds, while io_uring hands a
-  // buffered write to ext4 to a worker thread (ext4 takes no non-blocking
-  // buffered write), which took about 550 us per write here. 4 KiB first
-  // writes after a snapshot: 8,719-8,861 against 7,179-7,249 IOPS. The
-  // price: where the kernel throttles a writer (too many dirty pages), the
-  // engine thread waits, not a worker (I/O queued before the write is
-  // handed to the kernel first: IoContext::kick). Partial pages go through the
-  // I/O context: on an uncached page they would read it first. 0: every
-  // origin write through the I/O context (docs/design.md, 4).
+  // write instead of through the I/O context: a 4 KiB write into the page
+  // cache takes microseconds, while io_uring hands a buffered write to ext4
+  // to a worker thread (ext4 takes no non-blocking buffered write), which
+  // took about 550 us per write here. 4 KiB first writes after a snapshot:
+  // 8,719-8,861 against 7,179-7,249 IOPS. The price: where the kernel
+  // throttles a writer (too many dirty pages), the engine thread waits, not
+  // a worker (I/O queued before the write is handed to the kernel first:
+  // IoContext::kick). Partial pages go through the I/O context: on an
+  // uncached page they would read it first. 0: every origin write through
+  // the I/O context (docs/design.md, 4).
   uint32_t inline_origin_write_max = 64u << 10;
   bool threaded = true;
   uint32_t reclaim_budget = 2048;  // exceptions visited per background step

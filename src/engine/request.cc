@@ -403,28 +403,26 @@ void EngineCore::issue(Request* r) {
     op_done(r, Status::ok());
     return;
   }
-  // Small whole-page origin writes are made here and now (EngineOptions::
-  // inline_origin_write_max), after the rest is submitted; completing the
-  // last op may delete r.
-  IoOp* inline_ops[2];
-  size_t n_inline = 0;
+  // A small whole-page origin write (a request has at most one) is made
+  // here and now (EngineOptions::inline_origin_write_max), after the rest
+  // is submitted; completing it may delete r.
+  IoOp* inline_op = nullptr;
   for (IoOp& op : r->ops) {
     op.done = [this, r](Status s) { op_done(r, std::move(s)); };
-    if (n_inline < std::size(inline_ops) && op.dev == &origin_ && op.kind == IoOp::Kind::kWrite && !op.fua &&
+    if (!inline_op && op.dev == &origin_ && op.kind == IoOp::Kind::kWrite && !op.fua &&
         op.len <= options_.inline_origin_write_max && op.offset % 4096 == 0 && op.len % 4096 == 0) {
-      inline_ops[n_inline++] = &op;
+      inline_op = &op;
       continue;
     }
     io_->submit(&op);
   }
+  if (!inline_op) return;
   // I/O that earlier requests queued goes to the device first: the write
   // below may hold this thread for a while.
-  if (n_inline > 0) io_->kick();
-  for (size_t i = 0; i < n_inline; ++i) {
-    AtomicCounters::add(counters_.origin_writes_inline);
-    Status s = execute_sync(*inline_ops[i]);
-    complete(inline_ops[i], std::move(s));
-  }
+  io_->kick();
+  AtomicCounters::add(counters_.origin_writes_inline);
+  Status s = execute_sync(*inline_op);
+  complete(inline_op, std::move(s));
 }
 
 void EngineCore::op_done(Request* r, Status s) {

@@ -21,6 +21,7 @@
 //    does when the device it wraps does.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -33,6 +34,13 @@ namespace multisnap {
 
 // The alignment direct writes need: buffer address, offset and length.
 inline constexpr uint64_t kDirectAlign = 4096;
+
+// How much of a write of len bytes at offset goes in its first call when
+// writes are made in pieces of `piece` bytes aligned to it (a power of two;
+// 0: all of it). BlockDevice::write_piece.
+inline uint64_t first_piece(uint64_t offset, uint64_t len, uint32_t piece) {
+  return piece == 0 ? len : std::min<uint64_t>(len, piece - offset % piece);
+}
 
 class BlockDevice {
  public:

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 
 namespace multisnap {
@@ -45,7 +46,7 @@ int open_direct(int fd) {
 
 Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path,
                                                      const FileDeviceOptions& options) {
-  if (options.write_piece != 0 && (options.write_piece % 4096 != 0 || (options.write_piece & (options.write_piece - 1)) != 0))
+  if (options.write_piece != 0 && (options.write_piece < 4096 || !std::has_single_bit(options.write_piece)))
     return make_error(Code::kInvalidArgument, "{}: write pieces of {} bytes (a power of two, at least 4096)", path,
                       options.write_piece);
   int flags = O_CLOEXEC | (options.read_only ? O_RDONLY : O_RDWR);
@@ -181,7 +182,7 @@ static Status pwrite_all(int fd, const std::string& path, uint64_t offset, const
                          size_t len, int rwf, uint32_t piece = 0) {
   auto* p = static_cast<const char*>(buf);
   while (len > 0) {
-    iovec iov{const_cast<char*>(p), piece ? std::min<size_t>(len, piece - offset % piece) : len};
+    iovec iov{const_cast<char*>(p), static_cast<size_t>(first_piece(offset, len, piece))};
     ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset), rwf);
     if (n < 0) {
       if (errno == EINTR) continue;

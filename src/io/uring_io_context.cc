@@ -50,7 +50,7 @@ class UringIoContext final : public IoContext {
 
   size_t run(bool wait, int timeout_ms) override {
     flush_overflow();
-    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+    kick();
     size_t n = run_ready();
     if (n == 0 && wait) {
       io_uring_cqe* cqe = nullptr;
@@ -64,7 +64,7 @@ class UringIoContext final : public IoContext {
     reap();
     n += run_ready();
     flush_overflow();
-    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+    kick();
     return n;
   }
 
@@ -110,8 +110,8 @@ class UringIoContext final : public IoContext {
     uint64_t off = op->offset + op->progress;
     // A buffered write in the device's pieces, one after the other (as a
     // short write's rest): BlockDevice::write_piece.
-    if (uint32_t piece = op->dev->write_piece(); piece && op->kind == IoOp::Kind::kWrite && !op->direct && !op->fua)
-      len = std::min<unsigned>(len, static_cast<unsigned>(piece - off % piece));
+    if (op->kind == IoOp::Kind::kWrite && !op->direct && !op->fua)
+      len = static_cast<unsigned>(first_piece(off, len, op->dev->write_piece()));
     switch (op->kind) {
       case IoOp::Kind::kRead: io_uring_prep_read(sqe, fd, buf, len, off); break;
       case IoOp::Kind::kWrite:

@@ -173,8 +173,10 @@ TEST_P(Pipeline, NoOriginWriteBeforeItsCommitIsDurable) {
           (unsigned long long)c.copy_runs, (unsigned long long)c.commits);
   EXPECT_GT(preserved, 100u) << "too few origin writes needed a copy: the test would prove little";
   EXPECT_LT(c.copy_runs * 4, c.copy_jobs) << "adjacent copies did not run together";
-  if (GetParam().inline_origin) EXPECT_GT(c.origin_writes_inline, 40u) << "the engine thread wrote little origin data itself";
-  else EXPECT_EQ(c.origin_writes_inline, 0u);
+  if (GetParam().inline_origin)
+    EXPECT_GT(c.origin_writes_inline, 40u) << "the engine thread wrote little origin data itself";
+  else
+    EXPECT_EQ(c.origin_writes_inline, 0u);
   vol = Result<VolumeRef>(Status(Code::kShutdown, "closed"));
   engine.reset();
   for (auto& p : testing::check_store(store_mem_)) ADD_FAILURE() << p;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "io/file_device.h"
@@ -20,6 +21,34 @@
 
 namespace multisnap {
 namespace {
+
+// A write of len bytes from buf at offset on dev, calling done.
+IoOp write_op(BlockDevice* dev, uint64_t offset, const void* buf, uint64_t len, std::function<void(Status)> done) {
+  IoOp op;
+  op.kind = IoOp::Kind::kWrite;
+  op.dev = dev;
+  op.offset = offset;
+  op.buf = const_cast<void*>(buf);
+  op.len = len;
+  op.done = std::move(done);
+  return op;
+}
+
+// Runs ctx until nothing is in flight (or 1,000 turns of 100 ms).
+void run_until_idle(IoContext& ctx) {
+  for (int i = 0; i < 1000 && ctx.in_flight() > 0; ++i) ctx.run(true, 100);
+}
+
+// One write through ctx, waited for.
+Status write_through(IoContext& ctx, BlockDevice* dev, uint64_t offset, const void* buf, uint64_t len,
+                     bool direct = false) {
+  Status result(Code::kIoError, "not completed");
+  IoOp op = write_op(dev, offset, buf, len, [&](Status s) { result = std::move(s); });
+  op.direct = direct;
+  ctx.submit(&op);
+  run_until_idle(ctx);
+  return result;
+}
 
 struct Case {
   std::string name;
@@ -152,18 +181,7 @@ class DirectWriteTest : public ::testing::Test {
   void TearDown() override { std::free(buf_); }
   // One write through the context, waited for.
   Status write(uint64_t offset, const uint8_t* buf, uint64_t len, bool direct) {
-    Status result(Code::kIoError, "not completed");
-    IoOp op;
-    op.kind = IoOp::Kind::kWrite;
-    op.dev = dev_.get();
-    op.offset = offset;
-    op.buf = const_cast<uint8_t*>(buf);
-    op.len = len;
-    op.direct = direct;
-    op.done = [&](Status s) { result = std::move(s); };
-    ctx_->submit(&op);
-    for (int i = 0; i < 1000 && ctx_->in_flight() > 0; ++i) ctx_->run(true, 100);
-    return result;
+    return write_through(*ctx_, dev_.get(), offset, buf, len, direct);
   }
   std::vector<uint8_t> read(uint64_t offset, uint64_t len) {
     std::vector<uint8_t> out(len);
@@ -303,17 +321,7 @@ TEST(WritePiece, FoliosStayWithinAPiece) {
   auto ring = make_uring_io_context(8);
   if (!ring.is_ok()) GTEST_SKIP() << "io_uring unavailable: " << ring.status().to_string();
   auto ring_write = [&](FileDevice* dev, uint64_t offset) {
-    Status result(Code::kIoError, "not completed");
-    IoOp op;
-    op.kind = IoOp::Kind::kWrite;
-    op.dev = dev;
-    op.offset = offset;
-    op.buf = data.data();
-    op.len = kMiB;
-    op.done = [&](Status s) { result = std::move(s); };
-    (*ring)->submit(&op);
-    for (int i = 0; i < 1000 && (*ring)->in_flight() > 0; ++i) (*ring)->run(true, 100);
-    return result;
+    return write_through(**ring, dev, offset, data.data(), kMiB);
   };
   o.write_piece = 0;
   auto whole2 = std::move(FileDevice::open(dir.file("whole2.img"), o)).value();
@@ -345,13 +353,7 @@ TEST(UringKick, HandsQueuedOpsToTheKernel) {
   if (!ring.is_ok()) GTEST_SKIP() << "io_uring unavailable: " << ring.status().to_string();
   std::vector<uint8_t> data(4096, 0x6b), got(4096);
   bool done = false;
-  IoOp op;
-  op.kind = IoOp::Kind::kWrite;
-  op.dev = dev.get();
-  op.offset = 8192;
-  op.buf = data.data();
-  op.len = data.size();
-  op.done = [&](Status s) { done = s.is_ok(); };
+  IoOp op = write_op(dev.get(), 8192, data.data(), data.size(), [&](Status s) { done = s.is_ok(); });
   (*ring)->submit(&op);
   ASSERT_TRUE(dev->read(8192, got.data(), got.size()).is_ok());
   EXPECT_EQ(got, std::vector<uint8_t>(4096, 0)) << "submit() alone handed the write to the kernel";
@@ -361,8 +363,18 @@ TEST(UringKick, HandsQueuedOpsToTheKernel) {
     ASSERT_TRUE(dev->read(8192, got.data(), got.size()).is_ok());
   }
   EXPECT_EQ(got, data) << "kick() did not hand the write to the kernel";
-  for (int i = 0; i < 1000 && (*ring)->in_flight() > 0; ++i) (*ring)->run(true, 100);
+  run_until_idle(**ring);
   EXPECT_TRUE(done);
+}
+
+TEST(WritePiece, FirstPieceEndsAtTheNextBoundary) {
+  constexpr uint32_t k64 = 64 << 10;
+  EXPECT_EQ(first_piece(0, 1 << 20, 0), 1u << 20);            // no pieces: all of it
+  EXPECT_EQ(first_piece(0, 1 << 20, k64), k64);              // aligned: a whole piece
+  EXPECT_EQ(first_piece(3 * 4096, 1 << 20, k64), k64 - 3 * 4096);  // up to the boundary
+  EXPECT_EQ(first_piece(k64 - 1, 100, k64), 1u);             // one byte before it
+  EXPECT_EQ(first_piece(5, 10, k64), 10u);                   // shorter than the rest of the piece
+  EXPECT_EQ(first_piece((uint64_t{1} << 40) + 4096, uint64_t{1} << 33, k64), k64 - 4096);  // far offsets, long writes
 }
 
 TEST(WritePiece, OnlyPowersOfTwoOfAPageOrMore) {
