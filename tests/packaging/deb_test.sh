@@ -34,15 +34,19 @@ DEB=$(ls "$WORK"/pkg/*.deb)
 [ "$(basename "$DEB")" = "multisnap_${VERSION}-1_amd64.deb" ] || [ "$(basename "$DEB")" = "multisnap_${VERSION}-1_$(dpkg --print-architecture).deb" ] \
   || fail "unexpected package name $(basename "$DEB")"
 dpkg -I "$DEB" > "$WORK/info.txt"
+# A field's value, read whole before it is matched: `dpkg-deb -f ... | grep -q`
+# fails under pipefail whenever grep exits at its match before dpkg-deb has
+# written the rest (SIGPIPE), which a loaded machine made happen.
 field() { dpkg-deb -f "$DEB" "$1"; }
+has() { local v; v=$(field "$1"); grep -q -- "$2" <<<"$v"; }
 [ "$(field Package)" = multisnap ] || fail "Package: $(field Package)"
 [ "$(field Version)" = "$VERSION-1" ] || fail "Version: $(field Version)"
 [ "$(field Section)" = admin ] || fail "Section: $(field Section)"
-field Maintainer | grep -q '<.*@.*>' || fail "Maintainer: $(field Maintainer)"
-field Description | grep -q "multi-snapshot block volume" || fail "Description: $(field Description)"
+has Maintainer '<.*@.*>' || fail "Maintainer: $(field Maintainer)"
+has Description "multi-snapshot block volume" || fail "Description: $(field Description)"
 [ "$(field Description | wc -l)" -gt 2 ] || fail "no extended description"
 for lib in libc6 liburing2 libxxhash0 libstdc++6; do  # shlibdeps found what the binary links
-  field Depends | grep -q "$lib" || fail "Depends lacks $lib: $(field Depends)"
+  has Depends "$lib" || fail "Depends lacks $lib: $(field Depends)"
 done
 
 mkdir "$WORK/root"
@@ -50,7 +54,8 @@ dpkg -x "$DEB" "$WORK/root"
 out=$("$WORK/root/usr/bin/multisnap" --version)
 [ "$out" = "multisnap $VERSION" ] || fail "--version printed '$out', not 'multisnap $VERSION'"
 [ -s "$WORK/root/usr/share/man/man8/multisnap.8.gz" ] || fail "no man page in the package"
-zcat "$WORK/root/usr/share/man/man8/multisnap.8.gz" | grep -q '^\.SH "\?NAME' || fail "the packaged man page is not a man page"
+zcat "$WORK/root/usr/share/man/man8/multisnap.8.gz" >"$WORK/page.8"  # whole, as above
+grep -q '^\.SH "\?NAME' "$WORK/page.8" || fail "the packaged man page is not a man page"
 C=$WORK/root/usr/share/bash-completion/completions/multisnap
 [ -s "$C" ] || fail "no bash completion in the package"
 bash -n "$C" || fail "the completion is not valid bash"
