@@ -315,10 +315,15 @@ void Transmission::context_answered(uint32_t idx, size_t context, Result<uint32_
 }
 
 void Transmission::push_ready(uint32_t idx) {
-  {
-    std::lock_guard lock(mu_);
-    ready_.push_back(idx);
-  }
+  // The wake is made under the lock too: once the connection thread has
+  // taken this completion (collect_completions, under mu_) it may send the
+  // last reply and destroy the Transmission, which lives on its stack. A
+  // completion thread that touched sleeping_ or wake_ after unlocking could
+  // write into that stack (ThreadSanitizer, clang: the exchange against a
+  // string built where the Transmission was). wake_ writes an eventfd and
+  // does not block.
+  std::lock_guard lock(mu_);
+  ready_.push_back(idx);
   if (sleeping_.exchange(false)) wake_();
 }
 

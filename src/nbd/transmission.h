@@ -19,8 +19,10 @@
 //
 // Threading: everything here is called by the connection thread, except the
 // completion callbacks the Export runs (any thread). Those touch only their
-// own slot and the ready list (under mu_), then call `wake` if the connection
-// thread said it was about to sleep (prepare_to_sleep).
+// own slot, then, under mu_, the ready list and `wake` if the connection
+// thread said it was about to sleep (prepare_to_sleep): nothing after
+// unlocking, since the connection thread may destroy the Transmission as
+// soon as it has taken the last completion.
 //
 // The Transmission owns the Export. It must not be destroyed while
 // in_flight() > 0: the Export still holds callbacks into it.
