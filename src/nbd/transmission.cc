@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cstring>
+#include <thread>
 
 #include "nbd/error_map.h"
 #include "nbd/protocol.h"
@@ -102,6 +103,10 @@ Transmission::Transmission(NegotiatedExport negotiated, const TransmissionLimits
 
 Transmission::~Transmission() {
   assert(in_flight_ == 0);
+  // A completion thread may still be between handing over its result and
+  // returning from the wake (push_ready): a few instructions and a write to
+  // an eventfd.
+  while (waking_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 // ---- Input
@@ -315,16 +320,23 @@ void Transmission::context_answered(uint32_t idx, size_t context, Result<uint32_
 }
 
 void Transmission::push_ready(uint32_t idx) {
-  // The wake is made under the lock too: once the connection thread has
-  // taken this completion (collect_completions, under mu_) it may send the
-  // last reply and destroy the Transmission, which lives on its stack. A
-  // completion thread that touched sleeping_ or wake_ after unlocking could
-  // write into that stack (ThreadSanitizer, clang: the exchange against a
-  // string built where the Transmission was). wake_ writes an eventfd and
-  // does not block.
-  std::lock_guard lock(mu_);
-  ready_.push_back(idx);
+  // Once the connection thread has taken this completion (under mu_) it may
+  // send the last reply and destroy the Transmission, which lives on its
+  // stack; but this thread still reads sleeping_ and calls wake_ after
+  // unlocking. waking_ counts the callbacks between the two: it is raised
+  // before the lock (so whoever takes the completion sees it raised) and
+  // the destructor waits for it to fall. (ThreadSanitizer with clang caught
+  // the exchange writing into the stack after the Transmission was gone.)
+  // The wake stays outside the lock: made under it, the connection thread
+  // woke only to block on mu_ (4 KiB snapshot reads through the engine,
+  // one connection: 49-65k against 72-76k IOPS).
+  waking_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(mu_);
+    ready_.push_back(idx);
+  }
   if (sleeping_.exchange(false)) wake_();
+  waking_.fetch_sub(1, std::memory_order_release);
 }
 
 bool Transmission::prepare_to_sleep() {

@@ -19,10 +19,11 @@
 //
 // Threading: everything here is called by the connection thread, except the
 // completion callbacks the Export runs (any thread). Those touch only their
-// own slot, then, under mu_, the ready list and `wake` if the connection
-// thread said it was about to sleep (prepare_to_sleep): nothing after
-// unlocking, since the connection thread may destroy the Transmission as
-// soon as it has taken the last completion.
+// own slot and the ready list (under mu_), then call `wake` if the
+// connection thread said it was about to sleep (prepare_to_sleep). The
+// connection thread may take the last completion and destroy the
+// Transmission before that wake returns: the destructor waits for it
+// (waking_).
 //
 // The Transmission owns the Export. It must not be destroyed while
 // in_flight() > 0: the Export still holds callbacks into it.
@@ -190,6 +191,7 @@ class Transmission {
   std::vector<uint32_t> ready_;        // completed, guarded by mu_
   std::vector<uint32_t> ready_taken_;  // connection thread's copy
   std::atomic<bool> sleeping_{false};
+  std::atomic<uint32_t> waking_{0};  // completion callbacks inside push_ready
 
   std::vector<uint32_t> send_ring_;  // slots whose replies are queued, in order
   uint32_t send_head_ = 0;
