@@ -55,10 +55,14 @@ asan_skip='^(integration\.(bitmask\..*|range\.(policy|policy_full|fio|filesystem
 # against 125 s. The Release build stays GCC, so both compilers' warnings
 # fail the build (-Werror).
 sanitizer_cxx=$(command -v clang++ || command -v g++ || echo c++)
+forget_other_compiler() {  # build-dir: removed when made with another compiler (CMake cannot switch one)
+  if [ -f "$1/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:.*=$sanitizer_cxx\$" "$1/CMakeCache.txt"; then
+    rm -rf "$1"
+  fi
+}
 if [ "${1:-}" != "--quick" ]; then
   echo "== Debug + AddressSanitizer/UndefinedBehaviorSanitizer (-O1 -g1, $(basename "$sanitizer_cxx"))"
-  [ -f build-asan/CMakeCache.txt ] && ! grep -q "^CMAKE_CXX_COMPILER:.*=$sanitizer_cxx\$" build-asan/CMakeCache.txt &&
-    rm -rf build-asan  # made with another compiler: CMake cannot switch a tree's compiler
+  forget_other_compiler build-asan
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     run build-asan "$asan_skip" -DCMAKE_CXX_COMPILER="$sanitizer_cxx" -DCMAKE_BUILD_TYPE=Debug \
     "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DMULTISNAP_SANITIZE=ON -DMULTISNAP_BENCH=OFF
@@ -71,8 +75,7 @@ if [ "${1:-}" != "--quick" ]; then
   # clang too (sanitizer_cxx, above): 70 s to build here against GCC's 101 s, and its
   # ThreadSanitizer found a completion thread touching a Transmission after
   # the connection thread could destroy it, which GCC's never reported.
-  [ -f build-tsan/CMakeCache.txt ] && ! grep -q "^CMAKE_CXX_COMPILER:.*=$sanitizer_cxx\$" build-tsan/CMakeCache.txt &&
-    rm -rf build-tsan
+  forget_other_compiler build-tsan
   cmake -S . -B build-tsan -G Ninja -DMULTISNAP_WERROR=ON -DCMAKE_CXX_COMPILER="$sanitizer_cxx" -DCMAKE_BUILD_TYPE=Debug \
     -DMULTISNAP_SANITIZE_THREAD=ON -DMULTISNAP_BENCH=OFF -DMULTISNAP_NBD=ON $unity >/dev/null
   ninja -C build-tsan threaded_stress_test nbd_test control_test multisnap

@@ -22,6 +22,14 @@
 namespace multisnap {
 namespace {
 
+// Options that create a new file of `size` bytes.
+FileDeviceOptions new_file(uint64_t size) {
+  FileDeviceOptions o;
+  o.create = true;
+  o.create_size = size;
+  return o;
+}
+
 // A write of len bytes from buf at offset on dev, calling done.
 IoOp write_op(BlockDevice* dev, uint64_t offset, const void* buf, uint64_t len, std::function<void(Status)> done) {
   IoOp op;
@@ -60,9 +68,7 @@ class IoContextTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
     if (GetParam().file) {
-      FileDeviceOptions o;
-      o.create = true;
-      o.create_size = 4 << 20;
+      FileDeviceOptions o = new_file(4 << 20);
       dev_ = std::move(FileDevice::open(dir_.file("d.img"), o)).value();
     } else {
       dev_ = std::make_unique<MemoryDevice>(4 << 20);
@@ -167,9 +173,7 @@ class DirectWriteTest : public ::testing::Test {
  protected:
   static constexpr uint64_t kLen = 64 << 10;
   void SetUp() override {
-    FileDeviceOptions o;
-    o.create = true;
-    o.create_size = 4 << 20;
+    FileDeviceOptions o = new_file(4 << 20);
     o.direct_writes = true;
     dev_ = std::move(FileDevice::open(dir_.file("d.img"), o)).value();
     if (dev_->direct_fd() < 0) GTEST_SKIP() << "the file system under " << dir_.path() << " refuses O_DIRECT";
@@ -310,9 +314,7 @@ TEST(WritePiece, FoliosStayWithinAPiece) {
   constexpr uint64_t kMiB = 1 << 20, kPiece = 64 << 10;
   std::vector<uint8_t> data(kMiB);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + i / 4096);
-  FileDeviceOptions o;
-  o.create = true;
-  o.create_size = 8 * kMiB;
+  FileDeviceOptions o = new_file(8 * kMiB);
   auto whole = std::move(FileDevice::open(dir.file("whole.img"), o)).value();
   ASSERT_EQ(whole->write_piece(), 0u);
   ASSERT_TRUE(whole->write(kMiB, data.data(), kMiB).is_ok());
@@ -357,9 +359,7 @@ TEST(WritePiece, FoliosStayWithinAPiece) {
 // the engine calls it before a write it makes itself (request.cc, issue).
 TEST(UringKick, HandsQueuedOpsToTheKernel) {
   testing::TempDir dir;
-  FileDeviceOptions o;
-  o.create = true;
-  o.create_size = 1 << 20;
+  FileDeviceOptions o = new_file(1 << 20);
   auto dev = std::move(FileDevice::open(dir.file("k.img"), o)).value();
   auto ring = make_uring_io_context(8);
   if (!ring.is_ok()) GTEST_SKIP() << "io_uring unavailable: " << ring.status().to_string();
@@ -392,9 +392,7 @@ TEST(WritePiece, FirstPieceEndsAtTheNextBoundary) {
 TEST(WritePiece, OnlyPowersOfTwoOfAPageOrMore) {
   testing::TempDir dir;
   for (uint32_t bad : {1000u, 2048u, 3u * 4096u}) {
-    FileDeviceOptions o;
-    o.create = true;
-    o.create_size = 1 << 20;
+    FileDeviceOptions o = new_file(1 << 20);
     o.write_piece = bad;
     auto dev = FileDevice::open(dir.file("a.img"), o);
     ASSERT_FALSE(dev.is_ok()) << bad;
@@ -404,9 +402,7 @@ TEST(WritePiece, OnlyPowersOfTwoOfAPageOrMore) {
 
 TEST(FileDeviceDirect, OnlyWhenAskedAndWritable) {
   testing::TempDir dir;
-  FileDeviceOptions o;
-  o.create = true;
-  o.create_size = 1 << 20;
+  FileDeviceOptions o = new_file(1 << 20);
   auto plain = std::move(FileDevice::open(dir.file("a.img"), o)).value();
   EXPECT_EQ(plain->direct_fd(), -1);
   FileDeviceOptions ro;
